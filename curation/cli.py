@@ -1,0 +1,49 @@
+"""The ``curation`` command line.
+
+Each command lives in the module named after what it does and is imported only when it
+runs, so ``curation --help`` stays fast and model-free commands never import torch or Beam.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+#: command name -> "module:attribute" of its click command, and a one-line summary.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "inspect": ("curation.inspect:inspect_command", "Dry run: read and decode an input, count rows per reason."),
+    "run": ("pipelines.cli:run_command", "Caption, filter and deduplicate a dataset (the main job)."),
+    "dedup": ("curation.dedup.cli:dedup_command", "Re-run near-duplicate removal over a finished run, without models."),
+    "finetune": ("models.finetune.cli:finetune_command", "Finetune a BLIP captioner or filter on clean pairs."),
+    "demo": ("curation.demo:demo_command", "Run the whole job on a generated shapes dataset and measure quality."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a command's module only when the command is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        target, _ = COMMANDS[cmd_name]
+        module_name, attr = target.split(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, summary) for name, (_, summary) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="capfilt-curation")
+def main() -> None:
+    """CapFilt curation: caption, filter and deduplicate image/alt-text pairs."""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Arrow schemas of every output table, defined once.
+
+``clean`` and ``synthetic`` may carry extra passthrough columns from the input after the
+fixed ones; :func:`with_passthrough` builds such a schema.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+TEXT_ORIGINS = ("web", "synthetic")
+DECISIONS = ("kept", "dropped")
+DUPLICATE_KINDS = ("exact", "perceptual", "near", "previous-round")
+
+#: One row per (image, candidate text) and per input row rejected before scoring.
+DECISIONS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),  # the input pair's key
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("source_row", pa.int64(), nullable=False),
+        pa.field("image_key", pa.string()),  # key of the image the text was scored against
+        pa.field("text_origin", pa.string(), nullable=False),  # web | synthetic
+        pa.field("caption_index", pa.int32()),  # synthetic captions: 0..K-1
+        pa.field("text", pa.string()),
+        pa.field("itm", pa.float32()),  # ITM match probability; null if not scored
+        pa.field("itc", pa.float32()),  # ITC cosine; null if not scored
+        pa.field("decision", pa.string(), nullable=False),  # kept | dropped
+        pa.field("reason", pa.string(), nullable=False),  # curation.reasons.Reason
+        pa.field("detail", pa.string()),  # free-text detail (error message, dup_of, ...)
+        pa.field("threshold", pa.float32()),
+    ]
+)
+
+#: Kept web pairs.
+CLEAN_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("image", pa.binary(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("itm", pa.float32(), nullable=False),
+        pa.field("itc", pa.float32(), nullable=False),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("sha256", pa.string()),
+        pa.field("source_file", pa.string()),
+        pa.field("source_row", pa.int64()),
+    ]
+)
+
+#: Kept synthetic captions.
+SYNTHETIC_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),  # the image's key
+        pa.field("caption_index", pa.int32(), nullable=False),
+        pa.field("image", pa.binary(), nullable=False),
+        pa.field("caption", pa.string(), nullable=False),
+        pa.field("itm", pa.float32(), nullable=False),
+        pa.field("itc", pa.float32(), nullable=False),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("sha256", pa.string()),
+    ]
+)
+
+#: Every removed duplicate image (or identical pair) and what it duplicates.
+DUPLICATES_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("dup_of", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # exact | perceptual | near | previous-round
+        pa.field("similarity", pa.float32()),  # cosine (near), 1 - hamming/64 (perceptual), 1.0 (exact)
+    ]
+)
+
+#: index/ids.parquet: FAISS id -> key of the kept image.
+INDEX_IDS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int64(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("sha256", pa.string()),
+        pa.field("run_id", pa.string()),
+    ]
+)
+
+TABLE_SCHEMAS: dict[str, pa.Schema] = {
+    "clean": CLEAN_SCHEMA,
+    "synthetic": SYNTHETIC_SCHEMA,
+    "decisions": DECISIONS_SCHEMA,
+    "duplicates": DUPLICATES_SCHEMA,
+}
+
+
+def with_passthrough(schema: pa.Schema, extra: pa.Schema | None) -> pa.Schema:
+    """Append input passthrough columns to a fixed schema (fixed names win on clashes)."""
+    if extra is None:
+        return schema
+    names = set(schema.names)
+    fields = list(schema) + [f for f in extra if f.name not in names]
+    return pa.schema(fields)
