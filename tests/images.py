@@ -1,0 +1,235 @@
+"""Real and generated test images and Parquet inputs, shared by the whole test suite.
+
+Photos come from ``skimage.data`` (bundled with scikit-image, no download). Every helper
+returns plain bytes, arrays or paths so tests stay independent of each other.
+
+Image bytes:
+    photo(name)                 skimage photo as an H x W x 3 uint8 RGB array
+    gradient(width, height)     deterministic synthetic RGB array
+    jpeg_bytes(image, quality=90, exif_orientation=None, mode="RGB", progressive=False)
+    png_bytes(image, mode=None) PNG of an array or PIL image (optionally converted to mode)
+    encode(image, fmt, **save_kwargs)
+    truncated(data, keep=0.6)   the first part of an encoded file
+    bomb_png(width=50_000, height=50_000)  a tiny PNG whose header declares a huge image
+    animated_gif(frames)        GIF of several RGB arrays
+
+Parquet inputs:
+    write_pairs_parquet(path, rows, row_group_size=None, schema=None)
+    img2dataset_rows(images, texts, failed=())  rows shaped like img2dataset's output
+    write_img2dataset_parquet(path, images, texts, failed=(), row_group_size=None)
+    hf_image_rows(images, texts)                rows with a datasets Image struct column
+    write_hf_parquet(path, images, texts, row_group_size=None)
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
+
+
+def photo(name: str) -> np.ndarray:
+    """A skimage.data photo as an H x W x 3 uint8 RGB array."""
+    import skimage.data
+
+    array = getattr(skimage.data, name)()
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    return np.ascontiguousarray(array[..., :3]).astype(np.uint8)
+
+
+def gradient(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A deterministic smooth RGB image with some structure (H x W x 3 uint8)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    rng = np.random.default_rng(seed)
+    fx, fy, phase = rng.uniform(1, 4, size=3)
+    r = 127 + 127 * np.sin(fx * 2 * np.pi * x / width + phase)
+    g = 255 * y / max(height - 1, 1)
+    b = 127 + 127 * np.cos(fy * 2 * np.pi * (x + y) / (width + height))
+    return np.stack([r, g, b], axis=-1).astype(np.uint8)
+
+
+def _pil(image: np.ndarray | Image.Image) -> Image.Image:
+    return image if isinstance(image, Image.Image) else Image.fromarray(image)
+
+
+def encode(image: np.ndarray | Image.Image, fmt: str, **save_kwargs: Any) -> bytes:
+    """Encode an array or PIL image in ``fmt`` (PIL format name)."""
+    buffer = io.BytesIO()
+    _pil(image).save(buffer, format=fmt, **save_kwargs)
+    return buffer.getvalue()
+
+
+def jpeg_bytes(
+    image: np.ndarray | Image.Image,
+    quality: int = 90,
+    exif_orientation: int | None = None,
+    mode: str = "RGB",
+    progressive: bool = False,
+) -> bytes:
+    """JPEG bytes; ``exif_orientation`` writes that EXIF Orientation tag (pixels unchanged)."""
+    pil = _pil(image).convert(mode)
+    kwargs: dict[str, Any] = {"quality": quality, "progressive": progressive}
+    if exif_orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        kwargs["exif"] = exif.tobytes()
+    return encode(pil, "JPEG", **kwargs)
+
+
+def png_bytes(
+    image: np.ndarray | Image.Image, mode: str | None = None, **save_kwargs: Any
+) -> bytes:
+    """PNG bytes of an array or PIL image, optionally converted to ``mode`` first."""
+    pil = _pil(image)
+    if mode is not None:
+        pil = pil.convert(mode)
+    return encode(pil, "PNG", **save_kwargs)
+
+
+def truncated(data: bytes, keep: float = 0.6) -> bytes:
+    """The first ``keep`` fraction of an encoded file."""
+    return data[: int(len(data) * keep)]
+
+
+def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
+    """A valid-looking PNG of a few hundred bytes whose header declares width x height pixels."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        body = kind + payload
+        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    compressor = zlib.compressobj()
+    idat = compressor.compress(b"\x00" * 4096) + compressor.flush()
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+def animated_gif(frames: Sequence[np.ndarray], duration_ms: int = 100) -> bytes:
+    """An animated GIF of RGB arrays (all the same size)."""
+    images = [Image.fromarray(frame) for frame in frames]
+    return encode(
+        images[0], "GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0
+    )
+
+
+def write_pairs_parquet(
+    path: str | Path,
+    rows: Sequence[dict[str, Any]],
+    row_group_size: int | None = None,
+    schema: pa.Schema | None = None,
+) -> Path:
+    """Write dict rows as Parquet (types inferred unless ``schema``); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(list(rows), schema=schema)
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+IMG2DATASET_SCHEMA = pa.schema(
+    [
+        ("url", pa.string()),
+        ("caption", pa.string()),
+        ("key", pa.string()),
+        ("status", pa.string()),
+        ("error_message", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("original_width", pa.int64()),
+        ("original_height", pa.int64()),
+        ("exif", pa.string()),
+        ("sha256", pa.string()),
+        ("jpg", pa.binary()),
+    ]
+)
+
+
+def img2dataset_rows(
+    images: Sequence[bytes | None],
+    texts: Sequence[str | None],
+    failed: Iterable[int] = (),
+    shard: int = 0,
+) -> list[dict[str, Any]]:
+    """Rows like img2dataset's parquet output; rows in ``failed`` have status
+    ``failed_to_download``, an error message and a null image."""
+    failed = set(failed)
+    rows = []
+    for i, (image, text) in enumerate(zip(images, texts, strict=True)):
+        bad = i in failed
+        rows.append(
+            {
+                "url": f"https://example.com/{shard}/{i}.jpg",
+                "caption": text,
+                "key": f"{shard:05d}{i:04d}",
+                "status": "failed_to_download" if bad else "success",
+                "error_message": "HTTP Error 404: Not Found" if bad else None,
+                "width": None if bad else 0,
+                "height": None if bad else 0,
+                "original_width": None,
+                "original_height": None,
+                "exif": None,
+                "sha256": None,
+                "jpg": None if bad else image,
+            }
+        )
+    return rows
+
+
+def write_img2dataset_parquet(
+    path: str | Path,
+    images: Sequence[bytes | None],
+    texts: Sequence[str | None],
+    failed: Iterable[int] = (),
+    row_group_size: int | None = None,
+    shard: int = 0,
+) -> Path:
+    """Write :func:`img2dataset_rows` with img2dataset's column types."""
+    rows = img2dataset_rows(images, texts, failed, shard)
+    return write_pairs_parquet(path, rows, row_group_size, schema=IMG2DATASET_SCHEMA)
+
+
+HF_SCHEMA = pa.schema(
+    [
+        ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+        ("text", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+
+
+def hf_image_rows(
+    images: Sequence[bytes | None],
+    texts: Sequence[str | None],
+    paths: Sequence[str | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Rows with a Hugging Face ``datasets`` Image struct column ``image`` {bytes, path}."""
+    paths = paths if paths is not None else [None] * len(images)
+    return [
+        {"image": {"bytes": image, "path": p}, "text": text, "source": f"hf-{i}"}
+        for i, (image, text, p) in enumerate(zip(images, texts, paths, strict=True))
+    ]
+
+
+def write_hf_parquet(
+    path: str | Path,
+    images: Sequence[bytes | None],
+    texts: Sequence[str | None],
+    paths: Sequence[str | None] | None = None,
+    row_group_size: int | None = None,
+) -> Path:
+    """Write :func:`hf_image_rows` with the ``datasets`` struct type."""
+    rows = hf_image_rows(images, texts, paths)
+    return write_pairs_parquet(path, rows, row_group_size, schema=HF_SCHEMA)
