@@ -12,11 +12,26 @@ import click
 
 #: command name -> "module:attribute" of its click command, and a one-line summary.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "inspect": ("curation.inspect:inspect_command", "Dry run: read and decode an input, count rows per reason."),
-    "run": ("pipelines.cli:run_command", "Caption, filter and deduplicate a dataset (the main job)."),
-    "dedup": ("curation.dedup.cli:dedup_command", "Re-run near-duplicate removal over a finished run, without models."),
-    "finetune": ("models.finetune.cli:finetune_command", "Finetune a BLIP captioner or filter on clean pairs."),
-    "demo": ("curation.demo:demo_command", "Run the whole job on a generated shapes dataset and measure quality."),
+    "inspect": (
+        "curation.inspect:inspect_command",
+        "Dry run: read and decode an input, count rows per reason.",
+    ),
+    "run": (
+        "pipelines.cli:run_command",
+        "Caption, filter and deduplicate a dataset (the main job).",
+    ),
+    "dedup": (
+        "curation.dedup.cli:dedup_command",
+        "Re-run near-duplicate removal over a finished run, without models.",
+    ),
+    "finetune": (
+        "models.finetune.cli:finetune_command",
+        "Finetune a BLIP captioner or filter on clean pairs.",
+    ),
+    "demo": (
+        "curation.demo:demo_command",
+        "Run the whole job on a generated shapes dataset and measure quality.",
+    ),
 }
 
 

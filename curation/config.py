@@ -74,7 +74,11 @@ class RunConfig:
             ("min_length", 0 <= self.min_length <= self.max_length, "between 0 and max_length"),
             ("num_beams", self.num_beams >= 1, "a positive integer"),
             ("batch_size", 1 <= self.batch_size <= 4096, "an integer from 1 to 4096"),
-            ("device", self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "auto, cpu or cuda[:N]"),
+            (
+                "device",
+                self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+                "auto, cpu or cuda[:N]",
+            ),
             ("dtype", self.dtype in ("fp32", "bf16", "fp16"), "fp32, bf16 or fp16"),
             ("workers", 1 <= self.workers <= 256, "an integer from 1 to 256"),
             ("min_side", self.min_side >= 1, "a positive integer"),
@@ -84,7 +88,9 @@ class RunConfig:
         ]
         for key, ok, expected in checks:
             if not ok:
-                raise ConfigError(f"invalid value for {key!r}: {getattr(self, key)!r} (expected {expected})")
+                raise ConfigError(
+                    f"invalid value for {key!r}: {getattr(self, key)!r} (expected {expected})"
+                )
         if not self.input:
             raise ConfigError("missing 'input': the Parquet file, glob or folder to curate")
         if not self.out:
@@ -123,7 +129,9 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             raise TypeError
         return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{source}: {key!r} has the wrong type: {value!r} (expected {kind})") from None
+        raise ConfigError(
+            f"{source}: {key!r} has the wrong type: {value!r} (expected {kind})"
+        ) from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -143,7 +151,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     for raw_key, value in data.items():
         key = str(raw_key).replace("-", "_")
         if key not in _FIELDS:
-            raise ConfigError(f"{path}: unknown key {raw_key!r}; known keys: {', '.join(sorted(_FIELDS))}")
+            raise ConfigError(
+                f"{path}: unknown key {raw_key!r}; known keys: {', '.join(sorted(_FIELDS))}"
+            )
         out[key] = _coerce(key, value, str(path))
     return out
 
@@ -158,5 +168,7 @@ def build_config(file: str | Path | None = None, **overrides: Any) -> RunConfig:
             values[key] = _coerce(key, value, "command line")
     for required in ("input", "out"):
         if not values.get(required):
-            raise ConfigError(f"missing {required!r}: give it on the command line or in the config file")
+            raise ConfigError(
+                f"missing {required!r}: give it on the command line or in the config file"
+            )
     return RunConfig(**values).validate()

@@ -35,7 +35,8 @@ DECISIONS_SCHEMA = pa.schema(
 #: Kept web pairs.
 CLEAN_SCHEMA = pa.schema(
     [
-        pa.field("key", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),  # the input pair's key
+        pa.field("image_key", pa.string(), nullable=False),  # key of the image kept for it
         pa.field("image", pa.binary(), nullable=False),
         pa.field("text", pa.string(), nullable=False),
         pa.field("itm", pa.float32(), nullable=False),
@@ -69,7 +70,22 @@ DUPLICATES_SCHEMA = pa.schema(
         pa.field("key", pa.string(), nullable=False),
         pa.field("dup_of", pa.string(), nullable=False),
         pa.field("kind", pa.string(), nullable=False),  # exact | perceptual | near | previous-round
-        pa.field("similarity", pa.float32()),  # cosine (near), 1 - hamming/64 (perceptual), 1.0 (exact)
+        pa.field(
+            "similarity", pa.float32()
+        ),  # cosine (near), 1 - hamming/64 (perceptual), 1.0 (exact)
+    ]
+)
+
+#: images/: one row per scored unique image (the input of near-duplicate removal).
+IMAGES_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),  # the image's key (its representative pair)
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("kept_texts", pa.int32(), nullable=False),  # web + synthetic texts kept by ITM
+        pa.field("best_itm", pa.float32(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32()), nullable=False),  # L2-normalised
     ]
 )
 

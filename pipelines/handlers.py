@@ -1,0 +1,139 @@
+"""RunInference model handlers that wrap the ML layer (``models/``).
+
+Each handler loads its model once per worker process (RunInference shares it across the
+process's threads) and runs fixed-size batches: ``min_batch_size == max_batch_size``.
+Elements are :class:`ModelInput` objects; RunInference is applied through
+``KeyedModelHandler`` so every result stays keyed by its image's cache key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler
+
+from curation.config import RunConfig
+from curation.records import GroupScores, ImageGroup
+
+
+@dataclass
+class ModelInput:
+    """An image group on its way through the models, with the pixels each model needs."""
+
+    group: ImageGroup
+    caption_pixels: np.ndarray | None  # H x W x 3 uint8 at the captioner's size
+    filter_pixels: np.ndarray  # H x W x 3 uint8 at the filter's size
+    captions: list[str] = field(default_factory=list)
+
+
+def caption_settings(config: RunConfig) -> Any:
+    """The captioner settings of a run."""
+    from models.captioner import CaptionSettings
+
+    return CaptionSettings(
+        prompt=config.prompt,
+        captions_per_image=config.captions_per_image,
+        sample=config.sample,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        repetition_penalty=config.repetition_penalty,
+        max_length=config.max_length,
+        min_length=config.min_length,
+        num_beams=config.num_beams,
+        seed=config.seed,
+    )
+
+
+class CaptionHandler(ModelHandler[ModelInput, ModelInput, Any]):
+    """Writes K captions per image with the BLIP captioner (one vision pass per image)."""
+
+    def __init__(self, config: RunConfig):
+        super().__init__(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
+        self._config = config
+
+    def load_model(self) -> Any:
+        from models.captioner import Captioner
+        from models.loading import load_captioner
+
+        c = self._config
+        loaded = load_captioner(
+            c.captioner,
+            revision=c.captioner_revision,
+            device=c.device,
+            dtype=c.dtype,
+            allow_pickle=c.allow_pickle,
+        )
+        return Captioner(loaded, caption_settings(c))
+
+    def run_inference(
+        self, batch: Sequence[ModelInput], model: Any, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[ModelInput]:
+        pixels = np.stack([item.caption_pixels for item in batch])
+        captions = model.caption(pixels, [item.group.key for item in batch])
+        for item, texts in zip(batch, captions, strict=True):
+            item.captions = list(texts)
+        return batch
+
+    def get_num_bytes(self, batch: Sequence[ModelInput]) -> int:
+        return sum(item.caption_pixels.nbytes for item in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "curation_captioner"
+
+
+class ScoreHandler(ModelHandler[ModelInput, tuple[ImageGroup, GroupScores], Any]):
+    """Scores every web text and caption of an image with the BLIP ITM filter, encoding it once."""
+
+    def __init__(self, config: RunConfig):
+        super().__init__(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
+        self._config = config
+
+    def load_model(self) -> Any:
+        from models.scorer import Scorer
+
+        from models.loading import load_filter
+
+        c = self._config
+        loaded = load_filter(
+            c.filter,
+            revision=c.filter_revision,
+            device=c.device,
+            dtype=c.dtype,
+            allow_pickle=c.allow_pickle,
+        )
+        return Scorer(loaded, first_token=c.first_token)
+
+    def run_inference(
+        self, batch: Sequence[ModelInput], model: Any, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[tuple[ImageGroup, GroupScores]]:
+        pixels = np.stack([item.filter_pixels for item in batch])
+        texts = [list(item.group.texts) + list(item.captions) for item in batch]
+        results = model.score(pixels, texts)
+        out = []
+        for item, scores in zip(batch, results, strict=True):
+            n = len(item.group.texts)
+            itm = [float(x) for x in scores.itm]
+            itc = [float(x) for x in scores.itc]
+            out.append(
+                (
+                    item.group,
+                    GroupScores(
+                        captions=list(item.captions),
+                        text_itm=itm[:n],
+                        text_itc=itc[:n],
+                        caption_itm=itm[n:],
+                        caption_itc=itc[n:],
+                        embedding=[float(x) for x in scores.embedding],
+                    ),
+                )
+            )
+        return out
+
+    def get_num_bytes(self, batch: Sequence[ModelInput]) -> int:
+        return sum(item.filter_pixels.nbytes for item in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "curation_filter"

@@ -1,0 +1,195 @@
+"""Run the CapFilt job: validate everything, run the Beam pipeline, finalize, write the manifest."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+
+from curation.config import RunConfig
+from curation.finalize import STAGE_DIR, finalize_run, summarize
+from curation.schemas import (
+    CLEAN_SCHEMA,
+    DECISIONS_SCHEMA,
+    DUPLICATES_SCHEMA,
+    IMAGES_SCHEMA,
+    SYNTHETIC_SCHEMA,
+    with_passthrough,
+)
+from curation.score_cache import CACHE_DIR, cache_files, fingerprint
+from pipelines.preflight import model_image_size
+from pipelines.progress import PROGRESS_DIR, ProgressDisplay, read_progress
+from pipelines.transforms import build_pipeline
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    out_dir: Path
+    run_id: str
+    rows: int
+    seconds: float
+    counts: dict[str, int] = field(default_factory=dict)
+    images_scored: int = 0
+    images_cached: int = 0
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def pipeline_options(config: RunConfig) -> tuple[PipelineOptions, Any]:
+    """Beam options from ``--beam-arg``s; without ``--runner``, the local FnApiRunner.
+
+    The local runner is the in-process FnApiRunner (one worker) or its multi-processing
+    mode (``workers > 1``); it never tries the Prism runner, which needs a download.
+    """
+    args = list(config.beam_args)
+    options = PipelineOptions(args)
+    if any(a == "--runner" or a.startswith("--runner=") for a in args):
+        return options, None
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    direct = options.view_as(DirectOptions)
+    if config.workers > 1:
+        direct.direct_running_mode = "multi_processing"
+        direct.direct_num_workers = config.workers
+    else:
+        direct.direct_running_mode = "in_memory"
+        direct.direct_num_workers = 1
+    return options, FnApiRunner()
+
+
+def passthrough_schema(files: list[str], layout: Any) -> pa.Schema:
+    """Arrow fields of the input's passthrough columns (all nullable)."""
+    from curation.reader import read_schema
+
+    schema = read_schema(files[0])
+    names = [n for n in layout.passthrough if n in schema.names]
+    return pa.schema([schema.field(n).with_nullable(True) for n in names])
+
+
+def prepare(config: RunConfig) -> dict[str, Any]:
+    """Validate config, inputs and models before any work starts (raises UsageError)."""
+    from curation.reader import check_inputs, resolve_inputs, row_groups
+
+    config.validate()
+    files = resolve_inputs(config.input)
+    layout = check_inputs(
+        files,
+        image_column=config.image_column,
+        text_column=config.text_column,
+        key_column=config.key_column,
+    )
+    filter_size = model_image_size(config.filter, config.filter_revision, config.allow_pickle)
+    caption_size = (
+        model_image_size(config.captioner, config.captioner_revision, config.allow_pickle)
+        if config.captions_per_image > 0
+        else None
+    )
+    units = [(path, index) for path in files for index in range(row_groups(path))]
+    total_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in files if "://" not in p)
+    return {
+        "files": files,
+        "layout": layout,
+        "sizes": (caption_size, filter_size),
+        "units": units,
+        "total_rows": total_rows,
+    }
+
+
+def run_pipeline(config: RunConfig, stream: TextIO | None = None) -> RunResult:
+    """Run the whole job into ``config.out``; a re-run reuses the cached model outputs."""
+    from curation.manifest import write_manifest
+
+    stream = stream or sys.stderr
+    started = time.monotonic()
+    plan = prepare(config)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_id = uuid.uuid4().hex[:12]
+    stage = out / STAGE_DIR
+    progress_dir = out / PROGRESS_DIR
+    for folder in (stage, progress_dir):
+        shutil.rmtree(folder, ignore_errors=True)
+    cache_dir = out / CACHE_DIR / fingerprint(config.to_dict())
+    cached_before = len(cache_files(cache_dir))
+    passthrough = passthrough_schema(plan["files"], plan["layout"])
+    schemas = {
+        "decisions": DECISIONS_SCHEMA,
+        "clean": with_passthrough(CLEAN_SCHEMA, passthrough),
+        "synthetic": SYNTHETIC_SCHEMA,
+        "duplicates": DUPLICATES_SCHEMA,
+        "images": IMAGES_SCHEMA,
+    }
+    options, runner = pipeline_options(config)
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    build_pipeline(
+        pipeline,
+        config=config,
+        run_id=run_id,
+        units=plan["units"],
+        layout=plan["layout"],
+        sizes=plan["sizes"],
+        stage_dir=str(stage),
+        cache_dir=str(cache_dir),
+        progress_dir=str(progress_dir),
+        schemas=schemas,
+    )
+    if cached_before:
+        stream.write(
+            f"resuming: {cached_before} cache file(s) of model outputs found in {cache_dir}\n"
+        )
+    t0 = time.monotonic()
+    if config.progress and runner is not None:
+        with ProgressDisplay(progress_dir, plan["total_rows"], stream=stream):
+            pipeline.run().wait_until_finish()
+    else:
+        pipeline.run().wait_until_finish()
+    pipeline_seconds = time.monotonic() - t0
+    t1 = time.monotonic()
+    result = finalize_run(
+        out, near_threshold=config.near_threshold, dedup_against=config.dedup_against, run_id=run_id
+    )
+    finalize_seconds = time.monotonic() - t1
+    progress = read_progress(progress_dir)
+    shutil.rmtree(progress_dir, ignore_errors=True)
+    seconds = time.monotonic() - started
+    counts = summarize(result)
+    manifest = write_manifest(
+        out / "manifest.json",
+        config=config.to_dict(),
+        inputs=plan["files"],
+        counts=result.reasons,
+        timings={"total": seconds, "pipeline": pipeline_seconds, "finalize": finalize_seconds},
+        models={
+            "captioner": {"name": config.captioner, "revision": config.captioner_revision},
+            "filter": {"name": config.filter, "revision": config.filter_revision},
+        },
+        extra={
+            "run_id": run_id,
+            "rows": plan["total_rows"],
+            "layout": plan["layout"].kind,
+            "tables": counts,
+            "images_scored": progress.get("images_scored", 0),
+            "images_cached": progress.get("images_cached", 0),
+            "cache": str(cache_dir.relative_to(out)),
+        },
+    )
+    return RunResult(
+        out_dir=out,
+        run_id=run_id,
+        rows=plan["total_rows"],
+        seconds=seconds,
+        counts=result.reasons,
+        images_scored=progress.get("images_scored", 0),
+        images_cached=progress.get("images_cached", 0),
+        manifest=manifest,
+    )

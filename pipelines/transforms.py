@@ -1,0 +1,406 @@
+"""Composite PTransforms of the CapFilt pipeline: read -> decode -> group copies -> caption
+-> score -> decide -> write. Each step delegates to a plain function of ``curation/`` or a
+model of ``models/``; this module only wires and scales them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.pvalue import TaggedOutput
+
+from curation.config import RunConfig
+from curation.decide import decide_group, decision_row
+from curation.grouping import build_group
+from curation.reasons import Reason
+from curation.records import GroupScores, HashedPair, ImageGroup, Pair
+from curation.score_cache import (
+    cache_files,
+    cache_key,
+    cache_row,
+    read_cache_file,
+    scores_from_row,
+    write_cache_rows,
+)
+from pipelines.handlers import CaptionHandler, ModelInput, ScoreHandler
+from pipelines.progress import ProgressCounter
+
+NAMESPACE = "curation"
+REJECTED = "rejected"
+OUTPUT_TABLES = ("decisions", "clean", "synthetic", "duplicates", "images")
+
+
+def _count(reason: str, decision: str) -> None:
+    Metrics.counter(NAMESPACE, f"decision_{decision}").inc()
+    Metrics.counter(NAMESPACE, f"reason_{reason}").inc()
+
+
+class ReadPairsFn(beam.DoFn):
+    """Reads one (file, row group) unit into pairs."""
+
+    def __init__(self, layout: Any, progress_dir: str):
+        self._layout = layout
+        self._progress_dir = progress_dir
+
+    def setup(self) -> None:
+        self._progress = ProgressCounter(self._progress_dir)
+
+    def process(self, unit: tuple[str, int]) -> Iterator[Pair]:
+        from curation.reader import read_row_group
+
+        path, index = unit
+        pairs = read_row_group(path, self._layout, index)
+        Metrics.counter(NAMESPACE, "rows_read").inc(len(pairs))
+        self._progress.add("rows_read", len(pairs))
+        yield from pairs
+
+    def finish_bundle(self) -> None:
+        self._progress.flush()
+
+
+class ReadPairs(beam.PTransform):
+    """Every input row as a :class:`Pair`, split by Parquet row group."""
+
+    def __init__(self, units: list[tuple[str, int]], layout: Any, progress_dir: str):
+        super().__init__()
+        self._units = units
+        self._layout = layout
+        self._progress_dir = progress_dir
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        return (
+            pbegin
+            | "Units" >> beam.Create(self._units)
+            | "Spread" >> beam.Reshuffle()
+            | "Read" >> beam.ParDo(ReadPairsFn(self._layout, self._progress_dir))
+        )
+
+
+class DecodeFn(beam.DoFn):
+    """Validates and hashes an image; a bad image or failed download becomes a decision."""
+
+    def __init__(self, config: RunConfig, run_id: str, progress_dir: str):
+        self._config = config
+        self._run_id = run_id
+        self._progress_dir = progress_dir
+
+    def setup(self) -> None:
+        self._progress = ProgressCounter(self._progress_dir)
+
+    def process(self, pair: Pair) -> Iterator[Any]:
+        from curation.decode import DecodeError, decode_image
+
+        uid = f"{pair.source_file}:{pair.source_row}"
+        reason: Reason | None = None
+        detail: str | None = None
+        if pair.status is not None and pair.status != "success":
+            reason, detail = Reason.DOWNLOAD_FAILED, pair.error or pair.status
+        else:
+            try:
+                image = decode_image(
+                    pair.image,
+                    None,
+                    min_side=self._config.min_side,
+                    max_pixels=self._config.max_pixels,
+                )
+            except DecodeError as exc:
+                reason, detail = exc.reason, str(exc)
+        if reason is not None:
+            _count(reason.value, "dropped")
+            self._progress.add("rows_decided")
+            self._progress.add("dropped")
+            row = decision_row(
+                pair,
+                run_id=self._run_id,
+                reason=reason,
+                threshold=self._config.threshold,
+                detail=detail,
+            )
+            yield TaggedOutput(REJECTED, row)
+            return
+        yield HashedPair(uid, pair, image.sha256, image.phash, image.width, image.height)
+
+    def finish_bundle(self) -> None:
+        self._progress.flush()
+
+
+def _candidate_key(hashed: HashedPair) -> str:
+    """Orders candidates by user key, then by uid (which is unique)."""
+    return f"{hashed.pair.key}\x00{hashed.uid}"
+
+
+def _link_all(
+    candidates: list[Any], max_hamming: int
+) -> Iterator[tuple[str, tuple[str, str, float]]]:
+    from curation.dedup.copies import group_copies
+
+    for key, link in group_copies(candidates, max_hamming=max_hamming).items():
+        yield key, (link.rep_key, link.kind, link.similarity)
+
+
+def _candidate(hashed: HashedPair) -> Any:
+    from curation.dedup.keep import CopyCandidate
+
+    return CopyCandidate(
+        _candidate_key(hashed), hashed.sha256, hashed.phash, hashed.width, hashed.height
+    )
+
+
+def _to_rep(
+    joined: tuple[str, dict[str, list[Any]]],
+) -> Iterator[tuple[str, tuple[HashedPair, str, float]]]:
+    _, parts = joined
+    for hashed in parts["pair"]:
+        rep_key, kind, similarity = parts["link"][0]
+        yield rep_key, (hashed, kind, similarity)
+
+
+class GroupCopies(beam.PTransform):
+    """Groups pairs whose images are exact (sha256) or perceptual (pHash) copies.
+
+    The copy links are computed once over all images' hashes (a model-free global step
+    whose FAISS multi-hash search grows near-linearly), then joined back by key.
+    """
+
+    def __init__(self, max_hamming: int):
+        super().__init__()
+        self._max_hamming = max_hamming
+
+    def expand(self, hashed: beam.PCollection) -> beam.PCollection:
+        links = (
+            hashed
+            | "Candidates" >> beam.Map(_candidate)
+            | "AllCandidates" >> beam.combiners.ToList()
+            | "Link" >> beam.FlatMap(_link_all, max_hamming=self._max_hamming)
+        )
+        keyed = hashed | "KeyByCandidate" >> beam.Map(lambda h: (_candidate_key(h), h))
+        return (
+            {"pair": keyed, "link": links}
+            | "JoinLinks" >> beam.CoGroupByKey()
+            | "ToRepresentative" >> beam.FlatMap(_to_rep)
+            | "ByImage" >> beam.GroupByKey()
+            | "Build" >> beam.MapTuple(lambda _, members: build_group(members))
+        )
+
+
+def _split_cached(
+    joined: tuple[str, dict[str, list[Any]]],
+) -> Iterator[Any]:
+    """Routes a group to the models, or straight to decide when the cache has its results."""
+    _, parts = joined
+    for group in parts["group"]:
+        for row in parts["cached"]:
+            if list(row["texts"]) == list(group.texts):
+                yield TaggedOutput("cached", (group, scores_from_row(row)))
+                break
+        else:
+            yield group
+
+
+class PreparePixelsFn(beam.DoFn):
+    """Decodes a group's image at each model's input size."""
+
+    def __init__(self, caption_size: int | None, filter_size: int):
+        self._caption_size = caption_size
+        self._filter_size = filter_size
+
+    def process(self, group: ImageGroup) -> Iterator[tuple[str, ModelInput]]:
+        from curation.decode import decode_image
+
+        data = group.rep.pair.image
+        filt = decode_image(data, self._filter_size).pixels
+        if self._caption_size is None:
+            cap = None
+        elif self._caption_size == self._filter_size:
+            cap = filt
+        else:
+            cap = decode_image(data, self._caption_size).pixels
+        yield cache_key(group.key, group.rep.sha256), ModelInput(group, cap, filt)
+
+
+class WriteCacheFn(beam.DoFn):
+    """Persists model outputs every ``flush_every`` images, so a killed run can resume."""
+
+    def __init__(self, folder: str, flush_every: int, progress_dir: str):
+        self._folder = folder
+        self._flush_every = flush_every
+        self._progress_dir = progress_dir
+
+    def setup(self) -> None:
+        self._progress = ProgressCounter(self._progress_dir)
+
+    def start_bundle(self) -> None:
+        self._rows: list[dict[str, Any]] = []
+
+    def process(
+        self, element: tuple[ImageGroup, GroupScores]
+    ) -> Iterator[tuple[ImageGroup, GroupScores]]:
+        group, scores = element
+        self._rows.append(cache_row(cache_key(group.key, group.rep.sha256), group.texts, scores))
+        self._progress.add("images_scored")
+        if len(self._rows) >= self._flush_every:
+            self._flush()
+        yield element
+
+    def _flush(self) -> None:
+        write_cache_rows(self._folder, self._rows)
+        self._rows = []
+
+    def finish_bundle(self) -> None:
+        self._flush()
+        self._progress.flush()
+
+
+class CaptionAndScore(beam.PTransform):
+    """RunInference with the captioner, then the filter; results are cached as they come."""
+
+    def __init__(
+        self, config: RunConfig, sizes: tuple[int | None, int], cache_dir: str, progress_dir: str
+    ):
+        super().__init__()
+        self._config = config
+        self._sizes = sizes
+        self._cache_dir = cache_dir
+        self._progress_dir = progress_dir
+
+    def expand(self, groups: beam.PCollection) -> beam.PCollection:
+        items = groups | "Pixels" >> beam.ParDo(PreparePixelsFn(*self._sizes))
+        if self._config.captions_per_image > 0:
+            items = items | "Caption" >> RunInference(
+                KeyedModelHandler(CaptionHandler(self._config))
+            )
+        scored = items | "Score" >> RunInference(KeyedModelHandler(ScoreHandler(self._config)))
+        return (
+            scored
+            | "DropKey" >> beam.Values()
+            | "Cache"
+            >> beam.ParDo(
+                WriteCacheFn(self._cache_dir, self._config.batch_size, self._progress_dir)
+            )
+        )
+
+
+class DecideFn(beam.DoFn):
+    """Applies the threshold and emits rows for every output table (tagged by table)."""
+
+    def __init__(self, threshold: float, run_id: str, progress_dir: str):
+        self._threshold = threshold
+        self._run_id = run_id
+        self._progress_dir = progress_dir
+
+    def setup(self) -> None:
+        self._progress = ProgressCounter(self._progress_dir)
+
+    def process(self, element: tuple[ImageGroup, GroupScores]) -> Iterator[Any]:
+        group, scores = element
+        outcome = decide_group(group, scores, threshold=self._threshold, run_id=self._run_id)
+        for row in outcome.decisions:
+            _count(row["reason"], row["decision"])
+            self._progress.add(row["decision"])
+        self._progress.add("rows_decided", len(group.members))
+        for table in ("decisions", "clean", "synthetic", "duplicates"):
+            for row in getattr(outcome, table):
+                yield TaggedOutput(table, row)
+        yield TaggedOutput("images", outcome.image)
+
+    def finish_bundle(self) -> None:
+        self._progress.flush()
+
+
+def read_cached(pbegin: beam.pvalue.PBegin, cache_dir: str) -> beam.PCollection:
+    """The cache's rows keyed by cache key (empty when nothing is cached yet)."""
+    files = cache_files(cache_dir)
+    return (
+        pbegin
+        | "CacheFiles" >> beam.Create(files)
+        | "ReadCache" >> beam.FlatMap(read_cache_file)
+        | "KeyCache" >> beam.Map(lambda row: (row["cache_key"], row))
+    )
+
+
+class WriteTables(beam.PTransform):
+    """Writes each tagged table as Parquet shards under ``<folder>/<table>/``."""
+
+    def __init__(self, folder: str, schemas: dict[str, Any]):
+        super().__init__()
+        self._folder = folder
+        self._schemas = schemas
+
+    def expand(self, tables: dict[str, beam.PCollection]) -> beam.pvalue.PDone:
+        for name, pcoll in tables.items():
+            prefix = str(Path(self._folder) / name / "part")
+            pcoll | f"Write{name.title()}" >> beam.io.WriteToParquet(
+                prefix, self._schemas[name], file_name_suffix=".parquet"
+            )
+        return beam.pvalue.PDone(next(iter(tables.values())).pipeline)
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    *,
+    config: RunConfig,
+    run_id: str,
+    units: list[tuple[str, int]],
+    layout: Any,
+    sizes: tuple[int | None, int],
+    stage_dir: str,
+    cache_dir: str,
+    progress_dir: str,
+    schemas: dict[str, Any],
+) -> None:
+    """Wire the whole CapFilt job into ``pipeline``."""
+    pairs = pipeline | "ReadPairs" >> ReadPairs(units, layout, progress_dir)
+    decoded = pairs | "Decode" >> beam.ParDo(DecodeFn(config, run_id, progress_dir)).with_outputs(
+        REJECTED, main="ok"
+    )
+    groups = decoded.ok | "GroupCopies" >> GroupCopies(config.phash_distance)
+    cached = read_cached(pipeline, cache_dir)
+    routed = (
+        {
+            "group": groups
+            | "KeyGroups" >> beam.Map(lambda g: (cache_key(g.key, g.rep.sha256), g)),
+            "cached": cached,
+        }
+        | "JoinCache" >> beam.CoGroupByKey()
+        | "SplitCached" >> beam.FlatMap(_split_cached).with_outputs("cached", main="todo")
+    )
+    fresh = routed.todo | "Models" >> CaptionAndScore(config, sizes, cache_dir, progress_dir)
+    reused = routed.cached | "CountCached" >> beam.ParDo(CountCachedFn(progress_dir))
+    scored = (fresh, reused) | "AllScored" >> beam.Flatten()
+    outputs = scored | "Decide" >> beam.ParDo(
+        DecideFn(config.threshold, run_id, progress_dir)
+    ).with_outputs("decisions", "clean", "synthetic", "duplicates", "images")
+    decisions = (outputs.decisions, decoded[REJECTED]) | "AllDecisions" >> beam.Flatten()
+    tables = {
+        "decisions": decisions,
+        "clean": outputs.clean,
+        "synthetic": outputs.synthetic,
+        "duplicates": outputs.duplicates,
+        "images": outputs.images,
+    }
+    tables | "WriteTables" >> WriteTables(stage_dir, schemas)
+
+
+class CountCachedFn(beam.DoFn):
+    """Counts groups whose model outputs came from the cache."""
+
+    def __init__(self, progress_dir: str):
+        self._progress_dir = progress_dir
+
+    def setup(self) -> None:
+        self._progress = ProgressCounter(self._progress_dir)
+
+    def process(
+        self, element: tuple[ImageGroup, GroupScores]
+    ) -> Iterator[tuple[ImageGroup, GroupScores]]:
+        self._progress.add("images_cached")
+        Metrics.counter(NAMESPACE, "images_cached").inc()
+        yield element
+
+    def finish_bundle(self) -> None:
+        self._progress.flush()
