@@ -43,14 +43,17 @@ def words_of(texts: Iterable[str]) -> list[str]:
     return list(seen)
 
 
-def build_tokenizer(words: Iterable[str] | None = None, vocab_file: str | Path | None = None) -> BertTokenizerFast:
+def build_tokenizer(
+    words: Iterable[str] | None = None, vocab_file: str | Path | None = None
+) -> BertTokenizerFast:
     """A BLIP-style WordPiece tokenizer: BERT specials, the words, then [DEC] and [ENC].
 
     Pass ``vocab_file`` to use an existing BERT vocabulary (for example bert-base-uncased,
     which makes token ids identical to the real BLIP checkpoints).
     """
     if vocab_file is not None:
-        vocab = {line.rstrip("\n"): i for i, line in enumerate(Path(vocab_file).open(encoding="utf-8"))}
+        lines = Path(vocab_file).read_text(encoding="utf-8").rstrip("\n").split("\n")
+        vocab = {line: i for i, line in enumerate(lines)}
     else:
         vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
         for word in words or ():
@@ -111,7 +114,9 @@ def save_model_folder(
     and save it with tokenizer and processor, as a hub checkpoint folder would hold them."""
     import torch
 
-    tokenizer = tokenizer or build_tokenizer(words_of(["a picture of a red circle and blue square"]))
+    tokenizer = tokenizer or build_tokenizer(
+        words_of(["a picture of a red circle and blue square"])
+    )
     config = blip_config(preset, tokenizer)
     torch.manual_seed(seed)
     if kind == "captioner":
@@ -122,6 +127,8 @@ def save_model_folder(
         raise ValueError(f"kind must be 'captioner' or 'filter', not {kind!r}")
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
-    processor = BlipProcessor(image_processor=image_processor(config.vision_config.image_size), tokenizer=tokenizer)
+    processor = BlipProcessor(
+        image_processor=image_processor(config.vision_config.image_size), tokenizer=tokenizer
+    )
     processor.save_pretrained(folder)
     return folder

@@ -1,0 +1,252 @@
+"""Load a BLIP captioner or filter with its tokenizer and image preprocessing settings.
+
+Models come from a local folder (as written by ``save_pretrained`` or
+``huggingface-cli download``) or a Hugging Face hub id, always through ``from_pretrained``:
+safetensors only unless pickle is allowed explicitly, never remote code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoTokenizer,
+    BlipForConditionalGeneration,
+    BlipForImageTextRetrieval,
+    BlipImageProcessorPil,
+    PreTrainedTokenizerBase,
+)
+
+from curation.errors import UsageError
+
+DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
+DEFAULT_FILTER = "Salesforce/blip-itm-base-coco"
+
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+_SAFE_WEIGHTS = ("*.safetensors",)
+_PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth")
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+class ModelLoadError(UsageError):
+    """A model, tokenizer or processor cannot be loaded as asked."""
+
+
+@dataclass
+class LoadedModel:
+    """A BLIP model ready for inference, with what is needed to feed it."""
+
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    image_size: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    name: str
+    revision: str | None
+    device: torch.device
+    dtype: torch.dtype
+    fingerprint: str
+
+    def inference(self) -> ExitStack:
+        """Context for a forward pass: no autograd, and autocast to the model dtype on CUDA."""
+        stack = ExitStack()
+        stack.enter_context(torch.inference_mode())
+        if self.device.type == "cuda" and self.dtype != torch.float32:
+            stack.enter_context(torch.autocast("cuda", dtype=self.dtype))
+        return stack
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU; anything else is passed to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ModelLoadError(f"unknown device {device!r}; use auto, cpu or cuda") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} asked for, but CUDA is not available here")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """Map ``fp32|bf16|fp16`` to a torch dtype; fp16 is refused on CPU."""
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype == "fp16" and device.type == "cpu":
+        raise ModelLoadError("dtype fp16 is not supported on CPU; use bf16 or fp32 there")
+    return DTYPES[dtype]
+
+
+def load_captioner(
+    name_or_path: str,
+    *,
+    revision: str | None = None,
+    device: str = "auto",
+    dtype: str = "fp32",
+    allow_pickle: bool = False,
+) -> LoadedModel:
+    """Load a ``BlipForConditionalGeneration`` captioner (hub id or local folder)."""
+    return _load(BlipForConditionalGeneration, name_or_path, revision, device, dtype, allow_pickle)
+
+
+def load_filter(
+    name_or_path: str,
+    *,
+    revision: str | None = None,
+    device: str = "auto",
+    dtype: str = "fp32",
+    allow_pickle: bool = False,
+) -> LoadedModel:
+    """Load a ``BlipForImageTextRetrieval`` filter (hub id or local folder)."""
+    return _load(BlipForImageTextRetrieval, name_or_path, revision, device, dtype, allow_pickle)
+
+
+def _load(
+    model_class: type,
+    name: str,
+    revision: str | None,
+    device: str,
+    dtype: str,
+    allow_pickle: bool,
+) -> LoadedModel:
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    local = Path(name).is_dir()
+    if local:
+        _check_local_weights(Path(name), allow_pickle)
+    options: dict[str, Any] = {
+        "revision": revision,
+        "trust_remote_code": False,
+        "local_files_only": not local and _offline(),
+    }
+    try:
+        model = model_class.from_pretrained(
+            name,
+            dtype=torch_dtype,
+            use_safetensors=None if allow_pickle else True,
+            **options,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(name, **options)
+        processor = BlipImageProcessorPil.from_pretrained(name, **options)
+    except OSError as err:
+        raise ModelLoadError(_explain(name, local, allow_pickle, err)) from err
+    model.to(torch_device)
+    model.eval()
+    size = processor.size
+    image_size = int(size["height"] if "height" in size else size["shortest_edge"])
+    config_image_size = model.config.vision_config.image_size
+    if image_size != config_image_size:
+        raise ModelLoadError(
+            f"{name}: processor image size {image_size} differs from the model's {config_image_size}"
+        )
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        image_size=image_size,
+        image_mean=_triple(processor.image_mean),
+        image_std=_triple(processor.image_std),
+        name=name,
+        revision=revision,
+        device=torch_device,
+        dtype=torch_dtype,
+        fingerprint=fingerprint(name, revision, model.config.to_dict(), _weight_files(name, local)),
+    )
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(var, "").upper() in {"1", "ON", "YES", "TRUE"} for var in _OFFLINE_VARS
+    )
+
+
+def _check_local_weights(folder: Path, allow_pickle: bool) -> None:
+    safe = [p for pattern in _SAFE_WEIGHTS for p in folder.glob(pattern)]
+    pickled = [p for pattern in _PICKLE_WEIGHTS for p in folder.glob(pattern)]
+    if not safe and pickled and not allow_pickle:
+        raise ModelLoadError(
+            f"{folder} holds only pickle weights ({', '.join(p.name for p in pickled)}), which can run "
+            "arbitrary code when loaded. Convert the checkpoint to safetensors, or pass "
+            "--allow-pickle if you trust its source."
+        )
+    if not safe and not pickled:
+        raise ModelLoadError(
+            f"{folder} holds no model weights (*.safetensors or pytorch_model.bin)"
+        )
+
+
+def _explain(name: str, local: bool, allow_pickle: bool, err: OSError) -> str:
+    if local:
+        return f"cannot load the model in {name}: {err}"
+    text = str(err)
+    if not allow_pickle and "safetensors" in text.lower() and "no file" in text.lower():
+        return (
+            f"{name} has no safetensors weights; pass --allow-pickle to load pickle weights "
+            f"if you trust its source ({text})"
+        )
+    return (
+        f"cannot fetch model {name!r} from the Hugging Face hub (offline, HF_HUB_OFFLINE set, or no "
+        "network). Pass a local folder instead (one made by save_pretrained or "
+        "`huggingface-cli download`), or set HF_HOME to a cache that already holds it. "
+        f"Cause: {text.splitlines()[0] if text else type(err).__name__}"
+    )
+
+
+def _triple(values: Any) -> tuple[float, float, float]:
+    if isinstance(values, (int, float)):
+        values = [values] * 3
+    first, second, third = (float(v) for v in values)
+    return first, second, third
+
+
+def _weight_files(name: str, local: bool) -> list[Path]:
+    if local:
+        folder = Path(name)
+    else:
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(name, local_files_only=True))
+        except (OSError, ValueError):
+            return []
+    patterns = _SAFE_WEIGHTS + _PICKLE_WEIGHTS
+    return sorted(p for pattern in patterns for p in folder.glob(pattern))
+
+
+def fingerprint(
+    name: str, revision: str | None, config: dict[str, Any], weights: list[Path]
+) -> str:
+    """A stable hash of the model's identity, configuration and weight files' contents.
+
+    Hub cache blobs are named after the sha256 of their content, so those are not re-read.
+    """
+    digest = hashlib.sha256()
+    config = {k: v for k, v in config.items() if k not in {"_name_or_path", "transformers_version"}}
+    digest.update(json.dumps([name, revision, config], sort_keys=True, default=str).encode())
+    for path in weights:
+        digest.update(path.name.encode())
+        digest.update(_file_hash(path).encode())
+    return digest.hexdigest()[:32]
+
+
+def _file_hash(path: Path) -> str:
+    blob = Path(os.path.realpath(path)).name
+    if len(blob) == 64 and all(c in "0123456789abcdef" for c in blob):
+        return blob
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
