@@ -1,0 +1,257 @@
+"""Decoding and hashing: real photos, every PIL mode that shows up on the web, broken files."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+from images import (
+    PHOTOS,
+    animated_gif,
+    bomb_png,
+    encode,
+    gradient,
+    jpeg_bytes,
+    photo,
+    png_bytes,
+    truncated,
+)
+from PIL import Image
+
+from curation.decode import DecodedImage, DecodeError, decode_image
+from curation.hashing import hamming, phash64, phash_to_bytes, sha256_hex
+from curation.reasons import Reason
+
+
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def reference(data: bytes, size: int) -> np.ndarray:
+    """Full decode + bicubic squash resize, the BLIP preprocessing without shortcuts."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC))
+
+
+def test_jpeg_photo_decodes_to_model_resolution() -> None:
+    data = jpeg_bytes(photo("coffee"))  # 600 x 400
+    decoded = decode_image(data, 384)
+    assert isinstance(decoded, DecodedImage)
+    assert decoded.pixels is not None
+    assert decoded.pixels.shape == (384, 384, 3) and decoded.pixels.dtype == np.uint8
+    assert (decoded.width, decoded.height) == (600, 400)
+    assert decoded.format == "JPEG"
+    assert decoded.sha256 == hashlib.sha256(data).hexdigest() == sha256_hex(data)
+    assert 0 <= decoded.phash < 2**64
+    assert mean_abs_diff(decoded.pixels, reference(data, 384)) < 1.0
+
+
+def test_png_at_native_size_is_pixel_exact() -> None:
+    source = photo("astronaut")
+    decoded = decode_image(png_bytes(source), 512)
+    assert np.array_equal(decoded.pixels, source)
+
+
+def test_reduced_scale_jpeg_decode_stays_close_to_full_decode() -> None:
+    big = np.asarray(Image.fromarray(photo("astronaut")).resize((1600, 1200)))
+    data = jpeg_bytes(big, quality=85)
+    decoded = decode_image(data, 384)  # drafted at 1/2 scale (800 x 600), then resized
+    assert (decoded.width, decoded.height) == (1600, 1200)
+    assert mean_abs_diff(decoded.pixels, reference(data, 384)) < 2.0
+
+
+def test_hash_only_path_returns_no_pixels_and_the_same_identity() -> None:
+    data = jpeg_bytes(np.asarray(Image.fromarray(photo("rocket")).resize((1280, 854))))
+    hashes_only = decode_image(data)
+    with_pixels = decode_image(data, 384)
+    assert hashes_only.pixels is None
+    assert (hashes_only.width, hashes_only.height) == (1280, 854)
+    assert hashes_only.sha256 == with_pixels.sha256
+    assert hamming(hashes_only.phash, with_pixels.phash) <= 2  # decode scale barely matters
+
+
+def test_phash_survives_resize_and_recompression() -> None:
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        source = photo(name)
+        original = decode_image(png_bytes(source)).phash
+        half = Image.fromarray(source).resize((source.shape[1] // 2, source.shape[0] // 2))
+        copy = decode_image(jpeg_bytes(half, quality=60)).phash
+        assert hamming(original, copy) <= 6, name
+
+
+def test_distinct_photos_have_distant_phashes() -> None:
+    hashes = {name: decode_image(png_bytes(photo(name))).phash for name in PHOTOS}
+    for a, b in itertools.combinations(PHOTOS, 2):
+        assert hamming(hashes[a], hashes[b]) > 20, (a, b)
+
+
+def test_phash_to_bytes_matches_bits_and_hamming() -> None:
+    hashes = [decode_image(png_bytes(photo(n))).phash for n in ("coffee", "chelsea")]
+    packed = phash_to_bytes(hashes + [0, 2**64 - 1])
+    assert packed.shape == (4, 8) and packed.dtype == np.uint8
+    assert packed[2].tolist() == [0] * 8 and packed[3].tolist() == [255] * 8
+    bits = np.unpackbits(packed[:2], axis=1)
+    assert int((bits[0] != bits[1]).sum()) == hamming(*hashes)
+    assert int.from_bytes(packed[0].tobytes(), "big") == hashes[0]
+
+
+def test_phash64_needs_a_32x32_array() -> None:
+    with pytest.raises(ValueError, match="32x32"):
+        phash64(np.zeros((16, 16)))
+    assert phash64(np.zeros((32, 32))) == 0  # flat image: nothing above the median
+
+
+@pytest.mark.parametrize("data", [None, b""])
+def test_no_bytes_is_missing_image(data: bytes | None) -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode_image(data, 64)
+    assert caught.value.reason is Reason.MISSING_IMAGE
+
+
+def test_garbage_is_undecodable() -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode_image(b"<html>404 not found</html>" * 20, 64)
+    assert caught.value.reason is Reason.UNDECODABLE
+
+
+@pytest.mark.parametrize("encoder", [jpeg_bytes, png_bytes], ids=["jpeg", "png"])
+def test_truncated_file_is_refused_not_padded(encoder) -> None:
+    data = truncated(encoder(photo("chelsea")), keep=0.6)
+    for size in (None, 64):
+        with pytest.raises(DecodeError) as caught:
+            decode_image(data, size)
+        assert caught.value.reason is Reason.TRUNCATED
+
+
+def test_png_with_a_corrupted_chunk_is_refused() -> None:
+    data = bytearray(png_bytes(photo("chelsea")))
+    data[len(data) // 2] ^= 0xFF  # inside the IDAT payload: the chunk CRC no longer matches
+    with pytest.raises(DecodeError) as caught:
+        decode_image(bytes(data), 64)
+    assert caught.value.reason in (Reason.UNDECODABLE, Reason.TRUNCATED)
+
+
+@pytest.mark.parametrize("side", [50_000, 10_000])
+def test_decompression_bomb_is_refused_from_the_header(side: int) -> None:
+    data = bomb_png(side, side)
+    assert len(data) < 1000
+    tracemalloc.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # PIL's DecompressionBombWarning must not escape
+            with pytest.raises(DecodeError) as caught:
+                decode_image(data, 384)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert caught.value.reason is Reason.TOO_LARGE
+    assert peak < 5_000_000  # nothing near side * side * 3 bytes was allocated
+
+
+def test_max_pixels_is_a_per_call_budget() -> None:
+    data = jpeg_bytes(gradient(200, 100))
+    with pytest.raises(DecodeError) as caught:
+        decode_image(data, 32, max_pixels=19_999)
+    assert caught.value.reason is Reason.TOO_LARGE
+    assert decode_image(data, 32, max_pixels=20_000).width == 200
+
+
+def test_small_images_are_refused_below_min_side() -> None:
+    data = png_bytes(gradient(100, 6))
+    with pytest.raises(DecodeError) as caught:
+        decode_image(data, 32)
+    assert caught.value.reason is Reason.TOO_SMALL
+    assert decode_image(data, 32, min_side=6).height == 6
+
+
+def test_exif_rotation_swaps_dimensions_and_rotates_pixels() -> None:
+    source = gradient(120, 80)
+    plain = jpeg_bytes(source, quality=95)
+    rotated = jpeg_bytes(source, quality=95, exif_orientation=6)  # display: 90 degrees clockwise
+    a, b = decode_image(plain, 40), decode_image(rotated, 40)
+    assert (a.width, a.height) == (120, 80)
+    assert (b.width, b.height) == (80, 120)
+    assert mean_abs_diff(b.pixels, np.rot90(a.pixels, k=-1)) < 1.0
+    assert mean_abs_diff(b.pixels, a.pixels) > 10  # really rotated, not ignored
+
+
+def test_cmyk_jpeg_becomes_rgb() -> None:
+    source = photo("coffee")
+    cmyk = decode_image(jpeg_bytes(source, mode="CMYK"), 128)
+    rgb = decode_image(jpeg_bytes(source), 128)
+    assert cmyk.pixels.shape == (128, 128, 3)
+    assert mean_abs_diff(cmyk.pixels, rgb.pixels) < 4.0
+
+
+def test_sixteen_bit_png_is_scaled_to_eight_bits() -> None:
+    values = np.zeros((32, 64), dtype=np.uint16)
+    values[:, 32:] = 65535
+    values[:16, :32] = 32896  # 128 * 257
+    data = encode(Image.fromarray(values), "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    decoded = decode_image(data, None)
+    assert decoded.pixels is None
+    pixels = decode_image(data, 64).pixels  # squash 64x32 -> 64x64, columns untouched
+    assert pixels[40, 2].tolist() == [0, 0, 0]
+    assert pixels[5, 2].tolist() == [128, 128, 128]
+    assert pixels[40, 60].tolist() == [255, 255, 255]
+
+
+def test_float_tiff_in_unit_range_is_scaled() -> None:
+    values = np.full((16, 16), 0.5, dtype=np.float32)
+    decoded = decode_image(encode(Image.fromarray(values, "F"), "TIFF"), 16)
+    assert decoded.format == "TIFF"
+    assert decoded.pixels[0, 0].tolist() == [128, 128, 128]
+
+
+def test_palette_transparency_is_composited_on_white() -> None:
+    image = Image.new("P", (40, 40), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.paste(1, (0, 0, 20, 40))  # left half red, right half index 0 = transparent black
+    decoded = decode_image(encode(image, "PNG", transparency=0), 40)
+    assert decoded.pixels[10, 5].tolist() == [255, 0, 0]
+    assert decoded.pixels[10, 35].tolist() == [255, 255, 255]
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_alpha_is_composited_on_white(mode: str) -> None:
+    rgba = np.zeros((20, 20, 4), dtype=np.uint8)
+    rgba[..., 3] = 0  # fully transparent black
+    rgba[:, :10, 3] = 255  # left half opaque black
+    image = Image.fromarray(rgba, "RGBA").convert(mode)
+    pixels = decode_image(png_bytes(image), 20).pixels
+    assert pixels[5, 2].tolist() == [0, 0, 0]
+    assert pixels[5, 17].tolist() == [255, 255, 255]
+
+
+def test_animated_gif_uses_the_first_frame() -> None:
+    red = np.zeros((30, 40, 3), dtype=np.uint8)
+    red[..., 0] = 255
+    blue = np.zeros((30, 40, 3), dtype=np.uint8)
+    blue[..., 2] = 255
+    decoded = decode_image(animated_gif([red, blue, blue]), 16)
+    assert decoded.format == "GIF"
+    assert (decoded.width, decoded.height) == (40, 30)
+    assert decoded.pixels[8, 8].tolist() == [255, 0, 0]
+
+
+def test_grayscale_jpeg_has_three_equal_channels() -> None:
+    decoded = decode_image(jpeg_bytes(photo("coffee"), mode="L"), 64)
+    assert decoded.pixels.shape == (64, 64, 3)
+    assert np.array_equal(decoded.pixels[..., 0], decoded.pixels[..., 2])
+
+
+def test_same_bytes_decode_identically() -> None:
+    data = jpeg_bytes(photo("chelsea"))
+    a, b = decode_image(data, 96), decode_image(data, 96)
+    assert np.array_equal(a.pixels, b.pixels) and a.phash == b.phash
+
+
+def test_decode_error_names_its_reason() -> None:
+    with pytest.raises(DecodeError, match="too_small"):
+        decode_image(png_bytes(gradient(3, 3)))
