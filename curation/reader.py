@@ -15,9 +15,9 @@ projects only the needed columns, so memory follows the row-group size, not the 
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import posixpath
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from glob import glob
@@ -96,9 +96,10 @@ def _expand_local(entry: str) -> list[str]:
 
 
 def _expand_url(entry: str) -> list[str]:
-    scheme = entry[: entry.index("://") + 3]
-    filesystem, inner = filesystem_for(entry)
-    if not glob_magic(inner):
+    scheme, rest = entry.split("://", 1)
+    prefix = scheme + "://"
+    if not glob_magic(rest):
+        filesystem, inner = filesystem_for(entry)
         info = filesystem.get_file_info(inner)
         if info.type == pafs.FileType.File:
             return [entry]
@@ -106,20 +107,53 @@ def _expand_url(entry: str) -> list[str]:
             return []
         listing = filesystem.get_file_info(pafs.FileSelector(inner, recursive=True))
         return sorted(
-            scheme + i.path
+            prefix + i.path
             for i in listing
             if i.type == pafs.FileType.File and i.path.endswith(".parquet")
         )
-    base = _glob_base(inner)
+    base = _glob_base(rest)
+    filesystem, inner_base = filesystem_for(prefix + base)
+    pattern = inner_base.rstrip("/") + "/" + rest[len(base) :].lstrip("/")
     try:
-        listing = filesystem.get_file_info(pafs.FileSelector(base, recursive=True))
+        listing = filesystem.get_file_info(pafs.FileSelector(inner_base, recursive=True))
     except (FileNotFoundError, OSError):
         return []
     return sorted(
-        scheme + i.path
+        prefix + i.path
         for i in listing
-        if i.type == pafs.FileType.File and fnmatch.fnmatchcase(i.path, inner)
+        if i.type == pafs.FileType.File and _glob_match(i.path, pattern)
     )
+
+
+def _glob_match(path: str, pattern: str) -> bool:
+    """Shell-style match where ``*`` stays within one folder and ``**/`` spans folders."""
+    return re.fullmatch(_glob_regex(pattern), path) is not None
+
+
+def _glob_regex(pattern: str) -> str:
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
+            close = pattern.index("]", i + 2)
+            body = pattern[i + 1 : close]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = close + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
 
 
 def glob_magic(path: str) -> bool:
@@ -194,6 +228,13 @@ def detect_layout(
             f"{path}: {what}; available columns: {', '.join(names)} (choose one with {option})"
         )
 
+    def check_image_type(column: str) -> None:
+        if not (_is_image_struct(types[column]) or _is_binary(types[column])):
+            raise InputError(
+                f"{path}: image column {column!r} has type {types[column]}, expected binary "
+                "bytes or a datasets Image struct {bytes, path}"
+            )
+
     for given, option in (
         (image_column, "--image-column"),
         (text_column, "--text-column"),
@@ -228,7 +269,8 @@ def detect_layout(
                 if len(binaries) != 1:
                     raise missing("image", None, "--image-column")
                 image = binaries[0]
-        if _is_image_struct(types[image]) and kind == "mapped" and image_column is not None:
+        check_image_type(image)
+        if _is_image_struct(types[image]):
             kind = "hf_datasets"
         text = text_column or next((c for c in TEXT_COLUMNS if c in types and c != image), None)
         if text is None:
@@ -236,12 +278,7 @@ def detect_layout(
         key = key_column or ("key" if "key" in types and _is_text(types["key"]) else None)
         status = error = None
 
-    image_is_struct = _is_image_struct(types[image])
-    if not (image_is_struct or _is_binary(types[image])):
-        raise InputError(
-            f"{path}: image column {image!r} has type {types[image]}, expected binary bytes "
-            "or a datasets Image struct {bytes, path}"
-        )
+    check_image_type(image)
     if not _is_text(types[text]):
         raise InputError(f"{path}: text column {text!r} has type {types[text]}, expected string")
     used = {image, text, key, status, error}
@@ -253,7 +290,7 @@ def detect_layout(
         key_column=key,
         status_column=status,
         error_column=error,
-        image_is_struct=image_is_struct,
+        image_is_struct=_is_image_struct(types[image]),
         passthrough=passthrough,
     )
 
