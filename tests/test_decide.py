@@ -1,0 +1,89 @@
+"""The decide step and image-group building, without Beam or models."""
+
+from __future__ import annotations
+
+import pytest
+
+from curation.decide import decide_group
+from curation.grouping import build_group
+from curation.records import GroupScores, HashedPair, Pair
+
+
+def _hashed(
+    key: str, text: str | None, row: int, image: bytes = b"img", sha: str = "s0"
+) -> HashedPair:
+    pair = Pair(
+        key=key,
+        source_file="f.parquet",
+        source_row=row,
+        image=image,
+        text=text,
+        extra={"lang": "en"},
+    )
+    return HashedPair(f"f.parquet:{row}", pair, sha, 0, 10, 10)
+
+
+def _group():
+    members = [
+        (_hashed("b", "A dog", 1, b"copy", "s1"), "perceptual", 0.95),
+        (_hashed("a", "a dog", 0), "self", 1.0),
+        (_hashed("c", "a cat", 2, b"copy2", "s2"), "exact", 1.0),
+        (_hashed("d", "   ", 3, b"copy3", "s0"), "exact", 1.0),
+    ]
+    return build_group(members)
+
+
+def test_group_orders_members_and_dedups_texts() -> None:
+    group = _group()
+    assert [m.hashed.pair.key for m in group.members] == ["a", "b", "c", "d"]
+    assert group.key == "a" and group.rep.pair.image == b"img"
+    assert all(
+        m.hashed.pair.image is None for m in group.members[1:]
+    )  # only the kept copy holds bytes
+    assert group.texts == ["a dog", "a cat"]  # case/space-folded identity, empty text left out
+
+
+def test_group_needs_one_representative() -> None:
+    with pytest.raises(ValueError):
+        build_group([(_hashed("a", "x", 0), "exact", 1.0)])
+
+
+def test_decide_applies_threshold_to_web_and_synthetic() -> None:
+    group = _group()
+    scores = GroupScores(
+        captions=["a dog on grass", "a blue car"],
+        text_itm=[0.9, 0.2],
+        text_itc=[0.4, 0.1],
+        caption_itm=[0.7, 0.49],
+        caption_itc=[0.3, 0.0],
+        embedding=[1.0, 0.0],
+    )
+    out = decide_group(group, scores, threshold=0.5, run_id="r")
+    web = {d["key"]: d for d in out.decisions if d["text_origin"] == "web"}
+    assert web["a"]["reason"] == "kept" and web["a"]["itm"] == 0.9
+    assert web["b"]["reason"] == "duplicate" and "same image and text as a" in web["b"]["detail"]
+    assert web["c"]["reason"] == "low_itm" and web["c"]["image_key"] == "a"
+    assert web["d"]["reason"] == "empty_text" and web["d"]["itm"] is None
+    syn = [d for d in out.decisions if d["text_origin"] == "synthetic"]
+    assert [(d["caption_index"], d["decision"]) for d in syn] == [(0, "kept"), (1, "dropped")]
+    assert [r["key"] for r in out.clean] == ["a"] and out.clean[0]["lang"] == "en"
+    assert out.clean[0]["image"] == b"img"
+    assert [(r["key"], r["caption"]) for r in out.synthetic] == [("a", "a dog on grass")]
+    assert {(r["key"], r["kind"]) for r in out.duplicates} == {
+        ("b", "perceptual"),
+        ("c", "exact"),
+        ("d", "exact"),
+    }
+    assert out.image["kept_texts"] == 2 and out.image["best_itm"] == 0.9
+
+
+def test_copy_text_is_scored_against_the_kept_image() -> None:
+    group = build_group(
+        [
+            (_hashed("a", "x", 0), "self", 1.0),
+            (_hashed("b", "y", 1, b"other", "s9"), "perceptual", 0.9),
+        ]
+    )
+    scores = GroupScores([], [0.1, 0.8], [0.0, 0.5], [], [], [0.0, 1.0])
+    out = decide_group(group, scores, threshold=0.5, run_id="r")
+    assert [(r["key"], r["image_key"], r["image"]) for r in out.clean] == [("b", "a", b"img")]
