@@ -1,0 +1,147 @@
+"""``curation inspect``: every row counted once under the right reason, CLI output and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from images import (
+    bomb_png,
+    gradient,
+    jpeg_bytes,
+    photo,
+    png_bytes,
+    truncated,
+    write_hf_parquet,
+    write_img2dataset_parquet,
+)
+
+from curation.cli import main
+from curation.inspect import OUTCOMES, inspect_input
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two img2dataset shards covering every outcome, with known counts."""
+    folder = tmp_path_factory.mktemp("mixed")
+    good = jpeg_bytes(photo("chelsea"))
+    images = [
+        good,  # ok
+        good,  # download failed (status), image nulled by the helper
+        None,  # missing image although status success
+        b"not an image at all" * 10,  # undecodable
+        truncated(good),  # truncated
+        png_bytes(gradient(4, 40)),  # too small
+        bomb_png(),  # too large
+        good,  # empty text
+        good,  # blank text
+        jpeg_bytes(gradient(64, 64)),  # ok, long text
+    ]
+    texts = ["a cat", "x", "y", "z", "w", "v", "u", "", "   \t", "long " * 2000]
+    write_img2dataset_parquet(folder / "00000.parquet", images, texts, failed=[1], row_group_size=3)
+    write_img2dataset_parquet(
+        folder / "sub" / "00001.parquet", [good, None], ["ok", "gone"], failed=[1], shard=1
+    )
+    return folder
+
+
+EXPECTED = {
+    "download_failed": 2,
+    "missing_image": 1,
+    "undecodable": 1,
+    "truncated": 1,
+    "too_small": 1,
+    "too_large": 1,
+    "empty_text": 2,
+    "ok": 3,
+}
+
+
+def test_every_row_is_counted_once_under_its_reason(mixed_folder: Path) -> None:
+    report = inspect_input(str(mixed_folder), progress=False)
+    assert report.layout.kind == "img2dataset"
+    assert report.files == [
+        str(mixed_folder / "00000.parquet"),
+        str(mixed_folder / "sub" / "00001.parquet"),
+    ]
+    assert report.rows == 12 == sum(report.counts.values())
+    assert report.counts == EXPECTED
+    assert list(report.counts) == list(OUTCOMES)
+    assert report.file_rows == {report.files[0]: 10, report.files[1]: 2}
+    assert [e["key"] for e in report.examples["download_failed"]] == ["000000001", "000010001"]
+    assert "HTTP Error 404" in report.examples["download_failed"][0]["detail"]
+    assert "ok" not in report.examples
+
+
+def test_decoding_at_model_size_gives_the_same_counts(mixed_folder: Path) -> None:
+    report = inspect_input(str(mixed_folder / "00000.parquet"), size=64, progress=False)
+    assert report.rows == 10 and report.counts["ok"] == 2 and report.counts["too_large"] == 1
+
+
+def test_hf_datasets_input(tmp_path: Path) -> None:
+    good = png_bytes(gradient(32, 32))
+    path = write_hf_parquet(tmp_path / "train.parquet", [good, None, good], ["a", "b", None])
+    report = inspect_input(str(path), progress=False)
+    assert report.layout.kind == "hf_datasets"
+    assert (report.counts["ok"], report.counts["missing_image"], report.counts["empty_text"]) == (
+        1,
+        1,
+        1,
+    )
+    assert report.examples["missing_image"][0]["key"] == "train_000001"
+
+
+def test_cli_prints_layout_files_and_a_table(mixed_folder: Path) -> None:
+    result = CliRunner().invoke(main, ["inspect", str(mixed_folder)])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "layout:       img2dataset" in out
+    assert "00001.parquet  2 rows" in out
+    assert "rows:         12" in out
+    lines = {
+        line.split()[0]: line.split()[1]
+        for line in out.splitlines()
+        if line[:1].isalpha() and len(line.split()) == 3
+    }
+    for outcome, count in EXPECTED.items():
+        assert lines[outcome] == str(count)
+
+
+def test_cli_json_is_one_object_with_the_counts(mixed_folder: Path) -> None:
+    result = CliRunner().invoke(main, ["inspect", str(mixed_folder), "--json"])
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["counts"] == EXPECTED and data["rows"] == 12
+    assert data["layout"]["image_column"] == "jpg"
+    assert result.stderr == ""
+
+
+def test_cli_column_options_are_applied(tmp_path: Path) -> None:
+    path = write_hf_parquet(tmp_path / "t.parquet", [png_bytes(gradient(16, 16))], ["a"])
+    result = CliRunner().invoke(main, ["inspect", str(path), "--text-column", "source", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["layout"]["text_column"] == "source"
+
+
+def test_cli_missing_column_exits_2_naming_file_and_column(mixed_folder: Path) -> None:
+    path = str(mixed_folder / "00000.parquet")
+    result = CliRunner().invoke(main, ["inspect", path, "--text-column", "alt_text"])
+    assert result.exit_code == 2
+    assert path in result.stderr and "'alt_text'" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_cli_missing_file_exits_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "nope.parquet")])
+    assert result.exit_code == 2
+    assert "nope.parquet" in result.stderr
+
+
+def test_cli_not_parquet_exits_2(tmp_path: Path) -> None:
+    fake = tmp_path / "data.parquet"
+    fake.write_bytes(b"PK\x03\x04 this is a zip, not parquet" * 10)
+    result = CliRunner().invoke(main, ["inspect", str(fake)])
+    assert result.exit_code == 2
+    assert f"{fake}: not a Parquet file" in result.stderr
