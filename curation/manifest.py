@@ -45,7 +45,7 @@ def package_versions() -> dict[str, str | None]:
 
 def _manifest_path(path: str | Path) -> Path:
     path = Path(path)
-    return path / MANIFEST_NAME if path.is_dir() else path
+    return path if path.suffix == ".json" else path / MANIFEST_NAME
 
 
 def write_manifest(
@@ -58,7 +58,7 @@ def write_manifest(
     models: Mapping[str, Mapping[str, Any]] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the manifest (``path`` is the file, or a folder to hold ``manifest.json``).
+    """Write the manifest; ``path`` is a ``.json`` file, or the run folder to hold ``manifest.json``.
 
     ``counts`` may hold keys outside the reason vocabulary (``rows``, ``ok``...): they are
     kept after the reasons. The file appears atomically. Returns the written dict.
@@ -89,5 +89,5 @@ def write_manifest(
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Read a manifest (``path`` is the file or the run folder)."""
+    """Read a manifest; ``path`` is a ``.json`` file or the run folder."""
     return json.loads(_manifest_path(path).read_text())
