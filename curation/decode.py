@@ -44,14 +44,11 @@ class DecodedImage:
 
 
 class DecodeError(Exception):
-    """The image cannot be used; ``reason`` says why in the closed vocabulary."""
+    """The image cannot be used: ``reason`` in the closed vocabulary, ``str()`` the detail."""
 
     def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-    def __str__(self) -> str:
-        return f"{self.reason.value}: {self.args[0]}"
 
 
 def decode_image(

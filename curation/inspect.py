@@ -76,7 +76,7 @@ def classify(
     try:
         decode_image(pair.image, size, min_side=min_side, max_pixels=max_pixels)
     except DecodeError as err:
-        return err.reason.value, err.args[0]
+        return err.reason.value, str(err)
     if pair.text is None or not pair.text.strip():
         return Reason.EMPTY_TEXT.value, None
     return OK, None
