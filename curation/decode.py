@@ -5,7 +5,9 @@ never replaced by a placeholder. Guards, in order:
 
 - empty input -> ``missing_image``;
 - header dimensions checked BEFORE any pixel is allocated: more than ``max_pixels`` ->
-  ``too_large`` (decompression bombs), a side below ``min_side`` -> ``too_small``;
+  ``too_large`` (decompression bombs), a side below ``min_side`` -> ``too_small``; PIL's
+  own ``Image.MAX_IMAGE_PIXELS`` guard still refuses above twice its limit, and its warning
+  never escapes;
 - the whole file is decoded (PIL's ``LOAD_TRUNCATED_IMAGES`` is never set): a file that ends
   early -> ``truncated``, anything else PIL cannot read -> ``undecodable``.
 
@@ -97,9 +99,13 @@ def decode_image(
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     """Open lazily (header only) and refuse images above the pixel budget before decoding."""
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    # PIL's process-wide guard warns above MAX_IMAGE_PIXELS and raises above twice that;
+    # the warning is silenced when this call's own budget is larger, else it means too_large.
+    quiet = pil_limit is not None and max_pixels > pil_limit
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore" if quiet else "error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
         raise DecodeError(Reason.TOO_LARGE, str(err)) from None

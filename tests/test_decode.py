@@ -257,3 +257,20 @@ def test_decode_error_carries_reason_and_a_readable_detail() -> None:
         decode_image(png_bytes(gradient(3, 3)))
     assert caught.value.reason is Reason.TOO_SMALL
     assert str(caught.value) == "3x3 has a side below min_side=8"
+
+
+def test_pil_global_pixel_guard_becomes_too_large_without_warnings(monkeypatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    warning_range = jpeg_bytes(gradient(120, 100))  # 12,000 pixels: PIL warns
+    error_range = jpeg_bytes(gradient(210, 100))  # 21,000 pixels: PIL raises
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for data in (warning_range, error_range):
+            with pytest.raises(DecodeError) as caught:
+                decode_image(data, 32, max_pixels=10_000)
+            assert caught.value.reason is Reason.TOO_LARGE
+        # a larger per-call budget wins over PIL's warning, not over its hard error
+        assert decode_image(warning_range, 32, max_pixels=50_000).width == 120
+        with pytest.raises(DecodeError) as caught:
+            decode_image(error_range, 32, max_pixels=50_000)
+        assert caught.value.reason is Reason.TOO_LARGE
