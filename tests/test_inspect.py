@@ -145,3 +145,14 @@ def test_cli_not_parquet_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["inspect", str(fake)])
     assert result.exit_code == 2
     assert f"{fake}: not a Parquet file" in result.stderr
+
+
+def test_progress_goes_to_stderr_and_json_stays_quiet(
+    mixed_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("curation.inspect._PROGRESS_EVERY_S", 0.0)  # report on every row
+    table = CliRunner().invoke(main, ["inspect", str(mixed_folder)])
+    assert "read 12 rows in" in table.stderr and "rows/s" in table.stderr
+    assert "read 12 rows" not in table.stdout
+    quiet = CliRunner().invoke(main, ["inspect", str(mixed_folder), "--json"])
+    assert quiet.exit_code == 0 and quiet.stderr == ""
