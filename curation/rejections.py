@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from curation.decide import decision_row
 from curation.reasons import Reason
 from curation.records import Pair
 
@@ -16,19 +17,6 @@ def rejection_row(
     threshold: float | None,
 ) -> dict[str, Any]:
     """A ``DECISIONS_SCHEMA`` row: the pair's web text dropped for ``reason``, unscored."""
-    return {
-        "run_id": run_id,
-        "key": pair.key,
-        "source_file": pair.source_file,
-        "source_row": pair.source_row,
-        "image_key": None,
-        "text_origin": "web",
-        "caption_index": None,
-        "text": pair.text,
-        "itm": None,
-        "itc": None,
-        "decision": "dropped",
-        "reason": Reason(reason).value,
-        "detail": detail,
-        "threshold": threshold,
-    }
+    return decision_row(
+        pair, run_id=run_id, reason=Reason(reason), threshold=threshold, detail=detail
+    )

@@ -15,10 +15,11 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.pvalue import TaggedOutput
 
 from curation.config import RunConfig
-from curation.decide import decide_group, decision_row
+from curation.decide import decide_group
 from curation.grouping import build_group
 from curation.reasons import Reason
 from curation.records import GroupScores, HashedPair, ImageGroup, Pair
+from curation.rejections import rejection_row
 from curation.score_cache import (
     cache_files,
     cache_key,
@@ -114,13 +115,7 @@ class DecodeFn(beam.DoFn):
             _count(reason.value, "dropped")
             self._progress.add("rows_decided")
             self._progress.add("dropped")
-            row = decision_row(
-                pair,
-                run_id=self._run_id,
-                reason=reason,
-                threshold=self._config.threshold,
-                detail=detail,
-            )
+            row = rejection_row(pair, reason, detail, self._run_id, self._config.threshold)
             yield TaggedOutput(REJECTED, row)
             return
         yield HashedPair(uid, pair, image.sha256, image.phash, image.width, image.height)
