@@ -1,0 +1,136 @@
+"""Group copies of an image before the models: same bytes (sha256) or a close perceptual hash.
+
+Exact copies are grouped by sha256 first. Among the remaining distinct images, perceptual
+hashes within ``max_hamming`` bits are linked with FAISS's multi-index hashing
+(``IndexBinaryMultiHash``): by the pigeonhole principle, two 64-bit hashes that differ in at
+most ``r`` bits agree, in at least one of ``m`` disjoint chunks, to within ``r // m`` bits,
+so probing every chunk's hash table with up to ``r // m`` flipped bits finds every pair,
+at a cost that grows with the bucket sizes instead of with all pairs (a flat binary range
+search is quadratic: hours at a million hashes). Linked images form connected components;
+:func:`curation.dedup.keep.choose_copy` picks the representative of each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from math import comb
+
+import numpy as np
+
+from curation.dedup.components import connected_components, groups_of
+from curation.dedup.keep import CopyCandidate, choose_copy
+
+HASH_BITS = 64
+_QUERY_SHARD = 65536
+
+
+@dataclass(frozen=True)
+class CopyLink:
+    """Where a key's image went: itself (kind ``self``) or the representative it copies."""
+
+    key: str
+    rep_key: str
+    kind: str  # "self" | "exact" | "perceptual"
+    similarity: float  # 1.0 for self and exact; 1 - hamming / 64 for perceptual
+
+
+def _hash_codes(hashes: np.ndarray) -> np.ndarray:
+    """64-bit hashes as FAISS binary codes: 8 bytes each, big-endian (``int.to_bytes(8, "big")``)."""
+    return np.ascontiguousarray(hashes.astype(">u8")).view(np.uint8).reshape(-1, 8)
+
+
+def multihash_layout(n: int, max_hamming: int) -> tuple[int, int, int]:
+    """``(tables, bits_per_table, flips)`` for a multi-index hash over ``n`` 64-bit codes.
+
+    Chooses, among layouts that are exact for ``max_hamming`` (``flips = max_hamming //
+    tables``), the one with the fewest expected bucket probes plus candidates per query
+    for uniformly spread hashes.
+    """
+    best: tuple[float, int, int, int] | None = None
+    for tables in range(1, max_hamming + 2):
+        bits = HASH_BITS // tables
+        flips = max_hamming // tables
+        probes = tables * sum(comb(bits, k) for k in range(flips + 1))
+        cost = probes * (1.0 + n / 2.0**bits)
+        if best is None or cost < best[0]:
+            best = (cost, tables, bits, flips)
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
+def near_hash_pairs(hashes: np.ndarray, max_hamming: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs ``(i, j)``, ``i < j``, of distinct 64-bit hashes within ``max_hamming`` bits."""
+    import faiss
+
+    n = hashes.shape[0]
+    if n < 2 or max_hamming == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty
+    codes = _hash_codes(hashes)
+    tables, bits, flips = multihash_layout(n, max_hamming)
+    index = faiss.IndexBinaryMultiHash(HASH_BITS, tables, bits)
+    index.nflip = flips
+    index.add(codes)
+    firsts, seconds = [], []
+    for start in range(0, n, _QUERY_SHARD):
+        lims, _, found = index.range_search(codes[start : start + _QUERY_SHARD], max_hamming + 1)
+        query = start + np.repeat(np.arange(lims.size - 1), np.diff(lims).astype(np.int64))
+        keep = query < found
+        firsts.append(query[keep])
+        seconds.append(found[keep])
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
+def group_copies(items: Sequence[CopyCandidate], max_hamming: int = 4) -> dict[str, CopyLink]:
+    """Map every key to its copy group's representative.
+
+    Images with the same sha256 are exact copies; distinct images whose perceptual hashes
+    differ in at most ``max_hamming`` of 64 bits are perceptual copies, transitively
+    (connected components). The representative (kind ``self``) is chosen by
+    :func:`~curation.dedup.keep.choose_copy`; a member whose sha256 equals the
+    representative's is ``exact`` (similarity 1.0), any other ``perceptual`` with similarity
+    ``1 - hamming(member, representative) / 64``. The result does not depend on input order.
+    """
+    if not 0 <= max_hamming < HASH_BITS:
+        raise ValueError(f"max_hamming must be in [0, {HASH_BITS}), got {max_hamming}")
+    n = len(items)
+    seen: set[str] = set()
+    for item in items:
+        if item.key in seen:
+            raise ValueError(f"duplicate key in copy grouping: {item.key!r}")
+        if not 0 <= item.phash < 2**HASH_BITS:
+            raise ValueError(f"perceptual hash of {item.key!r} is not a 64-bit unsigned int")
+        seen.add(item.key)
+
+    first_of_sha: dict[str, int] = {}
+    sha_first = np.fromiter(
+        (first_of_sha.setdefault(item.sha256, i) for i, item in enumerate(items)),
+        dtype=np.int64,
+        count=n,
+    )
+    uniques = np.fromiter(first_of_sha.values(), dtype=np.int64, count=len(first_of_sha))
+    hashes = np.fromiter((items[i].phash for i in uniques), dtype=np.uint64, count=uniques.size)
+    values, first_of_value, value_of = np.unique(hashes, return_index=True, return_inverse=True)
+    near_a, near_b = near_hash_pairs(values, max_hamming)
+    a = np.concatenate([np.arange(n), uniques, uniques[first_of_value[near_a]]])
+    b = np.concatenate(
+        [sha_first, uniques[first_of_value[value_of]], uniques[first_of_value[near_b]]]
+    )
+    labels = connected_components(n, a, b)
+
+    links = {item.key: CopyLink(item.key, item.key, "self", 1.0) for item in items}
+    for members in groups_of(labels):
+        group = [items[i] for i in members]
+        rep = choose_copy(group)
+        for item in group:
+            if item is rep:
+                continue
+            if item.sha256 == rep.sha256:
+                links[item.key] = CopyLink(item.key, rep.key, "exact", 1.0)
+            else:
+                distance = (item.phash ^ rep.phash).bit_count()
+                links[item.key] = CopyLink(
+                    item.key, rep.key, "perceptual", 1.0 - distance / HASH_BITS
+                )
+    return links
