@@ -8,6 +8,9 @@ Gumbel noise (the argmax of log-probabilities plus Gumbel(0, 1) noise is a draw 
 distribution). The noise is a counter-based hash of (key, seed, caption index, step,
 token), so a caption depends on its image and key only, never on which other images share
 its batch, and the same integers are drawn on CPU and GPU.
+
+The K rows of an image share its vision states; their cross-attention keys and values are
+projected once per image (``models.shared_states``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from transformers import (
 
 from models.loading import LoadedModel
 from models.preprocess import pixel_values
+from models.shared_states import SharedCrossAttention
 
 _MASK32 = 0xFFFFFFFF
 
@@ -159,22 +163,26 @@ class Captioner:
         processors = LogitsProcessorList()
         with loaded.inference():
             states = model.vision_model(pixel_values=batch).last_hidden_state
+            # One vision pass; with sampling, each image's states serve its K rows (beam
+            # search expands them itself).
+            copies = k if settings.sample else 1
             if settings.sample:
-                # One vision pass; each image's states serve its K sampled rows.
-                states = states.repeat_interleave(k, dim=0)
                 seeds = row_seeds(keys, settings.seed, k).to(loaded.device)
                 processors.append(SeededSampling(seeds, settings.top_k, settings.top_p))
-            input_ids = self.prompt_ids.repeat(states.shape[0], 1).to(loaded.device)
-            output = model.text_decoder.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                encoder_hidden_states=states,
-                encoder_attention_mask=torch.ones(
-                    states.shape[:2], dtype=torch.long, device=loaded.device
-                ),
-                generation_config=self.generation,
-                logits_processor=processors,
-            )
+            owner = torch.arange(len(keys), device=loaded.device).repeat_interleave(copies)
+            input_ids = self.prompt_ids.repeat(len(owner), 1).to(loaded.device)
+            with SharedCrossAttention(model.text_decoder, states) as shared:
+                encoder_states = shared.repeat(owner)
+                output = model.text_decoder.generate(
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    encoder_hidden_states=encoder_states,
+                    encoder_attention_mask=torch.ones(
+                        encoder_states.shape[:2], dtype=torch.long, device=loaded.device
+                    ),
+                    generation_config=self.generation,
+                    logits_processor=processors,
+                )
         generated = output[:, self.prompt_ids.shape[1] :]
         texts = loaded.tokenizer.batch_decode(generated, skip_special_tokens=True)
         texts = [" ".join(text.split()) for text in texts]

@@ -2,7 +2,8 @@
 
 ``BlipForImageTextRetrieval.forward`` re-runs the vision transformer for every text; here
 the vision states of a batch are computed once and the text encoder is run over all texts
-of all images, bucketed by length. Scores per text:
+of all images, bucketed by length; cross-attention keys and values are projected once per
+image (``models.shared_states``). Scores per text:
 
 - ITM: ``softmax(itm_head(text_encoder(text, image states)[:, 0]))[:, 1]``, the CapFilt rule's
   probability (salesforce/BLIP issue #46).
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from models.loading import LoadedModel
 from models.preprocess import pixel_values
+from models.shared_states import SharedCrossAttention
 
 ENC_TOKEN = "[ENC]"
 _PUNCTUATION = re.compile(r"""([.!"()*#:;~])""")
@@ -130,7 +132,7 @@ class Scorer:
         attention = tokens.attention_mask.to(loaded.device)
         lengths = attention.sum(dim=1)
         order = torch.argsort(lengths, stable=True)
-        with loaded.inference():
+        with loaded.inference(), SharedCrossAttention(model.text_encoder, states) as shared:
             itm = torch.empty(len(texts), dtype=torch.float32, device=loaded.device)
             itc = torch.empty(len(texts), dtype=torch.float32, device=loaded.device)
             for chunk in order.split(self.text_batch_size):
@@ -144,7 +146,7 @@ class Scorer:
                 if self.enc_token_id is not None:
                     ids = ids.clone()
                     ids[:, 0] = self.enc_token_id
-                image_states = states[images]
+                image_states = shared.repeat(images)
                 fused = model.text_encoder(
                     input_ids=ids,
                     attention_mask=mask,

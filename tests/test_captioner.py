@@ -146,3 +146,27 @@ def test_keys_must_match_images(loaded, images):
     with pytest.raises(ValueError, match="keys"):
         Captioner(loaded, CaptionSettings()).caption(images, KEYS[:2])
     assert Captioner(loaded, CaptionSettings()).caption(images[:0], []) == []
+
+
+def test_sampled_captions_equal_plain_generate_with_repeated_states(loaded, images):
+    settings = CaptionSettings(captions_per_image=3, max_length=16)
+    ours = Captioner(loaded, settings).caption(images[:2], KEYS[:2])
+    prompt = loaded.tokenizer(settings.prompt, return_tensors="pt").input_ids[:, :-1].repeat(6, 1)
+    prompt[:, 0] = loaded.model.config.text_config.bos_token_id
+    with torch.inference_mode():
+        states = loaded.model.vision_model(pixel_values=pixel_values(images[:2], loaded))
+        states = states.last_hidden_state.repeat_interleave(3, dim=0)
+        output = loaded.model.text_decoder.generate(
+            input_ids=prompt,
+            encoder_hidden_states=states,
+            encoder_attention_mask=torch.ones(states.shape[:2], dtype=torch.long),
+            logits_processor=[SeededSampling(row_seeds(KEYS[:2], 0, 3), 50, 0.9)],
+            do_sample=False,
+            max_length=16,
+            min_length=10,
+            repetition_penalty=1.1,
+            eos_token_id=loaded.model.config.text_config.sep_token_id,
+            pad_token_id=loaded.model.config.text_config.pad_token_id,
+        )
+    texts = loaded.tokenizer.batch_decode(output[:, prompt.shape[1] :], skip_special_tokens=True)
+    assert ours == [texts[:3], texts[3:]]
