@@ -21,7 +21,9 @@ Queries go in shards of ``shard_size`` so memory is bounded by the shard, not by
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,12 +114,16 @@ def _cells(x: np.ndarray, nprobe: int, shard_size: int, seed: int) -> np.ndarray
     return cells
 
 
+def _worker_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _ivf_pairs(
     x: np.ndarray, threshold: float, shard_size: int, nprobe: int, seed: int
 ) -> list[tuple]:
     import faiss
 
-    n, dim = x.shape
+    dim = x.shape[1]
     cells = _cells(x, nprobe, shard_size, seed)
     by_home = np.argsort(cells[:, 0], kind="stable")
     home_bounds = np.searchsorted(cells[by_home, 0], np.arange(cells.max() + 2))
@@ -125,19 +131,27 @@ def _ivf_pairs(
     by_probe = np.argsort(probed, kind="stable")
     probe_bounds = np.searchsorted(probed[by_probe], np.arange(cells.max() + 2))
     prober = by_probe // nprobe
-    out = []
-    for cell in range(home_bounds.size - 1):
+
+    def join(cell: int) -> list[tuple]:
         members = by_home[home_bounds[cell] : home_bounds[cell + 1]]
         if members.size == 0:
-            continue
+            return []
         index = faiss.IndexFlatIP(dim)
         index.add(x[members])
         queries = prober[probe_bounds[cell] : probe_bounds[cell + 1]]
+        out = []
         for start in range(0, queries.size, shard_size):
             chunk = queries[start : start + shard_size]
             lims, sims, found = index.range_search(x[chunk], threshold)
             out.append(_collect(chunk, lims, members[found], sims))
-    return out
+        return out
+
+    # Cells are small: run them side by side, one thread each, rather than each call with
+    # all threads (OpenMP start-up would dominate, and collide with torch's thread pool).
+    with ThreadPoolExecutor(
+        _worker_count(), initializer=faiss.omp_set_num_threads, initargs=(1,)
+    ) as pool:
+        return [part for parts in pool.map(join, range(home_bounds.size - 1)) for part in parts]
 
 
 def similar_pairs(
