@@ -13,12 +13,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from images import gradient, jpeg_bytes, photo, truncated, write_pairs_parquet
 from PIL import Image
 
 from curation.cli import main
 from curation.config import build_config
 from pipelines.runner import run_pipeline
-from tests.images import gradient, jpeg_bytes, photo, truncated, write_pairs_parquet
 
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "camera"]
 
