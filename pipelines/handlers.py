@@ -47,6 +47,22 @@ def caption_settings(config: RunConfig) -> Any:
     )
 
 
+def share_cpu(workers: int) -> None:
+    """Give each local worker process its share of the CPU cores for torch's thread pool.
+
+    Without this every worker process would start one thread per core, and the processes
+    would fight over the cores (each operation then waits on the others).
+    """
+    import os
+
+    import torch
+
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
+    torch.set_num_threads(max(1, cores // max(1, workers)))
+
+
 class CaptionHandler(ModelHandler[ModelInput, ModelInput, Any]):
     """Writes K captions per image with the BLIP captioner (one vision pass per image)."""
 
@@ -59,6 +75,7 @@ class CaptionHandler(ModelHandler[ModelInput, ModelInput, Any]):
         from models.loading import load_captioner
 
         c = self._config
+        share_cpu(c.workers)
         loaded = load_captioner(
             c.captioner,
             revision=c.captioner_revision,
@@ -92,11 +109,11 @@ class ScoreHandler(ModelHandler[ModelInput, tuple[ImageGroup, GroupScores], Any]
         self._config = config
 
     def load_model(self) -> Any:
+        from models.loading import load_filter
         from models.scorer import Scorer
 
-        from models.loading import load_filter
-
         c = self._config
+        share_cpu(c.workers)
         loaded = load_filter(
             c.filter,
             revision=c.filter_revision,
