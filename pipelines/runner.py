@@ -12,7 +12,6 @@ from typing import Any, TextIO
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from curation.config import RunConfig
@@ -69,16 +68,16 @@ def pipeline_options(config: RunConfig) -> tuple[PipelineOptions, Any]:
 
 def passthrough_schema(files: list[str], layout: Any) -> pa.Schema:
     """Arrow fields of the input's passthrough columns (all nullable)."""
-    from curation.reader import read_schema
+    from curation.reader import open_parquet
 
-    schema = read_schema(files[0])
+    schema = open_parquet(files[0]).schema_arrow
     names = [n for n in layout.passthrough if n in schema.names]
     return pa.schema([schema.field(n).with_nullable(True) for n in names])
 
 
 def prepare(config: RunConfig) -> dict[str, Any]:
     """Validate config, inputs and models before any work starts (raises UsageError)."""
-    from curation.reader import check_inputs, resolve_inputs, row_groups
+    from curation.reader import check_inputs, open_parquet, resolve_inputs
 
     config.validate()
     files = resolve_inputs(config.input)
@@ -94,8 +93,13 @@ def prepare(config: RunConfig) -> dict[str, Any]:
         if config.captions_per_image > 0
         else None
     )
-    units = [(path, index) for path in files for index in range(row_groups(path))]
-    total_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in files if "://" not in p)
+    metadata = [open_parquet(path).metadata for path in files]
+    units = [
+        (path, index)
+        for path, meta in zip(files, metadata, strict=True)
+        for index in range(meta.num_row_groups)
+    ]
+    total_rows = sum(meta.num_rows for meta in metadata)
     return {
         "files": files,
         "layout": layout,
