@@ -51,12 +51,15 @@ def share_cpu(workers: int) -> None:
     """Give each local worker process its share of the CPU cores for torch's thread pool.
 
     Without this every worker process would start one thread per core, and the processes
-    would fight over the cores (each operation then waits on the others).
+    would fight over the cores (each operation then waits on the others). An explicit
+    ``OMP_NUM_THREADS`` in the environment wins.
     """
     import os
 
     import torch
 
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
     cores = (
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     )
