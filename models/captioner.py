@@ -105,7 +105,12 @@ def gumbel_noise(seeds: torch.Tensor, step: int, vocab_size: int) -> torch.Tenso
 
 class SeededSampling(LogitsProcessor):
     """Top-k and top-p filtering, then per-row seeded Gumbel noise: greedy decoding over the
-    result samples from the filtered distribution, reproducibly per row."""
+    result samples from the filtered distribution, reproducibly per row.
+
+    ``generate`` runs its own processors (repetition penalty, minimum length) before custom
+    ones, so the penalised distribution is the one filtered and sampled, as with
+    ``do_sample=True``.
+    """
 
     def __init__(self, seeds: torch.Tensor, top_k: int, top_p: float) -> None:
         self.seeds = seeds
