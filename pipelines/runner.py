@@ -100,11 +100,18 @@ def prepare(config: RunConfig) -> dict[str, Any]:
         for index in range(meta.num_row_groups)
     ]
     total_rows = sum(meta.num_rows for meta in metadata)
+    starts: dict[str, list[int]] = {}
+    for path, meta in zip(files, metadata, strict=True):
+        offsets = [0]
+        for index in range(meta.num_row_groups):
+            offsets.append(offsets[-1] + meta.row_group(index).num_rows)
+        starts[path] = offsets[:-1]
     return {
         "files": files,
         "layout": layout,
         "sizes": (caption_size, filter_size),
         "units": units,
+        "row_group_starts": starts,
         "total_rows": total_rows,
     }
 
@@ -140,6 +147,7 @@ def run_pipeline(config: RunConfig, stream: TextIO | None = None) -> RunResult:
         config=config,
         run_id=run_id,
         units=plan["units"],
+        row_group_starts=plan["row_group_starts"],
         layout=plan["layout"],
         sizes=plan["sizes"],
         stage_dir=str(stage),

@@ -5,7 +5,8 @@ model of ``models/``; this module only wires and scales them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import bisect
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,7 @@ class DecodeFn(beam.DoFn):
             row = rejection_row(pair, reason, detail, self._run_id, self._config.threshold)
             yield TaggedOutput(REJECTED, row)
             return
+        pair.image = None  # bytes are fetched again for the one kept copy (FetchImages)
         yield HashedPair(uid, pair, image.sha256, image.phash, image.width, image.height)
 
     def finish_bundle(self) -> None:
@@ -183,18 +185,47 @@ class GroupCopies(beam.PTransform):
         )
 
 
-def _split_cached(
-    joined: tuple[str, dict[str, list[Any]]],
-) -> Iterator[Any]:
-    """Routes a group to the models, or straight to decide when the cache has its results."""
+def _route(
+    joined: tuple[str, dict[str, list[Any]]], starts: dict[str, list[int]]
+) -> Iterator[tuple[tuple[str, int], tuple[ImageGroup, GroupScores | None]]]:
+    """Keys a group by the row group holding its image, with its cached scores if any."""
     _, parts = joined
     for group in parts["group"]:
-        for row in parts["cached"]:
-            if list(row["texts"]) == list(group.texts):
-                yield TaggedOutput("cached", (group, scores_from_row(row)))
-                break
-        else:
-            yield group
+        hit = next((r for r in parts["cached"] if list(r["texts"]) == list(group.texts)), None)
+        pair = group.rep.pair
+        index = bisect.bisect_right(starts[pair.source_file], pair.source_row) - 1
+        yield (pair.source_file, index), (group, scores_from_row(hit) if hit else None)
+
+
+class FetchImagesFn(beam.DoFn):
+    """Reads each kept image's bytes back from its row group (read once for all its groups).
+
+    Only hashes and keys cross the shuffles; image bytes are read where they are used, so
+    memory does not grow with the input. Groups with cached scores go out tagged ``cached``.
+    """
+
+    def __init__(self, layout: Any):
+        self._layout = layout
+
+    def process(
+        self, element: tuple[tuple[str, int], Iterable[tuple[ImageGroup, GroupScores | None]]]
+    ) -> Iterator[Any]:
+        from curation.reader import read_row_group
+
+        (path, index), items = element
+        items = list(items)
+        wanted = {group.rep.pair.source_row for group, _ in items}
+        images = {
+            p.source_row: p.image
+            for p in read_row_group(path, self._layout, index)
+            if p.source_row in wanted
+        }
+        for group, scores in items:
+            group.rep.pair.image = images[group.rep.pair.source_row]
+            if scores is None:
+                yield group
+            else:
+                yield TaggedOutput("cached", (group, scores))
 
 
 class PreparePixelsFn(beam.DoFn):
@@ -341,6 +372,7 @@ def build_pipeline(
     config: RunConfig,
     run_id: str,
     units: list[tuple[str, int]],
+    row_group_starts: dict[str, list[int]],
     layout: Any,
     sizes: tuple[int | None, int],
     stage_dir: str,
@@ -362,7 +394,9 @@ def build_pipeline(
             "cached": cached,
         }
         | "JoinCache" >> beam.CoGroupByKey()
-        | "SplitCached" >> beam.FlatMap(_split_cached).with_outputs("cached", main="todo")
+        | "ByRowGroup" >> beam.FlatMap(_route, starts=row_group_starts)
+        | "GroupByRowGroup" >> beam.GroupByKey()
+        | "FetchImages" >> beam.ParDo(FetchImagesFn(layout)).with_outputs("cached", main="todo")
     )
     fresh = routed.todo | "Models" >> CaptionAndScore(config, sizes, cache_dir, progress_dir)
     reused = routed.cached | "CountCached" >> beam.ParDo(CountCachedFn(progress_dir))
