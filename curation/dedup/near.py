@@ -14,7 +14,8 @@ How pairs are found depends on the number of vectors ``n`` (measured on 2 CPU co
   the vectors that probe it as one query batch. That is what ``IndexIVFFlat.range_search``
   computes, but as BLAS matrix products instead of one vector at a time (about 10x faster
   here). A pair is found when either vector probes the other's cell; with ``nprobe = 3``
-  recall of pairs above 0.95 is >= 0.999 on clustered data (see bench/RESULTS.md).
+  recall of planted pairs with cosine 0.955-0.995 is 0.996-0.997 on clustered data, 3 s
+  at 100,000 vectors and 30 s at 1,000,000 (bench/RESULTS.md).
 
 Queries go in shards of ``shard_size`` so memory is bounded by the shard, not by ``n``.
 """
@@ -58,8 +59,8 @@ def as_normalised(embeddings: np.ndarray) -> np.ndarray:
     if x.ndim != 2:
         raise ValueError(f"embeddings must be a 2-D array, got shape {x.shape}")
     if x.shape[0]:
-        norms = np.linalg.norm(x, axis=1)
-        if not np.allclose(norms, 1.0, atol=1e-3):
+        squared = np.einsum("ij,ij->i", x, x)  # no (N, D) temporary
+        if not np.allclose(squared, 1.0, atol=2e-3):
             raise ValueError("embeddings must be L2-normalised (unit-length rows)")
     return x
 
