@@ -105,7 +105,7 @@ def find_removals(
         previous = load_index(dedup_against)
         for row, prev_id, similarity in query_previous(previous.index, embeddings, near_threshold):
             removed[keys[row]] = Removal(
-                previous.keys[prev_id], float(similarity), "previous-round"
+                previous.key_of(prev_id), float(similarity), "previous-round"
             )
     remaining = [i for i, key in enumerate(keys) if key not in removed]
     if len(remaining) > 1:
@@ -248,6 +248,7 @@ def finalize_run(
         sha256=[shas[i] for i in survivors],
         run_id=run_id,
         previous=dedup_against,
+        threshold=near_threshold,
     )
     result.indexed_images = len(survivors)
     for name in (*TABLES, "index"):

@@ -1,0 +1,182 @@
+"""Dedup inside ``curation run`` and ``curation dedup``: copies, previous rounds, the index."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from images import jpeg_bytes, photo, write_pairs_parquet
+from PIL import Image
+
+from curation.cli import main
+from curation.config import build_config
+from pipelines.runner import run_pipeline
+
+ORIGINALS = ["astronaut", "coffee", "chelsea", "rocket"]
+
+
+@pytest.fixture(scope="module")
+def distinct_filter_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Path:
+    """A tiny random filter whose image embeddings differ between photos.
+
+    At BLIP's default initialiser scale a tiny random ViT maps every image to almost the
+    same embedding; a larger scale makes random embeddings spread out like trained ones.
+    """
+    import torch
+    from transformers import BlipForImageTextRetrieval, BlipProcessor
+
+    from models.presets import blip_config, image_processor
+
+    config = blip_config("tiny", tiny_tokenizer)
+    config.vision_config.initializer_range = 0.3
+    torch.manual_seed(2)
+    folder = tmp_path_factory.mktemp("models") / "distinct-filter"
+    BlipForImageTextRetrieval(config).save_pretrained(folder)
+    BlipProcessor(image_processor=image_processor(32), tokenizer=tiny_tokenizer).save_pretrained(
+        folder
+    )
+    return folder
+
+
+def _copies_dataset(path: Path) -> None:
+    astronaut = photo("astronaut")
+    h, w = astronaut.shape[:2]
+    resized = np.asarray(Image.fromarray(astronaut).resize((w // 2, h // 2), Image.BICUBIC))
+    cropped = astronaut[h * 15 // 1000 : h * 985 // 1000, w * 15 // 1000 : w * 985 // 1000]
+    rows = [
+        {"key": name, "image": jpeg_bytes(photo(name)), "text": f"a photo of {name}"}
+        for name in ORIGINALS
+    ]
+    rows += [
+        {"key": "copy_exact", "image": rows[0]["image"], "text": "an astronaut in a suit"},
+        {"key": "copy_resized", "image": jpeg_bytes(resized), "text": "astronaut portrait"},
+        {
+            "key": "copy_recompressed",
+            "image": jpeg_bytes(astronaut, quality=40),
+            "text": "nasa astronaut",
+        },
+        {"key": "copy_cropped", "image": jpeg_bytes(cropped), "text": "woman astronaut"},
+    ]
+    write_pairs_parquet(path, rows, row_group_size=3)
+
+
+def _run(data: Path, out: Path, captioner: Path, filter_: Path, **kw: object):
+    config = build_config(
+        input=str(data), out=str(out), captioner=str(captioner), filter=str(filter_),
+        captions_per_image=1, batch_size=2, threshold=0.0, progress=False, **kw,
+    )  # fmt: skip
+    return run_pipeline(config)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, tiny_captioner_dir, distinct_filter_dir) -> Path:
+    folder = tmp_path_factory.mktemp("dedup")
+    data = folder / "round1.parquet"
+    _copies_dataset(data)
+    out = folder / "round1"
+    _run(data, out, tiny_captioner_dir, distinct_filter_dir)
+    return out
+
+
+def test_copies_grouped_with_their_original_and_not_recomputed(first_run: Path) -> None:
+    manifest = json.loads((first_run / "manifest.json").read_text())
+    assert manifest["images_scored"] == len(ORIGINALS)  # one model pass per unique image
+    dups = {r["key"]: r for r in pq.read_table(first_run / "duplicates").to_pylist()}
+    assert dups["copy_exact"]["kind"] == "exact"
+    for key in ("copy_resized", "copy_recompressed", "copy_cropped"):
+        assert dups[key]["kind"] == "perceptual" and dups[key]["dup_of"] == "astronaut"
+    assert not set(ORIGINALS) & set(dups)  # distinct photos are not grouped
+    decisions = {
+        d["key"]: d
+        for d in pq.read_table(first_run / "decisions").to_pylist()
+        if d["text_origin"] == "web"
+    }
+    for key in ("copy_exact", "copy_resized", "copy_recompressed", "copy_cropped"):
+        assert decisions[key]["image_key"] == "astronaut" and decisions[key]["decision"] == "kept"
+    clean = pq.read_table(first_run / "clean").to_pylist()
+    assert len(clean) == 8 and {r["image_key"] for r in clean} == set(ORIGINALS)
+
+
+def test_index_maps_back_to_keys(first_run: Path) -> None:
+    index = faiss.read_index(str(first_run / "index" / "index.faiss"))
+    ids = {
+        r["id"]: r["key"] for r in pq.read_table(first_run / "index" / "ids.parquet").to_pylist()
+    }
+    assert sorted(ids.values()) == sorted(ORIGINALS) and index.ntotal == len(ORIGINALS)
+    images = pq.read_table(first_run / "_stage" / "images").to_pylist()
+    for row in images:
+        _, found = index.search(np.asarray([row["embedding"]], dtype=np.float32), 1)
+        assert ids[int(found[0, 0])] == row["key"]
+
+
+def test_second_round_drops_images_seen_before(
+    first_run, tiny_captioner_dir, distinct_filter_dir, tmp_path
+) -> None:
+    rows = [
+        {"key": "again_coffee", "image": jpeg_bytes(photo("coffee")), "text": "coffee again"},
+        {"key": "again_rocket", "image": jpeg_bytes(photo("rocket")), "text": "rocket again"},
+        {"key": "new_camera", "image": jpeg_bytes(photo("camera")), "text": "a cameraman"},
+        {
+            "key": "new_horse",
+            "image": jpeg_bytes(photo("horse")),
+            "text": "horse",
+        },
+    ]
+    data = tmp_path / "round2.parquet"
+    write_pairs_parquet(data, rows)
+    out = tmp_path / "round2"
+    _run(data, out, tiny_captioner_dir, distinct_filter_dir, dedup_against=str(first_run / "index"))
+    dups = {r["key"]: r for r in pq.read_table(out / "duplicates").to_pylist()}
+    assert (
+        dups["again_coffee"]["kind"] == "previous-round"
+        and dups["again_coffee"]["dup_of"] == "coffee"
+    )
+    assert dups["again_rocket"]["dup_of"] == "rocket"
+    assert "new_camera" not in dups and "new_horse" not in dups
+    clean = sorted(pq.read_table(out / "clean").column("key").to_pylist())
+    assert clean == ["new_camera", "new_horse"]
+    decisions = {
+        d["key"]: d
+        for d in pq.read_table(out / "decisions").to_pylist()
+        if d["text_origin"] == "web"
+    }
+    assert decisions["again_coffee"]["reason"] == "duplicate"
+    ids = pq.read_table(out / "index" / "ids.parquet").to_pylist()
+    previous = pq.read_table(first_run / "index" / "ids.parquet").to_pylist()
+    assert {(r["id"], r["key"]) for r in previous} <= {
+        (r["id"], r["key"]) for r in ids
+    }  # stable ids
+    assert {r["key"] for r in ids} == set(ORIGINALS) | {"new_camera", "new_horse"}
+
+
+def test_dedup_command_reruns_near_duplicates_without_models(
+    first_run: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(first_run, run)
+    clean_before = pq.read_table(run / "clean").num_rows
+    loose = CliRunner().invoke(main, ["dedup", str(run), "--near-threshold", "0.01"])
+    assert loose.exit_code == 0, loose.output
+    near = [r for r in pq.read_table(run / "duplicates").to_pylist() if r["kind"] == "near"]
+    assert near and pq.read_table(run / "clean").num_rows < clean_before
+    dropped = {
+        d["image_key"]
+        for d in pq.read_table(run / "decisions").to_pylist()
+        if d["reason"] == "duplicate"
+    }
+    assert {r["key"] for r in near} <= dropped
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["config"]["near_threshold"] == 0.01 and manifest["counts"]["duplicate"] >= len(
+        near
+    )
+    strict = CliRunner().invoke(main, ["dedup", str(run), "--near-threshold", "0.999"])
+    assert strict.exit_code == 0, strict.output
+    assert pq.read_table(run / "clean").num_rows == clean_before  # nothing lost: rows come back
+    assert CliRunner().invoke(main, ["dedup", str(tmp_path / "missing")]).exit_code == 2
