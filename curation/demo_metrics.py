@@ -1,0 +1,127 @@
+"""Quality of a run on the shapes domain, measured against the generated ground truth.
+
+- Filter: precision and recall at rejecting noisy web texts (the positive class is "the web
+  text does not describe its image", i.e. every noise type except ``correct``), overall
+  and per noise type. A web text counts as rejected when its ITM probability is below the
+  threshold, or when it was dropped as empty before scoring. Rows without an ITM score for
+  other reasons (an image that failed to decode, say) say nothing about the filter and are
+  left out.
+- Captioner: the share of kept synthetic captions that describe their image exactly
+  (parsed back with :func:`curation.shapes.parse_caption`), and the noise ratio (the share
+  of synthetic captions the filter rejects, as in BLIP's Table 2).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation.reasons import Reason
+from curation.shapes import NOISE_TYPES, Scene, parse_caption
+
+CLEAN = "correct"
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def rejection_metrics(noise_types: Sequence[str], rejected: Sequence[bool]) -> dict[str, Any]:
+    """Precision/recall of rejecting noisy texts, and the rejected share per noise type."""
+    if len(noise_types) != len(rejected):
+        raise ValueError(f"{len(noise_types)} noise labels but {len(rejected)} outcomes")
+    noisy = [kind != CLEAN for kind in noise_types]
+    true_pos = sum(n and r for n, r in zip(noisy, rejected, strict=True))
+    predicted = sum(bool(r) for r in rejected)
+    per_type: dict[str, dict[str, Any]] = {}
+    for kind in NOISE_TYPES:
+        outcomes = [r for k, r in zip(noise_types, rejected, strict=True) if k == kind]
+        if outcomes:
+            per_type[kind] = {
+                "texts": len(outcomes),
+                "rejected": sum(bool(r) for r in outcomes),
+                "rejected_share": sum(bool(r) for r in outcomes) / len(outcomes),
+            }
+    return {
+        "texts": len(noise_types),
+        "noisy_texts": sum(noisy),
+        "precision": _ratio(true_pos, predicted),
+        "recall": _ratio(true_pos, sum(noisy)),
+        "per_noise_type": per_type,
+    }
+
+
+def caption_metrics(
+    captions: Sequence[str], scenes: Sequence[str], kept: Sequence[bool]
+) -> dict[str, Any]:
+    """Correctness of synthetic captions against their image's scene (JSON), kept and overall."""
+    if not len(captions) == len(scenes) == len(kept):
+        raise ValueError("captions, scenes and kept must have the same length")
+    correct = [
+        parse_caption(c) == Scene.from_json(s) for c, s in zip(captions, scenes, strict=True)
+    ]
+    kept_correct = sum(c and k for c, k in zip(correct, kept, strict=True))
+    n_kept = sum(bool(k) for k in kept)
+    return {
+        "captions": len(captions),
+        "kept": n_kept,
+        "kept_correct_share": _ratio(kept_correct, n_kept),
+        "correct_share": _ratio(sum(correct), len(captions)),
+        "noise_ratio": _ratio(len(captions) - n_kept, len(captions)),
+    }
+
+
+def _read(folder: Path, columns: list[str]) -> pa.Table:
+    files = sorted(folder.glob("*.parquet"))
+    if not files:
+        return pa.table({c: pa.array([], pa.string()) for c in columns})
+    return pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
+
+
+def run_metrics(out_dir: str | Path, truth_path: str | Path) -> dict[str, Any]:
+    """Metrics of a finished run folder, joined by ``key`` with the input's ground truth."""
+    out_dir = Path(out_dir)
+    truth = pq.read_table(truth_path, columns=["key", "noise_type", "scene"]).to_pylist()
+    by_key = {row["key"]: row for row in truth}
+    decisions = _read(
+        out_dir / "decisions",
+        ["key", "text_origin", "caption_index", "text", "itm", "decision", "reason", "threshold"],
+    ).to_pylist()
+
+    noise_types: list[str] = []
+    rejected: list[bool] = []
+    captions: list[str] = []
+    scenes: list[str] = []
+    kept: list[bool] = []
+    for row in decisions:
+        gt = by_key.get(row["key"])
+        if gt is None:
+            continue
+        threshold = row["threshold"] if row["threshold"] is not None else 0.5
+        if row["text_origin"] == "web":
+            if row["itm"] is not None:
+                noise_types.append(gt["noise_type"])
+                rejected.append(row["itm"] < threshold)
+            elif row["reason"] == Reason.EMPTY_TEXT.value:
+                noise_types.append(gt["noise_type"])
+                rejected.append(True)
+        elif row["itm"] is not None and row["text"] is not None:
+            captions.append(row["text"])
+            scenes.append(gt["scene"])
+            kept.append(row["itm"] >= threshold)
+    return {
+        "filter": rejection_metrics(noise_types, rejected),
+        "captioner": caption_metrics(captions, scenes, kept),
+    }
+
+
+def write_metrics(metrics: dict[str, Any], path: str | Path) -> Path:
+    """Write ``metrics`` as indented JSON."""
+    path = Path(path)
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,133 @@
+"""``curation finetune captioner|filter``: adapt a BLIP captioner or filter to a domain."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import Any
+
+import click
+
+from curation.errors import UsageError
+
+
+def _options(function: click.decorators.FC) -> click.decorators.FC:
+    options = [
+        click.option(
+            "--train",
+            "train_path",
+            required=True,
+            type=click.Path(exists=True, dir_okay=False),
+            help="Parquet file of clean (image, text) pairs.",
+        ),
+        click.option(
+            "--out",
+            required=True,
+            type=click.Path(file_okay=False),
+            help="Folder to write the finetuned model to.",
+        ),
+        click.option(
+            "--base",
+            default="small",
+            show_default=True,
+            help="Hub id, checkpoint folder, or a preset (tiny, small, ...): random weights, tokenizer from the training texts.",
+        ),
+        click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=1)),
+        click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=2)),
+        click.option(
+            "--lr",
+            type=click.FloatRange(min=0, min_open=True),
+            help="Peak learning rate [default: 5e-4 for a preset, 1e-5 for a checkpoint].",
+        ),
+        click.option(
+            "--weight-decay", default=0.05, show_default=True, type=click.FloatRange(min=0)
+        ),
+        click.option(
+            "--max-steps", type=click.IntRange(min=1), help="Stop after this many optimiser steps."
+        ),
+        click.option(
+            "--holdout",
+            default=0.05,
+            show_default=True,
+            type=click.FloatRange(0, 0.5),
+            help="Share of pairs held out for the evaluation in the model card.",
+        ),
+        click.option("--image-column", default="image", show_default=True),
+        click.option("--text-column", default="text", show_default=True),
+        click.option(
+            "--group-column",
+            help="Rows with equal values here show the same content (never drawn as each other's negatives).",
+        ),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]."),
+        click.option(
+            "--save-dtype",
+            default="fp32",
+            show_default=True,
+            type=click.Choice(["fp32", "fp16"]),
+            help="Precision of the saved weights (fp16 halves the size; loads in fp32).",
+        ),
+        click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@click.group("finetune")
+def finetune_command() -> None:
+    """Finetune a BLIP captioner or filter on clean (image, text) pairs, as CapFilt does."""
+
+
+def _command_line(kind: str) -> str:
+    """The command as typed, for the model card (from ``sys.argv`` after the kind)."""
+    args = sys.argv[sys.argv.index(kind) + 1 :] if kind in sys.argv else []
+    return " ".join(shlex.quote(a) for a in ["curation", "finetune", kind, *args])
+
+
+def _run(kind: str, options: dict[str, Any]) -> None:
+    import torch
+
+    from models.finetune.train import TrainSettings, finetune
+
+    threads = options.pop("threads")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    settings = TrainSettings(
+        epochs=options.pop("epochs"),
+        batch_size=options.pop("batch_size"),
+        lr=options.pop("lr"),
+        weight_decay=options.pop("weight_decay"),
+        max_steps=options.pop("max_steps"),
+        seed=options.pop("seed"),
+        holdout=options.pop("holdout"),
+    )
+    try:
+        result = finetune(
+            kind,
+            settings=settings,
+            command=_command_line(kind),
+            progress=lambda line: click.echo(line, err=True),
+            **options,
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    click.echo(
+        f"saved {kind} to {options['out']} after {result.steps} steps in {result.seconds:.0f} s"
+    )
+    for name, value in result.evaluation.items():
+        click.echo(f"  {name}: {value:.4f}")
+
+
+@finetune_command.command("captioner")
+@_options
+def captioner_command(**options: Any) -> None:
+    """Train the captioner: LM loss with label smoothing 0.1, prompt "a picture of " masked."""
+    _run("captioner", options)
+
+
+@finetune_command.command("filter")
+@_options
+def filter_command(**options: Any) -> None:
+    """Train the filter: ITC plus ITM with hard negatives mined from the ITC similarities."""
+    _run("filter", options)

@@ -1,0 +1,73 @@
+"""The README.md model card written beside finetuned weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from models.finetune.train import TrainResult, TrainSettings
+
+_TITLES = {"captioner": "BLIP captioner", "filter": "BLIP image-text matching filter"}
+_LOSSES = {
+    "captioner": "language-modelling cross-entropy, label smoothing 0.1, prompt masked",
+    "filter": "ITC (learnable temperature, init 0.07) + ITM with hard negatives from the ITC softmax",
+}
+
+
+def render_model_card(
+    result: TrainResult, base: str, train_path: str | Path, settings: TrainSettings, command: str
+) -> str:
+    """Markdown describing data, training, final losses and the held-out evaluation."""
+    lines = [
+        f"# {_TITLES[result.kind]}, finetuned",
+        "",
+        f"Finetuned from `{base}` with `curation finetune {result.kind}` ({_LOSSES[result.kind]}).",
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        command or f"curation finetune {result.kind} --train {train_path} --base {base}",
+        "```",
+        "",
+        "## Data",
+        "",
+        f"- training file: `{Path(train_path).name}`",
+        f"- pairs: {result.train_pairs} for training, {result.heldout_pairs} held out"
+        f" ({settings.holdout:.0%}, seed {settings.seed})",
+        "",
+        "## Training",
+        "",
+        f"- steps: {result.steps} (batch size {settings.batch_size}, epochs {settings.epochs}"
+        + (f", max steps {settings.max_steps}" if settings.max_steps else "")
+        + ")",
+        f"- optimiser: AdamW, learning rate {result.lr:g}, weight decay {settings.weight_decay:g},"
+        f" warmup {settings.warmup:.0%} then cosine decay",
+        f"- time: {result.seconds:.0f} s",
+        "- final losses (mean of the last logged steps): "
+        + ", ".join(f"{k} {v:.4f}" for k, v in result.final_losses.items()),
+        "",
+        "## Held-out evaluation",
+        "",
+    ]
+    lines += [f"- {name}: {value:.4f}" for name, value in result.evaluation.items()] or ["- none"]
+    if result.examples:
+        lines += ["", "| reference | beam-search caption |", "| --- | --- |"]
+        lines += [f"| {ref} | {got} |" for ref, got in result.examples]
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(
+    path: str | Path,
+    result: TrainResult,
+    base: str,
+    train_path: str | Path,
+    settings: TrainSettings,
+    command: str,
+) -> Path:
+    """Write :func:`render_model_card` to ``path``."""
+    path = Path(path)
+    path.write_text(
+        render_model_card(result, base, train_path, settings, command), encoding="utf-8"
+    )
+    return path
