@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from curation.errors import UsageError
 
@@ -80,9 +80,14 @@ def finetune_command() -> None:
 
 
 def _command_line(kind: str) -> str:
-    """The command as typed, for the model card (from ``sys.argv`` after the kind)."""
-    args = sys.argv[sys.argv.index(kind) + 1 :] if kind in sys.argv else []
-    return " ".join(shlex.quote(a) for a in ["curation", "finetune", kind, *args])
+    """The command with every option given explicitly, for the model card."""
+    ctx = click.get_current_context()
+    words = ["curation", "finetune", kind]
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:
+            continue
+        words += [param.opts[0], str(ctx.params[param.name])]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def _run(kind: str, options: dict[str, Any]) -> None:

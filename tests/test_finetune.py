@@ -1,0 +1,237 @@
+"""Finetuning: losses learn, hard negatives follow the ITC softmax, saved folders reload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+
+from curation.errors import InputError
+from curation.shapes import make_clean_split
+from models.captioner import Captioner, CaptionSettings
+from models.finetune.cli import finetune_command
+from models.finetune.data import TrainingPairs, read_pairs
+from models.finetune.losses import (
+    IGNORE,
+    Temperature,
+    caption_labels,
+    captioner_loss,
+    filter_losses,
+    same_group,
+    sample_hard_negatives,
+)
+from models.finetune.train import PROMPT, _prompt_length, _tokenize, prepare_base
+from models.loading import load_captioner, load_filter
+from models.preprocess import pixel_values
+from models.presets import ENC_TOKEN, build_tokenizer, save_model_folder, words_of
+from models.scorer import Scorer
+
+BUNDLED_FILTER = Path(__file__).resolve().parents[1] / "models" / "bundled" / "filter"
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_clean_split(24, 3, tmp_path_factory.mktemp("data") / "clean.parquet")
+
+
+@pytest.fixture(scope="module")
+def pairs32(clean: Path) -> TrainingPairs:
+    return read_pairs(clean, 32, group_column="scene").subset(np.arange(16))
+
+
+def test_caption_labels_mask_prompt_and_padding() -> None:
+    ids = torch.tensor([[2, 5, 6, 7, 9, 10, 3, 0], [2, 5, 6, 7, 11, 3, 0, 0]])
+    mask = (ids != 0).long()
+    labels = caption_labels(ids, mask, prompt_length=4)
+    assert labels[0].tolist() == [IGNORE] * 4 + [9, 10, 3, IGNORE]
+    assert labels[1].tolist() == [IGNORE] * 4 + [11, 3, IGNORE, IGNORE]
+
+
+def _optimise(loss_fn, params, steps: int, lr: float) -> list[float]:
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    history = []
+    for _ in range(steps):
+        loss = loss_fn()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item())
+    return history
+
+
+def test_captioner_lm_loss_decreases(pairs32: TrainingPairs) -> None:
+    torch.manual_seed(0)
+    loaded = prepare_base("captioner", "tiny", pairs32.texts, "cpu")
+    loaded.model.train()
+    pixels = pixel_values(pairs32.pixels, loaded)
+    ids, mask = _tokenize(loaded, [PROMPT + t for t in pairs32.texts])
+    assert loaded.tokenizer.unk_token_id not in ids.tolist()[0]
+    history = _optimise(
+        lambda: captioner_loss(loaded.model, pixels, ids, mask, _prompt_length(loaded)),
+        loaded.model.parameters(),
+        steps=30,
+        lr=3e-3,
+    )
+    assert np.mean(history[-3:]) < 0.7 * np.mean(history[:3])
+
+
+def test_filter_itc_loss_decreases(pairs32: TrainingPairs) -> None:
+    torch.manual_seed(0)
+    loaded = prepare_base("filter", "tiny", pairs32.texts, "cpu")
+    loaded.model.train()
+    temperature = Temperature()
+    pixels = pixel_values(pairs32.pixels, loaded)
+    ids, mask = _tokenize(loaded, pairs32.texts)
+    enc = loaded.tokenizer.convert_tokens_to_ids(ENC_TOKEN)
+    groups = torch.from_numpy(pairs32.groups)
+    history = _optimise(
+        lambda: filter_losses(loaded.model, temperature, pixels, ids, mask, enc, groups).itc,
+        [*loaded.model.parameters(), *temperature.parameters()],
+        steps=80,
+        lr=1e-3,
+    )
+    assert np.mean(history[-3:]) < 0.8 * np.mean(history[:3])
+
+
+def test_filter_itm_loss_decreases_with_a_fresh_matching_head(clean: Path) -> None:
+    """ITM from scratch needs ITC-aligned features first, so this trains a fresh ITM head on
+    the bundled filter's encoders: the loss must fall well below the 1-in-3 prior (0.64)."""
+    torch.manual_seed(0)
+    loaded = load_filter(str(BUNDLED_FILTER), device="cpu")
+    model = loaded.model
+    model.requires_grad_(False)
+    model.itm_head.reset_parameters()
+    model.itm_head.requires_grad_(True)
+    pairs = read_pairs(clean, loaded.image_size, group_column="scene").subset(np.arange(8))
+    pixels = pixel_values(pairs.pixels, loaded)
+    ids, mask = _tokenize(loaded, pairs.texts)
+    enc = loaded.tokenizer.convert_tokens_to_ids(ENC_TOKEN)
+    groups = torch.from_numpy(pairs.groups)
+    history = _optimise(
+        lambda: filter_losses(model, Temperature(), pixels, ids, mask, enc, groups).itm,
+        model.itm_head.parameters(),
+        steps=6,
+        lr=1e-2,
+    )
+    assert history[-1] < 0.3 < history[0]
+
+
+def test_hard_negatives_are_drawn_in_proportion_to_the_itc_softmax() -> None:
+    """Statistical check over many draws (BLIP blip_retrieval.py: multinomial over the
+    softmax of the similarities with positives zeroed)."""
+    draws = 30_000
+    row = torch.tensor([5.0, 2.0, 1.0, 0.0, -1.0])
+    sim = row.repeat(draws, 1)
+    positives = torch.zeros_like(sim, dtype=torch.bool)
+    positives[:, 0] = True
+    picked = sample_hard_negatives(sim, positives, torch.Generator().manual_seed(1))
+    counts = torch.bincount(picked, minlength=5).double()
+    assert counts[0] == 0  # the positive is never a negative
+    expected = torch.softmax(row[1:].double(), dim=0) * draws
+    observed = counts[1:]
+    assert torch.all(observed[:-1] > observed[1:])  # more similar -> drawn more often
+    chi2 = float(((observed - expected) ** 2 / expected).sum())
+    assert chi2 < 16.3  # chi-square, 3 degrees of freedom, p = 0.001
+
+
+def test_same_group_pairs_are_never_negatives_and_lone_rows_fall_back() -> None:
+    groups = torch.tensor([0, 0, 1, 2])
+    positives = same_group(groups, 4, torch.device("cpu"))
+    assert positives.tolist()[0] == [True, True, False, False]
+    sim = torch.zeros(4, 4)
+    sim[0, 1] = 10.0  # the most similar column is a positive of row 0
+    picked = torch.stack(
+        [
+            sample_hard_negatives(sim, positives, torch.Generator().manual_seed(s))
+            for s in range(200)
+        ]
+    )
+    for i in range(4):
+        assert not positives[i, picked[:, i]].any()
+    only_positives = torch.ones(2, 2, dtype=torch.bool)
+    fallback = sample_hard_negatives(torch.zeros(2, 2), only_positives)
+    assert fallback.tolist() == [1, 0]
+
+
+def test_read_pairs_skips_bad_rows_and_names_missing_columns(tmp_path: Path, clean: Path) -> None:
+    table = pq.read_table(clean).slice(0, 3).to_pylist()
+    table[1]["image"] = b"not an image"
+    table[2]["text"] = "  ...  "
+    path = tmp_path / "mixed.parquet"
+    pq.write_table(pa.Table.from_pylist(table), path)
+    pairs = read_pairs(path, 32)
+    assert len(pairs) == 1 and pairs.pixels.shape == (1, 32, 32, 3)
+    with pytest.raises(InputError, match="'caption'"):
+        read_pairs(path, 32, text_column="caption")
+
+
+def test_finetuned_preset_folders_reload_score_and_caption(tmp_path: Path, clean: Path) -> None:
+    runner = CliRunner()
+    folders = {}
+    for kind in ("captioner", "filter"):
+        out = tmp_path / kind
+        args = [
+            kind,
+            "--train",
+            str(clean),
+            "--out",
+            str(out),
+            "--base",
+            "tiny",
+            "--max-steps",
+            "3",
+        ]
+        args += [
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--holdout",
+            "0.25",
+            "--group-column",
+            "scene",
+            "--device",
+            "cpu",
+        ]
+        result = runner.invoke(finetune_command, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert "step 3/3" in result.output
+        card = (out / "README.md").read_text()
+        assert f"finetune {kind}" in card and "Held-out evaluation" in card
+        assert (out / "model.safetensors").exists()
+        folders[kind] = out
+
+    captioner = load_captioner(str(folders["captioner"]), device="cpu")
+    filt = load_filter(str(folders["filter"]), device="cpu")
+    ids = captioner.tokenizer("a red circle").input_ids
+    assert captioner.tokenizer.unk_token_id not in ids
+    pixels = read_pairs(clean, captioner.image_size).pixels[:2]
+    captions = Captioner(captioner, CaptionSettings(max_length=12, min_length=6)).caption(
+        pixels, ["k0", "k1"]
+    )
+    assert len(captions) == 2 and all(len(c) == 1 and c[0] for c in captions)
+    scores = Scorer(filt).score(pixels, [["a red circle on the left", captions[0][0]], []])
+    assert scores[0].itm.shape == (2,) and np.all((scores[0].itm >= 0) & (scores[0].itm <= 1))
+
+
+def test_finetune_continues_from_a_checkpoint_folder(tmp_path: Path, clean: Path) -> None:
+    tokenizer = build_tokenizer(
+        words_of(pq.read_table(clean, columns=["text"]).column("text").to_pylist())
+    )
+    base = save_model_folder("filter", tmp_path / "base", "tiny", tokenizer)
+    before = load_filter(str(base), device="cpu").model.itm_head.weight.clone()
+    out = tmp_path / "tuned"
+    args = ["filter", "--train", str(clean), "--out", str(out), "--base", str(base), "--lr", "1e-2"]
+    args += ["--max-steps", "2", "--batch-size", "8", "--device", "cpu", "--save-dtype", "fp16"]
+    result = CliRunner().invoke(finetune_command, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    after = load_filter(str(out), device="cpu")
+    assert after.model.itm_head.weight.dtype == torch.float32
+    assert not torch.allclose(before, after.model.itm_head.weight, atol=1e-4)
+    card = (out / "README.md").read_text()
+    assert f"--base {base}" in card and "--lr 0.01" in card and "--max-steps 2" in card
