@@ -25,6 +25,8 @@ from curation.reasons import Reason
 
 STAGE_DIR = "_stage"
 TABLES = ("decisions", "clean", "synthetic", "duplicates")
+#: Rows per streamed batch: small enough that tables holding image bytes stay light.
+BATCH_ROWS = 64
 
 
 @dataclass
@@ -55,7 +57,9 @@ def parquet_files(folder: Path) -> list[Path]:
 def iter_batches(folder: Path, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
     """Stream every record batch of a table folder."""
     for path in parquet_files(folder):
-        yield from pq.ParquetFile(path).iter_batches(batch_size=4096, columns=columns)
+        yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(
+            batch_size=BATCH_ROWS, columns=columns
+        )
 
 
 def table_schema(folder: Path) -> pa.Schema | None:
@@ -131,10 +135,10 @@ def _rewrite(
     dst.mkdir(parents=True, exist_ok=True)
     total = 0
     for index, path in enumerate(parquet_files(src)):
-        source = pq.ParquetFile(path)
+        source = pq.ParquetFile(path, pre_buffer=False)
         writer: pq.ParquetWriter | None = None
         target = dst / f"part-{index:05d}.parquet"
-        for batch in source.iter_batches(batch_size=4096):
+        for batch in source.iter_batches(batch_size=BATCH_ROWS):
             out = transform(batch)
             if out is None or len(out) == 0:
                 continue

@@ -34,7 +34,10 @@ from pipelines.progress import ProgressCounter
 
 NAMESPACE = "curation"
 REJECTED = "rejected"
-OUTPUT_TABLES = ("decisions", "clean", "synthetic", "duplicates", "images")
+#: Bytes of rows a Parquet writer buffers before writing a row group (Beam's default is 64 MiB
+#: per open file, and every table of every bundle has one).
+ROW_GROUP_BYTES = 8 * 2**20
+TABLES = ("decisions", "clean", "synthetic", "duplicates", "images")
 
 
 def _count(reason: str, decision: str) -> None:
@@ -350,18 +353,28 @@ def read_cached(pbegin: beam.pvalue.PBegin, cache_dir: str) -> beam.PCollection:
 
 
 class WriteTables(beam.PTransform):
-    """Writes each tagged table as Parquet shards under ``<folder>/<table>/``."""
+    """Writes each tagged table as Parquet shards ``<folder>/<table>/<prefix>-*.parquet``.
 
-    def __init__(self, folder: str, schemas: dict[str, Any]):
+    Every branch of the pipeline writes its own shards (distinct prefixes) instead of
+    flattening branches into one writer: the local runner materialises a Flatten's inputs,
+    which would hold every image of the run in memory.
+    """
+
+    def __init__(self, folder: str, schemas: dict[str, Any], prefix: str):
         super().__init__()
         self._folder = folder
         self._schemas = schemas
+        self._prefix = prefix
 
     def expand(self, tables: dict[str, beam.PCollection]) -> beam.pvalue.PDone:
         for name, pcoll in tables.items():
-            prefix = str(Path(self._folder) / name / "part")
+            path = str(Path(self._folder) / name / self._prefix)
             pcoll | f"Write{name.title()}" >> beam.io.WriteToParquet(
-                prefix, self._schemas[name], file_name_suffix=".parquet"
+                path,
+                self._schemas[name],
+                file_name_suffix=".parquet",
+                row_group_buffer_size=ROW_GROUP_BYTES,
+                record_batch_size=64,
             )
         return beam.pvalue.PDone(next(iter(tables.values())).pipeline)
 
@@ -400,19 +413,14 @@ def build_pipeline(
     )
     fresh = routed.todo | "Models" >> CaptionAndScore(config, sizes, cache_dir, progress_dir)
     reused = routed.cached | "CountCached" >> beam.ParDo(CountCachedFn(progress_dir))
-    scored = (fresh, reused) | "AllScored" >> beam.Flatten()
-    outputs = scored | "Decide" >> beam.ParDo(
-        DecideFn(config.threshold, run_id, progress_dir)
-    ).with_outputs("decisions", "clean", "synthetic", "duplicates", "images")
-    decisions = (outputs.decisions, decoded[REJECTED]) | "AllDecisions" >> beam.Flatten()
-    tables = {
-        "decisions": decisions,
-        "clean": outputs.clean,
-        "synthetic": outputs.synthetic,
-        "duplicates": outputs.duplicates,
-        "images": outputs.images,
-    }
-    tables | "WriteTables" >> WriteTables(stage_dir, schemas)
+    for branch, scored in (("scored", fresh), ("cached", reused)):
+        outputs = scored | f"Decide{branch.title()}" >> beam.ParDo(
+            DecideFn(config.threshold, run_id, progress_dir)
+        ).with_outputs(*TABLES)
+        tables = {name: outputs[name] for name in TABLES}
+        tables | f"Write{branch.title()}" >> WriteTables(stage_dir, schemas, branch)
+    rejected = {"decisions": decoded[REJECTED]}
+    rejected | "WriteRejected" >> WriteTables(stage_dir, schemas, "rejected")
 
 
 class CountCachedFn(beam.DoFn):
