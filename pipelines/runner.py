@@ -27,7 +27,7 @@ from curation.schemas import (
 from curation.score_cache import CACHE_DIR, cache_files, fingerprint
 from pipelines.preflight import model_image_size
 from pipelines.progress import PROGRESS_DIR, ProgressDisplay, read_progress
-from pipelines.transforms import build_pipeline
+from pipelines.transforms import NAMESPACE, build_pipeline
 
 
 @dataclass
@@ -64,6 +64,17 @@ def pipeline_options(config: RunConfig) -> tuple[PipelineOptions, Any]:
         direct.direct_running_mode = "in_memory"
         direct.direct_num_workers = 1
     return options, FnApiRunner()
+
+
+def beam_counters(result: Any) -> dict[str, int]:
+    """The pipeline's ``curation`` counters (rows read, decisions per reason, ...)."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    totals: dict[str, int] = {}
+    for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+        name = counter.key.metric.name
+        totals[name] = totals.get(name, 0) + int(counter.committed or counter.attempted or 0)
+    return dict(sorted(totals.items()))
 
 
 def passthrough_schema(files: list[str], layout: Any) -> pa.Schema:
@@ -162,9 +173,12 @@ def run_pipeline(config: RunConfig, stream: TextIO | None = None) -> RunResult:
     t0 = time.monotonic()
     if config.progress and runner is not None:
         with ProgressDisplay(progress_dir, plan["total_rows"], stream=stream):
-            pipeline.run().wait_until_finish()
+            beam_result = pipeline.run()
+            beam_result.wait_until_finish()
     else:
-        pipeline.run().wait_until_finish()
+        beam_result = pipeline.run()
+        beam_result.wait_until_finish()
+    counters = beam_counters(beam_result)
     pipeline_seconds = time.monotonic() - t0
     t1 = time.monotonic()
     result = finalize_run(
@@ -193,6 +207,7 @@ def run_pipeline(config: RunConfig, stream: TextIO | None = None) -> RunResult:
             "images_scored": progress.get("images_scored", 0),
             "images_cached": progress.get("images_cached", 0),
             "cache": str(cache_dir.relative_to(out)),
+            "beam_counters": counters,
         },
     )
     return RunResult(

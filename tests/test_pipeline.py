@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -134,9 +135,32 @@ def test_every_row_accounted_and_tables_match(dataset, baseline: Path) -> None:
     )
     synthetic = _table(baseline / "synthetic").to_pylist()
     assert sorted((r["key"], r["caption_index"]) for r in synthetic) == kept_syn
-    manifest = __import__("json").loads((baseline / "manifest.json").read_text())
+    manifest = json.loads((baseline / "manifest.json").read_text())
     for reason, n in manifest["counts"].items():
         assert n == sum(1 for d in decisions if d["reason"] == reason), reason
+    counters = manifest["beam_counters"]
+    assert counters["rows_read"] == len(inputs)
+    for reason in ("undecodable", "truncated", "missing_image", "empty_text"):
+        assert counters[f"reason_{reason}"] == manifest["counts"][reason]
+
+
+def test_progress_line_and_summary(
+    dataset, tiny_captioner_dir, tiny_filter_dir, tmp_path: Path
+) -> None:
+    import io
+
+    from pipelines.cli import print_summary
+
+    path, _ = dataset
+    stream = io.StringIO()
+    result = run_pipeline(
+        _config(path, tmp_path / "p", tiny_captioner_dir, tiny_filter_dir, progress=True), stream
+    )
+    inputs = pq.read_table(path).num_rows
+    assert f"rows read {inputs}/{inputs} | decided {inputs}" in stream.getvalue()
+    summary = io.StringIO()
+    print_summary(result, summary)
+    assert "undecodable" in summary.getvalue() and "clean/" in summary.getvalue()
 
 
 def test_copies_share_one_image_and_are_recorded(baseline: Path) -> None:
@@ -223,7 +247,7 @@ def test_resume_after_kill_matches_uninterrupted_run(
     straight = tmp_path / "straight"
     subprocess.run([*args, "--out", str(straight)], capture_output=True, check=True)
     assert _decisions(killed) == _decisions(straight)
-    manifest = __import__("json").loads((killed / "manifest.json").read_text())
+    manifest = json.loads((killed / "manifest.json").read_text())
     assert 0 < manifest["images_cached"] < 120
 
 
@@ -241,7 +265,7 @@ def test_config_file_and_flag_override(
         main, ["run", str(path), "--out", str(out), "--config", str(cfg), "--threshold", "0.0"]
     )
     assert result.exit_code == 0, result.output
-    manifest = __import__("json").loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["threshold"] == 0.0 and manifest["config"]["batch_size"] == 3
     syn = [d for d in _table(out / "decisions").to_pylist() if d["text_origin"] == "synthetic"]
     assert {d["caption_index"] for d in syn} == {0}
