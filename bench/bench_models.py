@@ -72,7 +72,7 @@ def timed(device: torch.device, fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 3) -> float:
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
     """Best-of FLOP/s of a ``size``-square matrix product."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
