@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
@@ -124,11 +125,23 @@ def random_scene(rng: random.Random) -> Scene:
     )
 
 
-def render(scene: Scene, rng: random.Random, size: int = RENDER_SIZE, quality: int = 90) -> bytes:
-    """Draw ``scene`` on a plain background with small jitter; JPEG bytes."""
+def render(
+    scene: Scene,
+    rng: random.Random,
+    size: int = RENDER_SIZE,
+    quality: int = 90,
+    texture: float = 0.0,
+) -> bytes:
+    """Draw ``scene`` with small jitter on a plain background; JPEG bytes.
+
+    ``texture`` (grey levels) adds a smooth random shading to the background, which gives
+    every image its own perceptual hash (plain scenes of similar layout hash alike).
+    """
     grey = rng.randint(90, 170)
     background = tuple(max(0, min(255, grey + rng.randint(-15, 15))) for _ in range(3))
     image = Image.new("RGB", (size, size), background)
+    if texture > 0:
+        image = _shaded(image, texture, rng)
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
         cx = (_SLOT_X[obj.position] + rng.uniform(-0.02, 0.02)) * size
@@ -149,6 +162,15 @@ def render(scene: Scene, rng: random.Random, size: int = RENDER_SIZE, quality: i
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def _shaded(image: Image.Image, amplitude: float, rng: random.Random) -> Image.Image:
+    """``image`` plus a smooth random field of +-``amplitude`` grey levels."""
+    grid = Image.new("F", (6, 6))
+    grid.putdata([rng.uniform(-amplitude, amplitude) for _ in range(36)])
+    field = np.asarray(grid.resize(image.size, Image.Resampling.BICUBIC))[:, :, None]
+    shaded = np.asarray(image, dtype=np.float32) + field
+    return Image.fromarray(np.clip(shaded, 0, 255).astype(np.uint8))
 
 
 def _object_phrase(obj: ShapeObject, rng: random.Random) -> str:
@@ -313,10 +335,12 @@ def make_web_split(
     path: str | Path,
     noise_mix: Mapping[str, float] | None = None,
     prefix: str = "web",
+    texture: float = 0.0,
 ) -> Path:
     """``n`` images with web-like alt-texts; ``noise_type`` labels each text.
 
-    ``noise_mix`` maps noise types to weights (default :data:`DEFAULT_NOISE_MIX`).
+    ``noise_mix`` maps noise types to weights (default :data:`DEFAULT_NOISE_MIX`);
+    ``texture`` shades the backgrounds (see :func:`render`).
     Columns: key, image, text, noise_type, scene (the image's ground truth as JSON).
     """
     mix = dict(noise_mix or DEFAULT_NOISE_MIX)
@@ -332,7 +356,7 @@ def make_web_split(
         scene = random_scene(rng)
         kind = rng.choices(kinds, weights)[0]
         rows["key"].append(f"{prefix}-{i:06d}")
-        rows["image"].append(render(scene, rng))
+        rows["image"].append(render(scene, rng, texture=texture))
         rows["text"].append(noisy_text(kind, scene, rng))
         rows["noise_type"].append(kind)
         rows["scene"].append(scene.to_json())
