@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,13 +60,14 @@ class LoadedModel:
     dtype: torch.dtype
     fingerprint: str
 
-    def inference(self) -> ExitStack:
+    @contextmanager
+    def inference(self) -> Iterator[None]:
         """Context for a forward pass: no autograd, and autocast to the model dtype on CUDA."""
-        stack = ExitStack()
-        stack.enter_context(torch.inference_mode())
-        if self.device.type == "cuda" and self.dtype != torch.float32:
-            stack.enter_context(torch.autocast("cuda", dtype=self.dtype))
-        return stack
+        with ExitStack() as stack:
+            stack.enter_context(torch.inference_mode())
+            if self.device.type == "cuda" and self.dtype != torch.float32:
+                stack.enter_context(torch.autocast("cuda", dtype=self.dtype))
+            yield
 
 
 def resolve_device(device: str) -> torch.device:

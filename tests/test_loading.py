@@ -98,3 +98,12 @@ def test_pixel_values_match_blip_processor(tiny_filter_dir: Path):
     assert torch.allclose(pixel_values(images, loaded), expected, atol=1e-5)
     with pytest.raises(ValueError, match="expected uint8 images"):
         pixel_values(images[:, :16], loaded)
+
+
+def test_inference_context_is_scoped(tiny_filter_dir: Path):
+    loaded = load_filter(str(tiny_filter_dir), device="cpu")
+    context = loaded.inference()
+    assert not torch.is_inference_mode_enabled()  # nothing happens before entering
+    with context:
+        assert torch.is_inference_mode_enabled()
+    assert not torch.is_inference_mode_enabled()
