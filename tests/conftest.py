@@ -6,9 +6,14 @@ processor, loaded through the same ``from_pretrained`` path as hub checkpoints.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Tiny models gain nothing from threads, and on a busy machine torch's thread pool makes
+# every small operation wait; subprocesses started by tests inherit this too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 #: Words the tiny tokenizer knows, so that real captions tokenize to real ids.
 TINY_WORDS = (
