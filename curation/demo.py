@@ -85,6 +85,7 @@ def run_demo(
         "images_per_second": round(result.rows / result.seconds, 3) if result.seconds else None,
         "workers": workers,
     }
+    metrics["reasons"] = result.manifest.get("counts", {})
     metrics["dataset"] = {"rows": rows, "seed": seed, "path": str(data), "texture": DEMO_TEXTURE}
     metrics["settings"] = settings
     write_metrics(metrics, out_dir / "metrics.json")

@@ -23,8 +23,9 @@ from transformers import (
     BlipProcessor,
 )
 
-from models.finetune.data import TrainingPairs
+from models.finetune.data import TrainingPairs, read_pairs
 from models.finetune.losses import Temperature, captioner_loss, filter_losses
+from models.finetune.model_card import write_model_card
 from models.loading import LoadedModel, load_captioner, load_filter, resolve_device
 from models.preprocess import pixel_values
 from models.presets import (
@@ -365,9 +366,6 @@ def finetune(
     progress: Progress | None = None,
 ) -> TrainResult:
     """Read pairs, train ``kind`` from ``base``, evaluate on a held-out slice, save with a model card."""
-    from models.finetune.data import read_pairs
-    from models.finetune.model_card import write_model_card
-
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
     loaded = None if is_preset(base) else prepare_base(kind, base, [], device)
