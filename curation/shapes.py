@@ -77,7 +77,7 @@ _SLOT_X = {"left": 0.18, "center": 0.5, "right": 0.82}
 _RADIUS = {"small": 0.085, "large": 0.14}
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class ShapeObject:
     """One object of a scene."""
 
