@@ -66,27 +66,36 @@ def share_cpu(workers: int) -> None:
     torch.set_num_threads(max(1, cores // max(1, workers)))
 
 
-class CaptionHandler(ModelHandler[ModelInput, ModelInput, Any]):
-    """Writes K captions per image with the BLIP captioner (one vision pass per image)."""
+class BlipHandler(ModelHandler):
+    """Fixed-size batches of a run's config, and model loading with the run's options."""
 
     def __init__(self, config: RunConfig):
         super().__init__(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
         self._config = config
 
-    def load_model(self) -> Any:
-        from models.captioner import Captioner
-        from models.loading import load_captioner
+    def _load(self, kind: str) -> Any:
+        """The run's captioner (``kind="captioner"``) or filter, loaded by the models layer."""
+        from models.loading import load_captioner, load_filter
 
         c = self._config
         share_cpu(c.workers)
-        loaded = load_captioner(
-            c.captioner,
-            revision=c.captioner_revision,
+        load = load_captioner if kind == "captioner" else load_filter
+        return load(
+            getattr(c, kind),
+            revision=getattr(c, f"{kind}_revision"),
             device=c.device,
             dtype=c.dtype,
             allow_pickle=c.allow_pickle,
         )
-        return Captioner(loaded, caption_settings(c))
+
+
+class CaptionHandler(BlipHandler):
+    """Writes K captions per image with the BLIP captioner (one vision pass per image)."""
+
+    def load_model(self) -> Any:
+        from models.captioner import Captioner
+
+        return Captioner(self._load("captioner"), caption_settings(self._config))
 
     def run_inference(
         self, batch: Sequence[ModelInput], model: Any, inference_args: dict[str, Any] | None = None
@@ -104,27 +113,13 @@ class CaptionHandler(ModelHandler[ModelInput, ModelInput, Any]):
         return "curation_captioner"
 
 
-class ScoreHandler(ModelHandler[ModelInput, tuple[ImageGroup, GroupScores], Any]):
+class ScoreHandler(BlipHandler):
     """Scores every web text and caption of an image with the BLIP ITM filter, encoding it once."""
 
-    def __init__(self, config: RunConfig):
-        super().__init__(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
-        self._config = config
-
     def load_model(self) -> Any:
-        from models.loading import load_filter
         from models.scorer import Scorer
 
-        c = self._config
-        share_cpu(c.workers)
-        loaded = load_filter(
-            c.filter,
-            revision=c.filter_revision,
-            device=c.device,
-            dtype=c.dtype,
-            allow_pickle=c.allow_pickle,
-        )
-        return Scorer(loaded, first_token=c.first_token)
+        return Scorer(self._load("filter"), first_token=self._config.first_token)
 
     def run_inference(
         self, batch: Sequence[ModelInput], model: Any, inference_args: dict[str, Any] | None = None

@@ -45,15 +45,26 @@ def _count(reason: str, decision: str) -> None:
     Metrics.counter(NAMESPACE, f"reason_{reason}").inc()
 
 
-class ReadPairsFn(beam.DoFn):
-    """Reads one (file, row group) unit into pairs."""
+class ProgressFn(beam.DoFn):
+    """A DoFn that reports to the live progress display (see ``pipelines/progress.py``)."""
 
-    def __init__(self, layout: Any, progress_dir: str):
-        self._layout = layout
+    def __init__(self, progress_dir: str):
+        super().__init__()
         self._progress_dir = progress_dir
 
     def setup(self) -> None:
         self._progress = ProgressCounter(self._progress_dir)
+
+    def finish_bundle(self) -> None:
+        self._progress.flush()
+
+
+class ReadPairsFn(ProgressFn):
+    """Reads one (file, row group) unit into pairs."""
+
+    def __init__(self, layout: Any, progress_dir: str):
+        self._layout = layout
+        super().__init__(progress_dir)
 
     def process(self, unit: tuple[str, int]) -> Iterator[Pair]:
         from curation.reader import read_row_group
@@ -63,9 +74,6 @@ class ReadPairsFn(beam.DoFn):
         Metrics.counter(NAMESPACE, "rows_read").inc(len(pairs))
         self._progress.add("rows_read", len(pairs))
         yield from pairs
-
-    def finish_bundle(self) -> None:
-        self._progress.flush()
 
 
 class ReadPairs(beam.PTransform):
@@ -86,16 +94,13 @@ class ReadPairs(beam.PTransform):
         )
 
 
-class DecodeFn(beam.DoFn):
+class DecodeFn(ProgressFn):
     """Validates and hashes an image; a bad image or failed download becomes a decision."""
 
     def __init__(self, config: RunConfig, run_id: str, progress_dir: str):
         self._config = config
         self._run_id = run_id
-        self._progress_dir = progress_dir
-
-    def setup(self) -> None:
-        self._progress = ProgressCounter(self._progress_dir)
+        super().__init__(progress_dir)
 
     def process(self, pair: Pair) -> Iterator[Any]:
         from curation.decode import DecodeError, decode_image
@@ -124,9 +129,6 @@ class DecodeFn(beam.DoFn):
             return
         pair.image = None  # bytes are fetched again for the one kept copy (FetchImages)
         yield HashedPair(uid, pair, image.sha256, image.phash, image.width, image.height)
-
-    def finish_bundle(self) -> None:
-        self._progress.flush()
 
 
 def _candidate_key(hashed: HashedPair) -> str:
@@ -252,16 +254,13 @@ class PreparePixelsFn(beam.DoFn):
         yield cache_key(group.key, group.rep.sha256), ModelInput(group, cap, filt)
 
 
-class WriteCacheFn(beam.DoFn):
+class WriteCacheFn(ProgressFn):
     """Persists model outputs every ``flush_every`` images, so a killed run can resume."""
 
     def __init__(self, folder: str, flush_every: int, progress_dir: str):
         self._folder = folder
         self._flush_every = flush_every
-        self._progress_dir = progress_dir
-
-    def setup(self) -> None:
-        self._progress = ProgressCounter(self._progress_dir)
+        super().__init__(progress_dir)
 
     def start_bundle(self) -> None:
         self._rows: list[dict[str, Any]] = []
@@ -282,7 +281,7 @@ class WriteCacheFn(beam.DoFn):
 
     def finish_bundle(self) -> None:
         self._flush()
-        self._progress.flush()
+        super().finish_bundle()
 
 
 class CaptionAndScore(beam.PTransform):
@@ -314,16 +313,13 @@ class CaptionAndScore(beam.PTransform):
         )
 
 
-class DecideFn(beam.DoFn):
+class DecideFn(ProgressFn):
     """Applies the threshold and emits rows for every output table (tagged by table)."""
 
     def __init__(self, threshold: float, run_id: str, progress_dir: str):
         self._threshold = threshold
         self._run_id = run_id
-        self._progress_dir = progress_dir
-
-    def setup(self) -> None:
-        self._progress = ProgressCounter(self._progress_dir)
+        super().__init__(progress_dir)
 
     def process(self, element: tuple[ImageGroup, GroupScores]) -> Iterator[Any]:
         group, scores = element
@@ -336,9 +332,6 @@ class DecideFn(beam.DoFn):
             for row in getattr(outcome, table):
                 yield TaggedOutput(table, row)
         yield TaggedOutput("images", outcome.image)
-
-    def finish_bundle(self) -> None:
-        self._progress.flush()
 
 
 def read_cached(pbegin: beam.pvalue.PBegin, cache_dir: str) -> beam.PCollection:
@@ -423,14 +416,11 @@ def build_pipeline(
     rejected | "WriteRejected" >> WriteTables(stage_dir, schemas, "rejected")
 
 
-class CountCachedFn(beam.DoFn):
+class CountCachedFn(ProgressFn):
     """Counts groups whose model outputs came from the cache."""
 
     def __init__(self, progress_dir: str):
-        self._progress_dir = progress_dir
-
-    def setup(self) -> None:
-        self._progress = ProgressCounter(self._progress_dir)
+        super().__init__(progress_dir)
 
     def process(
         self, element: tuple[ImageGroup, GroupScores]
@@ -438,6 +428,3 @@ class CountCachedFn(beam.DoFn):
         self._progress.add("images_cached")
         Metrics.counter(NAMESPACE, "images_cached").inc()
         yield element
-
-    def finish_bundle(self) -> None:
-        self._progress.flush()
