@@ -168,6 +168,38 @@ def _load(
     )
 
 
+def check_model(
+    name_or_path: str, *, revision: str | None = None, allow_pickle: bool = False
+) -> int:
+    """Check that a BLIP model can be found, reading its config only; return its image size.
+
+    For runs to fail before any work starts: raises :class:`ModelLoadError` with the same
+    messages as loading (unreachable hub id, pickle-only or empty folder, not BLIP).
+    """
+    from transformers import AutoConfig
+
+    local = Path(name_or_path).is_dir()
+    if local:
+        _check_local_weights(Path(name_or_path), allow_pickle)
+    try:
+        config = AutoConfig.from_pretrained(
+            name_or_path,
+            revision=revision,
+            trust_remote_code=False,
+            local_files_only=not local and _offline(),
+        )
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            _explain(name_or_path, local, allow_pickle, OSError(str(err)))
+        ) from err
+    vision = getattr(config, "vision_config", None)
+    if vision is None or not hasattr(vision, "image_size"):
+        raise ModelLoadError(
+            f"{name_or_path} is not a BLIP model (its config has no vision_config)"
+        )
+    return int(vision.image_size)
+
+
 def _offline() -> bool:
     return any(
         os.environ.get(var, "").upper() in {"1", "ON", "YES", "TRUE"} for var in _OFFLINE_VARS

@@ -25,7 +25,7 @@ from curation.schemas import (
     with_passthrough,
 )
 from curation.score_cache import CACHE_DIR, cache_files, fingerprint
-from pipelines.preflight import model_image_size
+from models.loading import check_model
 from pipelines.progress import PROGRESS_DIR, ProgressDisplay, read_progress
 from pipelines.transforms import NAMESPACE, build_pipeline
 
@@ -98,9 +98,13 @@ def prepare(config: RunConfig) -> dict[str, Any]:
         text_column=config.text_column,
         key_column=config.key_column,
     )
-    filter_size = model_image_size(config.filter, config.filter_revision, config.allow_pickle)
+    filter_size = check_model(
+        config.filter, revision=config.filter_revision, allow_pickle=config.allow_pickle
+    )
     caption_size = (
-        model_image_size(config.captioner, config.captioner_revision, config.allow_pickle)
+        check_model(
+            config.captioner, revision=config.captioner_revision, allow_pickle=config.allow_pickle
+        )
         if config.captions_per_image > 0
         else None
     )
