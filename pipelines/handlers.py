@@ -75,8 +75,11 @@ class BlipHandler(ModelHandler):
 
     def _load(self, kind: str) -> Any:
         """The run's captioner (``kind="captioner"``) or filter, loaded by the models layer."""
+        from transformers.utils import logging as hf_logging
+
         from models.loading import load_captioner, load_filter
 
+        hf_logging.disable_progress_bar()  # the run's own progress line reports instead
         c = self._config
         share_cpu(c.workers)
         load = load_captioner if kind == "captioner" else load_filter
