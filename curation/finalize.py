@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation.errors import UsageError
 from curation.reasons import Reason
 
 STAGE_DIR = "_stage"
@@ -105,8 +106,12 @@ def find_removals(
     removed: dict[str, Removal] = {}
     if not keys:
         return removed
-    if dedup_against:
-        previous = load_index(dedup_against)
+    if dedup_against and (previous := load_index(dedup_against)).index.ntotal:
+        if previous.index.d != embeddings.shape[1]:
+            raise UsageError(
+                f"{dedup_against}: the previous index holds {previous.index.d}-d embeddings, this "
+                f"run's filter gives {embeddings.shape[1]}-d; dedup against an index of the same filter"
+            )
         for row, prev_id, similarity in query_previous(previous.index, embeddings, near_threshold):
             removed[keys[row]] = Removal(
                 previous.key_of(prev_id), float(similarity), "previous-round"

@@ -108,6 +108,10 @@ def prepare(config: RunConfig) -> dict[str, Any]:
         if config.captions_per_image > 0
         else None
     )
+    if config.dedup_against:
+        from curation.dedup.index_store import load_index
+
+        load_index(config.dedup_against)  # a wrong folder fails now, not after the models ran
     metadata = [open_parquet(path).metadata for path in files]
     units = [
         (path, index)
