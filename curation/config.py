@@ -83,7 +83,7 @@ class RunConfig:
             ("workers", 1 <= self.workers <= 256, "an integer from 1 to 256"),
             ("min_side", self.min_side >= 1, "a positive integer"),
             ("max_pixels", self.max_pixels >= 1, "a positive integer"),
-            ("phash_distance", 0 <= self.phash_distance <= 16, "an integer from 0 to 16"),
+            ("phash_distance", -1 <= self.phash_distance <= 16, "an integer from -1 (off) to 16"),
             ("near_threshold", 0.0 < self.near_threshold <= 1.0, "a number in (0, 1]"),
         ]
         for key, ok, expected in checks:

@@ -75,6 +75,9 @@ def blip_config(preset: str, tokenizer: BertTokenizerFast) -> BlipConfig:
         intermediate_size=4 * v_hidden,
         num_hidden_layers=v_layers,
         num_attention_heads=heads,
+        # BlipVisionConfig's default (1e-10) makes a random vision tower map every image to
+        # the same embedding; BERT's 0.02 gives random models image-dependent outputs.
+        initializer_range=0.02,
     )
     text = dict(
         vocab_size=len(tokenizer),

@@ -185,3 +185,15 @@ def test_keep_rules_are_total_orders() -> None:
     assert choose_near(near[:1]) == near[0]
     with pytest.raises(ValueError):
         choose_copy([])
+
+
+def test_perceptual_grouping_can_be_turned_off() -> None:
+    items = [
+        CopyCandidate("a", "s1", 0b1011, 10, 10),
+        CopyCandidate("b", "s2", 0b1011, 10, 10),  # same perceptual hash, other bytes
+        CopyCandidate("c", "s1", 0b1011, 10, 10),  # same bytes as a
+    ]
+    on = group_copies(items, max_hamming=0)
+    off = group_copies(items, max_hamming=-1)
+    assert on["b"].kind == "perceptual"
+    assert off["b"].kind == "self" and off["c"].kind == "exact" and off["c"].rep_key == "a"

@@ -91,9 +91,11 @@ def group_copies(items: Sequence[CopyCandidate], max_hamming: int = 4) -> dict[s
     :func:`~curation.dedup.keep.choose_copy`; a member whose sha256 equals the
     representative's is ``exact`` (similarity 1.0), any other ``perceptual`` with similarity
     ``1 - hamming(member, representative) / 64``. The result does not depend on input order.
+    ``max_hamming=-1`` turns perceptual grouping off (exact copies only), for domains where
+    distinct images share hashes (flat synthetic renders, icons).
     """
-    if not 0 <= max_hamming < HASH_BITS:
-        raise ValueError(f"max_hamming must be in [0, {HASH_BITS}), got {max_hamming}")
+    if not -1 <= max_hamming < HASH_BITS:
+        raise ValueError(f"max_hamming must be in [-1, {HASH_BITS}), got {max_hamming}")
     n = len(items)
     seen: set[str] = set()
     for item in items:
@@ -110,13 +112,13 @@ def group_copies(items: Sequence[CopyCandidate], max_hamming: int = 4) -> dict[s
         count=n,
     )
     uniques = np.fromiter(first_of_sha.values(), dtype=np.int64, count=len(first_of_sha))
-    hashes = np.fromiter((items[i].phash for i in uniques), dtype=np.uint64, count=uniques.size)
-    values, first_of_value, value_of = np.unique(hashes, return_index=True, return_inverse=True)
-    near_a, near_b = near_hash_pairs(values, max_hamming)
-    a = np.concatenate([np.arange(n), uniques, uniques[first_of_value[near_a]]])
-    b = np.concatenate(
-        [sha_first, uniques[first_of_value[value_of]], uniques[first_of_value[near_b]]]
-    )
+    a, b = np.arange(n), sha_first
+    if max_hamming >= 0:
+        hashes = np.fromiter((items[i].phash for i in uniques), dtype=np.uint64, count=uniques.size)
+        values, first_of_value, value_of = np.unique(hashes, return_index=True, return_inverse=True)
+        near_a, near_b = near_hash_pairs(values, max_hamming)
+        a = np.concatenate([a, uniques, uniques[first_of_value[near_a]]])
+        b = np.concatenate([b, uniques[first_of_value[value_of]], uniques[first_of_value[near_b]]])
     labels = connected_components(n, a, b)
 
     links = {item.key: CopyLink(item.key, item.key, "self", 1.0) for item in items}
