@@ -9,6 +9,7 @@ synthetic captions, and the throughput, into ``metrics.json``.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ def run_demo(
     from pipelines.runner import run_pipeline
 
     out_dir = Path(out)
+    shutil.rmtree(out_dir / "run", ignore_errors=True)  # measure a full run, not a cached re-run
     data = make_web_split(
         rows, seed, out_dir / "input" / "shapes-web.parquet", texture=DEMO_TEXTURE
     )
