@@ -72,7 +72,9 @@ def print_summary(result: object, stream=None) -> None:
 @click.option("--text-column", help="Column with the web text.")
 @click.option("--key-column", help="Column with a unique key per row.")
 @click.option(
-    "--phash-distance", type=int, help="Max Hamming distance of perceptual copies (default 4; -1: off)."
+    "--phash-distance",
+    type=int,
+    help="Max Hamming distance of perceptual copies (default 4; -1: off).",
 )
 @click.option(
     "--near-threshold",
