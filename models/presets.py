@@ -27,6 +27,7 @@ ENC_TOKEN = "[ENC]"
 #: name -> (image_size, patch_size, vision hidden, vision layers, text hidden, text layers, heads)
 PRESETS: dict[str, tuple[int, int, int, int, int, int, int]] = {
     "tiny": (32, 8, 32, 1, 32, 1, 2),
+    "mini": (64, 16, 128, 3, 128, 3, 4),
     "small": (96, 16, 192, 4, 192, 4, 4),
     "base": (384, 16, 768, 12, 768, 12, 12),
 }

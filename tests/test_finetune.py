@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
+from transformers import BlipForImageTextRetrieval
 
 from curation.errors import InputError
 from curation.shapes import make_clean_split
@@ -26,6 +27,7 @@ from models.finetune.losses import (
     sample_hard_negatives,
 )
 from models.finetune.train import PROMPT, _prompt_length, _tokenize, prepare_base
+from models.finetune.warm_start import filter_from_captioner
 from models.loading import load_captioner, load_filter
 from models.preprocess import pixel_values
 from models.presets import ENC_TOKEN, build_tokenizer, save_model_folder, words_of
@@ -235,3 +237,52 @@ def test_finetune_continues_from_a_checkpoint_folder(tmp_path: Path, clean: Path
     assert not torch.allclose(before, after.model.itm_head.weight, atol=1e-4)
     card = (out / "README.md").read_text()
     assert f"--base {base}" in card and "--lr 0.01" in card and "--max-steps 2" in card
+
+
+def test_filter_starts_from_a_captioner_folder_with_its_shared_weights(
+    tmp_path: Path, clean: Path
+) -> None:
+    tokenizer = build_tokenizer(
+        words_of(pq.read_table(clean, columns=["text"]).column("text").to_pylist())
+    )
+    folder = save_model_folder("captioner", tmp_path / "captioner", "tiny", tokenizer, seed=4)
+    captioner = load_captioner(str(folder), device="cpu").model
+    filt = prepare_base("filter", str(folder), [], device="cpu").model
+    assert isinstance(filt, BlipForImageTextRetrieval)
+    decoder = captioner.text_decoder.bert
+    pairs = [
+        (
+            filt.vision_model.embeddings.patch_embedding.weight,
+            captioner.vision_model.embeddings.patch_embedding.weight,
+        ),
+        (
+            filt.text_encoder.embeddings.word_embeddings.weight,
+            decoder.embeddings.word_embeddings.weight,
+        ),
+        (
+            filt.text_encoder.encoder.layer[0].crossattention.self.key.weight,
+            decoder.encoder.layer[0].crossattention.self.key.weight,
+        ),
+        (
+            filt.text_encoder.encoder.layer[0].attention.self.query.weight,
+            decoder.encoder.layer[0].attention.self.query.weight,
+        ),
+    ]
+    for mine, theirs in pairs:
+        assert torch.equal(mine, theirs)
+
+    out = tmp_path / "filter"
+    args = ["filter", "--train", str(clean), "--out", str(out), "--base", str(folder)]
+    args += ["--max-steps", "2", "--batch-size", "8", "--device", "cpu"]
+    result = CliRunner().invoke(finetune_command, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    reloaded = load_filter(str(out), device="cpu")
+    assert reloaded.tokenizer.get_vocab() == tokenizer.get_vocab()
+
+
+def test_a_captioner_of_another_layout_is_refused_as_a_filter_start(tmp_path: Path) -> None:
+    folder = save_model_folder("captioner", tmp_path / "captioner", "tiny")
+    captioner = load_captioner(str(folder), device="cpu")
+    captioner.model.text_decoder.bert.encoder.layer = torch.nn.ModuleList()
+    with pytest.raises(ValueError, match="text_encoder.encoder.layer.0"):
+        filter_from_captioner(captioner)

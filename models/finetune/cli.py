@@ -30,7 +30,11 @@ def _options(function: click.decorators.FC) -> click.decorators.FC:
             "--base",
             default="small",
             show_default=True,
-            help="Hub id, checkpoint folder, or a preset (tiny, small, ...): random weights, tokenizer from the training texts.",
+            help=(
+                "Hub id, checkpoint folder, or a preset (tiny, mini, small, base): random "
+                "weights, tokenizer from the training texts. A filter may start from a "
+                "captioner folder: its vision and text weights are copied."
+            ),
         ),
         click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=1)),
         click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=2)),

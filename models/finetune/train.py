@@ -26,6 +26,7 @@ from transformers import (
 from models.finetune.data import TrainingPairs, read_pairs
 from models.finetune.losses import Temperature, captioner_loss, filter_losses
 from models.finetune.model_card import write_model_card
+from models.finetune.warm_start import filter_from_captioner, is_captioner_folder
 from models.loading import LoadedModel, load_captioner, load_filter, resolve_device
 from models.preprocess import pixel_values
 from models.presets import (
@@ -80,10 +81,15 @@ def is_preset(base: str) -> bool:
 
 
 def prepare_base(kind: str, base: str, texts: list[str], device: str = "auto") -> LoadedModel:
-    """Load the starting model: a checkpoint through :mod:`models.loading`, or a fresh preset."""
+    """Load the starting model: a checkpoint through :mod:`models.loading`, or a fresh preset.
+
+    A filter may also start from a captioner folder (:mod:`models.finetune.warm_start`).
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
     if not is_preset(base):
+        if kind == "filter" and is_captioner_folder(base):
+            return filter_from_captioner(load_captioner(base, device=device))
         loader = load_captioner if kind == "captioner" else load_filter
         return loader(base, device=device)
     tokenizer = build_tokenizer(words_of([PROMPT, *texts]))
@@ -368,6 +374,7 @@ def finetune(
     """Read pairs, train ``kind`` from ``base``, evaluate on a held-out slice, save with a model card."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    torch.manual_seed(settings.seed)
     loaded = None if is_preset(base) else prepare_base(kind, base, [], device)
     image_size = PRESETS[base][0] if loaded is None else loaded.image_size
     pairs = read_pairs(train_path, image_size, image_column, text_column, group_column)
