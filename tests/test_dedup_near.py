@@ -82,16 +82,20 @@ def test_keep_rule_picks_the_best_member_whatever_the_order() -> None:
         rows = rows[1:] + rows[:1]
 
 
-def test_chained_duplicates_form_one_component() -> None:
+def test_a_chain_removes_only_images_above_the_threshold_to_a_kept_one() -> None:
     a = np.zeros((3, DIM), dtype=np.float32)
     a[0, 0] = 1.0
     a[1, :2] = [np.cos(0.25), np.sin(0.25)]  # cos 0.969 to row 0
     a[2, :2] = [np.cos(0.5), np.sin(0.5)]  # cos 0.969 to row 1, 0.878 to row 0
     keys = ["k0", "k1", "k2"]
     removed = find_near_duplicates(keys, a, [NearCandidate(k, 1, 0.5) for k in keys])
-    assert removed == [
-        NearDuplicate("k1", "k0", pytest.approx(np.cos(0.25), abs=1e-6)),
-        NearDuplicate("k2", "k0", pytest.approx(np.cos(0.5), abs=1e-6)),
+    # k1 duplicates the kept k0; k2 is linked only to the removed k1, 0.878 from k0: kept.
+    assert removed == [NearDuplicate("k1", "k0", pytest.approx(np.cos(0.25), abs=1e-6))]
+    # With k1 ranked first it is kept, and both neighbours are its duplicates.
+    cands = [NearCandidate("k0", 1, 0.5), NearCandidate("k1", 2, 0.5), NearCandidate("k2", 1, 0.5)]
+    assert find_near_duplicates(keys, a, cands) == [
+        NearDuplicate("k0", "k1", pytest.approx(np.cos(0.25), abs=1e-6)),
+        NearDuplicate("k2", "k1", pytest.approx(np.cos(0.25), abs=1e-6)),
     ]
 
 
@@ -120,3 +124,26 @@ def test_invalid_input_is_refused() -> None:
     with pytest.raises(ValueError, match="normalised"):
         find_near_duplicates(keys, 2 * x, cands)
     assert find_near_duplicates([], np.empty((0, DIM), np.float32), []) == []
+
+
+def test_dense_region_keeps_no_linked_pair_and_removes_only_linked_images() -> None:
+    rng = np.random.default_rng(5)
+    centre = _unit(rng.standard_normal((1, DIM)))
+    x = _unit(
+        centre + rng.uniform(0.2, 0.5, (400, 1)) / np.sqrt(DIM) * rng.standard_normal((400, DIM))
+    )
+    keys = [f"d{i:03d}" for i in range(400)]
+    cands = [NearCandidate(k, int(rng.integers(0, 3)), float(rng.random())) for k in keys]
+    removed = find_near_duplicates(keys, x, cands, threshold=0.95)
+    assert removed, "the dense region should hold duplicates"
+    gone = {keys.index(d.key) for d in removed}
+    kept = np.array(sorted(set(range(400)) - gone))
+    sims = x[kept] @ x[kept].T
+    assert (sims[np.triu_indices(kept.size, 1)] <= 0.95).all()
+    for dup in removed:
+        i, j = keys.index(dup.key), keys.index(dup.dup_of)
+        assert j in set(kept.tolist()) and dup.similarity > 0.95
+        assert dup.similarity == pytest.approx(float(x[i] @ x[j]), abs=1e-5)
+    rows = np.random.default_rng(6).permutation(400)
+    again = find_near_duplicates([keys[r] for r in rows], x[rows], [cands[r] for r in rows], 0.95)
+    assert again == removed
