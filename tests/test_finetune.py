@@ -264,12 +264,17 @@ def test_filter_starts_from_a_captioner_folder_with_its_shared_weights(
             decoder.encoder.layer[0].crossattention.self.key.weight,
         ),
         (
-            filt.text_encoder.encoder.layer[0].attention.self.query.weight,
-            decoder.encoder.layer[0].attention.self.query.weight,
+            filt.text_encoder.encoder.layer[0].output.dense.weight,
+            decoder.encoder.layer[0].output.dense.weight,
         ),
     ]
     for mine, theirs in pairs:
         assert torch.equal(mine, theirs)
+    # Self-attention is not shared between BLIP's encoder and decoder: it starts fresh.
+    assert not torch.equal(
+        filt.text_encoder.encoder.layer[0].attention.self.query.weight,
+        decoder.encoder.layer[0].attention.self.query.weight,
+    )
 
     out = tmp_path / "filter"
     args = ["filter", "--train", str(clean), "--out", str(out), "--base", str(folder)]
