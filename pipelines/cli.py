@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
 
 from curation.config import build_config
 from curation.errors import UsageError
-
-
-class _QuietOptionalGcp(logging.Filter):
-    """Drops Beam's import-time notice that the optional GCP client libraries are absent."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "apitools not found" not in record.getMessage()
-
-
-logging.getLogger().addFilter(_QuietOptionalGcp())
 
 
 def print_summary(result: object, stream=None) -> None:

@@ -127,12 +127,12 @@ def test_demo_command_curates_a_small_generated_split_with_the_bundled_models(tm
 
     out = tmp_path / "demo"
     result = CliRunner().invoke(
-        demo_command, ["--out", str(out), "--rows", "24"], catch_exceptions=False
+        demo_command, ["--out", str(out), "--rows", "60"], catch_exceptions=False
     )
     assert result.exit_code == 0, result.output
     assert "filter: precision" in result.output
     m = json.loads((out / "metrics.json").read_text())
-    assert m["filter"]["texts"] == 24  # every web text judged (scored or empty)
+    assert m["filter"]["texts"] == 60  # every web text judged (scored or empty)
     assert m["filter"]["precision"] >= 0.9 and m["filter"]["recall"] >= 0.8
-    assert m["captioner"]["captions"] == 24 and m["captioner"]["kept_correct_share"] >= 0.8
-    assert m["throughput"]["images"] == 24 and m["throughput"]["images_per_second"] > 0
+    assert m["captioner"]["captions"] == 60 and m["captioner"]["kept_correct_share"] >= 0.8
+    assert m["throughput"]["images"] == 60 and m["throughput"]["images_per_second"] > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from models.finetune.losses import (
     same_group,
     sample_hard_negatives,
 )
+from models.finetune.text_negatives import truncate_words, truncated_negatives
 from models.finetune.train import PROMPT, _prompt_length, _tokenize, prepare_base
 from models.finetune.warm_start import filter_from_captioner
 from models.loading import load_captioner, load_filter
@@ -291,3 +293,58 @@ def test_a_captioner_of_another_layout_is_refused_as_a_filter_start(tmp_path: Pa
     captioner.model.text_decoder.bert.encoder.layer = torch.nn.ModuleList()
     with pytest.raises(ValueError, match="text_encoder.encoder.layer.0"):
         filter_from_captioner(captioner)
+
+
+def test_truncate_words_keeps_a_strict_prefix_of_at_least_half_the_words() -> None:
+    rng = random.Random(0)
+    text = "a big red circle on the left and a small blue square"
+    words = text.split()
+    cuts = {truncate_words(text, rng) for _ in range(300)}
+    assert cuts == {" ".join(words[:k]) for k in range(6, len(words))}
+    assert truncate_words("a red circle", rng) is None
+    rows, cut = truncated_negatives(["a red circle", text, text], 1.0, rng)
+    assert rows == [1, 2] and all(text.startswith(c) and c != text for c in cut)
+    assert truncated_negatives([text] * 5, 0.0, rng) == ([], [])
+
+
+def _match_probability(loaded, pixels: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    ids, mask = _tokenize(loaded, texts)
+    ids[:, 0] = loaded.tokenizer.convert_tokens_to_ids(ENC_TOKEN)
+    model = loaded.model
+    with torch.no_grad():
+        images = model.vision_model(pixel_values=pixels).last_hidden_state
+        hidden = model.text_encoder(
+            input_ids=ids,
+            attention_mask=mask,
+            encoder_hidden_states=images,
+            encoder_attention_mask=torch.ones(images.shape[:2], dtype=torch.long),
+        ).last_hidden_state
+        return model.itm_head(hidden[:, 0]).softmax(-1)[:, 1]
+
+
+def test_truncated_negatives_teach_the_filter_to_reject_cut_texts(pairs32: TrainingPairs) -> None:
+    torch.manual_seed(0)
+    loaded = prepare_base("filter", "tiny", pairs32.texts, "cpu")
+    loaded.model.train()
+    pixels = pixel_values(pairs32.pixels, loaded)
+    ids, mask = _tokenize(loaded, pairs32.texts)
+    enc = loaded.tokenizer.convert_tokens_to_ids(ENC_TOKEN)
+    groups = torch.from_numpy(pairs32.groups)
+    rng = random.Random(1)
+
+    def loss() -> torch.Tensor:
+        rows, cut = truncated_negatives(pairs32.texts, 1.0, rng)
+        cut_ids, cut_mask = _tokenize(loaded, cut)
+        extra = (torch.tensor(rows), cut_ids, cut_mask)
+        return filter_losses(
+            loaded.model, Temperature(), pixels, ids, mask, enc, groups, None, extra
+        ).itm
+
+    _optimise(loss, loaded.model.parameters(), steps=120, lr=3e-3)
+    loaded.model.eval()
+    full = _match_probability(loaded, pixels, pairs32.texts)
+    cut = _match_probability(
+        loaded, pixels, [truncate_words(t, random.Random(7)) or t for t in pairs32.texts]
+    )
+    # Without the extra negatives both sit near the prior; with them cut texts are rejected.
+    assert cut.max() < 0.1 and full.mean() > 0.3

@@ -62,6 +62,16 @@ def _options(function: click.decorators.FC) -> click.decorators.FC:
             "--group-column",
             help="Rows with equal values here show the same content (never drawn as each other's negatives).",
         ),
+        click.option(
+            "--truncated-negatives",
+            default=0.0,
+            show_default=True,
+            type=click.FloatRange(0, 1),
+            help=(
+                "Filter only: share of pairs whose own text, cut short, is added as an ITM "
+                "negative (teaches the filter to reject truncated texts)."
+            ),
+        ),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]."),
         click.option(
@@ -110,6 +120,7 @@ def _run(kind: str, options: dict[str, Any]) -> None:
         max_steps=options.pop("max_steps"),
         seed=options.pop("seed"),
         holdout=options.pop("holdout"),
+        truncated_negatives=options.pop("truncated_negatives"),
     )
     try:
         result = finetune(

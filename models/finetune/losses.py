@@ -113,6 +113,11 @@ def sample_hard_negatives(
     return torch.multinomial(weights, 1, generator=generator).squeeze(1)
 
 
+def _pad_to(tokens: torch.Tensor, width: int) -> torch.Tensor:
+    """Right-pad ``tokens`` (ids or mask; pad id 0 as BERT's) to ``width`` columns."""
+    return F.pad(tokens, (0, width - tokens.size(1)), value=0)
+
+
 def filter_losses(
     model: BlipForImageTextRetrieval,
     temperature: Temperature,
@@ -122,15 +127,18 @@ def filter_losses(
     enc_token_id: int,
     groups: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    extra_negatives: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> FilterLosses:
     """ITC and ITM (hard negatives) losses of a batch of matching (image, text) pairs.
 
     ``groups`` (optional, one integer per pair) marks pairs that describe the same content:
     they are positives of each other for ITC and never drawn as ITM negatives.
+    ``extra_negatives`` (rows, input ids, attention mask) are further texts that do not
+    match the images of those rows (:mod:`models.finetune.text_negatives`); they join the
+    ITM negatives only.
     """
     batch = pixel_values.size(0)
     image_embeds = model.vision_model(pixel_values=pixel_values).last_hidden_state
-    image_atts = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image_embeds.device)
     image_feat = F.normalize(model.vision_proj(image_embeds[:, 0, :]), dim=-1)
     text_embeds = model.text_encoder(
         input_ids=input_ids, attention_mask=attention_mask
@@ -155,7 +163,17 @@ def filter_losses(
     all_ids = torch.cat([enc_ids, enc_ids, enc_ids[neg_text]], dim=0)
     all_mask = torch.cat([attention_mask, attention_mask, attention_mask[neg_text]], dim=0)
     all_images = torch.cat([image_embeds, image_embeds[neg_image], image_embeds], dim=0)
-    all_atts = torch.cat([image_atts, image_atts, image_atts], dim=0)
+    negatives = 2 * batch
+    if extra_negatives is not None and extra_negatives[0].numel():
+        rows, extra_ids, extra_mask = extra_negatives
+        extra_ids = extra_ids.clone()
+        extra_ids[:, 0] = enc_token_id
+        width = max(all_ids.size(1), extra_ids.size(1))
+        all_ids = torch.cat([_pad_to(all_ids, width), _pad_to(extra_ids, width)], dim=0)
+        all_mask = torch.cat([_pad_to(all_mask, width), _pad_to(extra_mask, width)], dim=0)
+        all_images = torch.cat([all_images, image_embeds[rows]], dim=0)
+        negatives += rows.numel()
+    all_atts = torch.ones(all_images.shape[:2], dtype=torch.long, device=all_images.device)
     hidden = model.text_encoder(
         input_ids=all_ids,
         attention_mask=all_mask,
@@ -164,7 +182,7 @@ def filter_losses(
     ).last_hidden_state
     logits = model.itm_head(hidden[:, 0, :])
     labels = torch.cat(
-        [torch.ones(batch, dtype=torch.long), torch.zeros(2 * batch, dtype=torch.long)]
+        [torch.ones(batch, dtype=torch.long), torch.zeros(negatives, dtype=torch.long)]
     ).to(logits.device)
     itm = F.cross_entropy(logits, labels)
     return FilterLosses(itc=itc, itm=itm)

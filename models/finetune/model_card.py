@@ -43,6 +43,13 @@ def render_model_card(
         + ")",
         f"- optimiser: AdamW, learning rate {result.lr:g}, weight decay {settings.weight_decay:g},"
         f" warmup {settings.warmup:.0%} then cosine decay",
+    ]
+    if result.kind == "filter" and settings.truncated_negatives:
+        lines.append(
+            f"- extra ITM negatives: {settings.truncated_negatives:.0%} of pairs also get their"
+            " own text cut short as a negative"
+        )
+    lines += [
         f"- time: {result.seconds:.0f} s",
         "- final losses (mean of the last logged steps): "
         + ", ".join(f"{k} {v:.4f}" for k, v in result.final_losses.items()),

@@ -9,6 +9,7 @@ safetensors weights, tokenizer, image processor and a model card.
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from transformers import (
 from models.finetune.data import TrainingPairs, read_pairs
 from models.finetune.losses import Temperature, captioner_loss, filter_losses
 from models.finetune.model_card import write_model_card
+from models.finetune.text_negatives import truncated_negatives
 from models.finetune.warm_start import filter_from_captioner, is_captioner_folder
 from models.loading import LoadedModel, load_captioner, load_filter, resolve_device
 from models.preprocess import pixel_values
@@ -55,6 +57,7 @@ class TrainSettings:
     weight_decay: float = 0.05
     warmup: float = 0.05
     max_steps: int | None = None
+    truncated_negatives: float = 0.0
     seed: int = 0
     holdout: float = 0.05
     log_every: int = 20
@@ -178,6 +181,7 @@ def train(
     """Optimise ``loaded.model`` in place; returns (steps, seconds, final running losses)."""
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
+    text_rng = random.Random(settings.seed)
     generator = torch.Generator(device=loaded.device).manual_seed(settings.seed)
     model = loaded.model
     model.train()
@@ -216,8 +220,13 @@ def train(
                     if batch.groups is None
                     else torch.from_numpy(batch.groups).to(loaded.device)
                 )
+                rows, cut = truncated_negatives(batch.texts, settings.truncated_negatives, text_rng)
+                extra = None
+                if rows:
+                    cut_ids, cut_mask = _tokenize(loaded, cut)
+                    extra = (torch.tensor(rows, device=loaded.device), cut_ids, cut_mask)
                 losses = filter_losses(
-                    model, temperature, pixels, ids, mask, enc_id, groups, generator
+                    model, temperature, pixels, ids, mask, enc_id, groups, generator, extra
                 )
                 loss = losses.total
                 values = {"loss": loss.item(), "itc": losses.itc.item(), "itm": losses.itm.item()}
