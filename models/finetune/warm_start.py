@@ -12,6 +12,7 @@ filter started from it learns to accept truncated texts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -75,15 +76,4 @@ def filter_from_captioner(captioner: LoadedModel) -> LoadedModel:
             f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
     model.to(device=captioner.device, dtype=captioner.dtype)
-    return LoadedModel(
-        model=model,
-        tokenizer=captioner.tokenizer,
-        image_size=captioner.image_size,
-        image_mean=captioner.image_mean,
-        image_std=captioner.image_std,
-        name=captioner.name,
-        revision=captioner.revision,
-        device=captioner.device,
-        dtype=captioner.dtype,
-        fingerprint="",
-    )
+    return dataclasses.replace(captioner, model=model, fingerprint="")
