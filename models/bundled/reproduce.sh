@@ -4,6 +4,7 @@
 # About 70 minutes on 2 CPU cores. Intermediate stages and training data go to a temp folder.
 set -euo pipefail
 out=${1:-models/bundled}
+if [ -d .venv/bin ]; then PATH="$PWD/.venv/bin:$PATH"; fi  # the venv of `make setup`
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
