@@ -348,3 +348,24 @@ def test_truncated_negatives_teach_the_filter_to_reject_cut_texts(pairs32: Train
     )
     # Without the extra negatives both sit near the prior; with them cut texts are rejected.
     assert cut.max() < 0.1 and full.mean() > 0.3
+
+
+def test_truncated_negatives_option_is_recorded_and_filter_only(
+    tmp_path: Path, clean: Path
+) -> None:
+    out = tmp_path / "filter"
+    common = ["--train", str(clean), "--out", str(out), "--base", "tiny", "--max-steps", "2"]
+    common += ["--batch-size", "8", "--device", "cpu"]
+    runner = CliRunner()
+    result = runner.invoke(
+        finetune_command,
+        ["filter", *common, "--truncated-negatives", "0.5"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    card = (out / "README.md").read_text()
+    assert "--truncated-negatives 0.5" in card and "50% of pairs also get their own text" in card
+    refused = runner.invoke(
+        finetune_command, ["captioner", *common, "--truncated-negatives", "0.5"]
+    )
+    assert refused.exit_code == 2 and "No such option" in refused.output

@@ -33,7 +33,7 @@ def _options(function: click.decorators.FC) -> click.decorators.FC:
             help=(
                 "Hub id, checkpoint folder, or a preset (tiny, mini, small, base): random "
                 "weights, tokenizer from the training texts. A filter may start from a "
-                "captioner folder: its vision and text weights are copied."
+                "captioner folder: it takes the weights BLIP's encoder and decoder share."
             ),
         ),
         click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=1)),
@@ -61,16 +61,6 @@ def _options(function: click.decorators.FC) -> click.decorators.FC:
         click.option(
             "--group-column",
             help="Rows with equal values here show the same content (never drawn as each other's negatives).",
-        ),
-        click.option(
-            "--truncated-negatives",
-            default=0.0,
-            show_default=True,
-            type=click.FloatRange(0, 1),
-            help=(
-                "Filter only: share of pairs whose own text, cut short, is added as an ITM "
-                "negative (teaches the filter to reject truncated texts)."
-            ),
         ),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]."),
@@ -120,7 +110,7 @@ def _run(kind: str, options: dict[str, Any]) -> None:
         max_steps=options.pop("max_steps"),
         seed=options.pop("seed"),
         holdout=options.pop("holdout"),
-        truncated_negatives=options.pop("truncated_negatives"),
+        truncated_negatives=options.pop("truncated_negatives", 0.0),
     )
     try:
         result = finetune(
@@ -148,6 +138,16 @@ def captioner_command(**options: Any) -> None:
 
 @finetune_command.command("filter")
 @_options
+@click.option(
+    "--truncated-negatives",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help=(
+        "Share of pairs whose own text, cut short, is added as an ITM negative (teaches "
+        "the filter to reject truncated texts)."
+    ),
+)
 def filter_command(**options: Any) -> None:
     """Train the filter: ITC plus ITM with hard negatives mined from the ITC similarities."""
     _run("filter", options)
