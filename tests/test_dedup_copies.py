@@ -110,7 +110,7 @@ def test_largest_copy_is_kept_and_exact_kind_follows_representative() -> None:
     )
 
 
-def test_perceptual_links_are_transitive() -> None:
+def test_perceptual_links_do_not_chain() -> None:
     h0 = 0xFFFF_0000_FFFF_0000
     h1 = h0 ^ 0b111  # 3 bits from h0
     h2 = h1 ^ (0b111 << 20)  # 3 bits from h1, 6 from h0
@@ -121,9 +121,17 @@ def test_perceptual_links_are_transitive() -> None:
         CopyCandidate("k3", "s3", h0 ^ 0xFFFF_FFFF, 64, 64),
     ]
     links = group_copies(items, max_hamming=4)
-    assert links["k1"].rep_key == links["k2"].rep_key == "k0"
-    assert links["k2"].similarity == 1 - 6 / 64  # measured to the representative
+    assert (links["k1"].rep_key, links["k1"].similarity) == ("k0", 1 - 3 / 64)
+    # k2 is 3 bits from the copy k1 but 6 from the representative k0: its own representative.
+    assert links["k2"].kind == "self"
     assert links["k3"].kind == "self"
+    # Once k1 outranks k0 (larger), both others are its copies, 3 bits away each.
+    items[1] = CopyCandidate("k1", "s1", h1, 128, 128)
+    links = group_copies(items, max_hamming=4)
+    assert [(links[k].rep_key, links[k].similarity) for k in ("k0", "k2")] == [
+        ("k1", 1 - 3 / 64),
+        ("k1", 1 - 3 / 64),
+    ]
     assert group_copies(items, max_hamming=2)["k1"].kind == "self"
 
 

@@ -6,8 +6,11 @@ hashes within ``max_hamming`` bits are linked with FAISS's multi-index hashing
 most ``r`` bits agree, in at least one of ``m`` disjoint chunks, to within ``r // m`` bits,
 so probing every chunk's hash table with up to ``r // m`` flipped bits finds every pair,
 at a cost that grows with the bucket sizes instead of with all pairs (a flat binary range
-search is quadratic: hours at a million hashes). Linked images form connected components;
-:func:`curation.dedup.keep.choose_copy` picks the representative of each.
+search is quadratic: hours at a million hashes). Images are then visited in the order of
+:func:`curation.dedup.keep.copy_rank` (largest first): an image linked to a kept
+representative becomes its copy, any other is a representative itself
+(:func:`curation.dedup.leaders.leaders`), so every copy is within ``max_hamming`` bits
+of its representative and links never chain.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from math import comb
 
 import numpy as np
 
-from curation.dedup.components import connected_components, groups_of
-from curation.dedup.keep import CopyCandidate, choose_copy
+from curation.dedup.keep import CopyCandidate, copy_rank
+from curation.dedup.leaders import leaders
 
 HASH_BITS = 64
 _QUERY_SHARD = 65536
@@ -86,17 +89,16 @@ def group_copies(items: Sequence[CopyCandidate], max_hamming: int = 4) -> dict[s
     """Map every key to its copy group's representative.
 
     Images with the same sha256 are exact copies; distinct images whose perceptual hashes
-    differ in at most ``max_hamming`` of 64 bits are perceptual copies, transitively
-    (connected components). The representative (kind ``self``) is chosen by
-    :func:`~curation.dedup.keep.choose_copy`; a member whose sha256 equals the
-    representative's is ``exact`` (similarity 1.0), any other ``perceptual`` with similarity
-    ``1 - hamming(member, representative) / 64``. The result does not depend on input order.
+    differ in at most ``max_hamming`` of 64 bits are perceptual copies. Representatives
+    (kind ``self``) are kept greedily by :func:`~curation.dedup.keep.copy_rank` (module
+    docstring); a member whose sha256 equals its representative's is ``exact`` (similarity
+    1.0), any other ``perceptual`` with similarity ``1 - hamming(member, representative) /
+    64``. The result does not depend on input order.
     ``max_hamming=-1`` turns perceptual grouping off (exact copies only), for domains where
     distinct images share hashes (flat synthetic renders, icons).
     """
     if not -1 <= max_hamming < HASH_BITS:
         raise ValueError(f"max_hamming must be in [-1, {HASH_BITS}), got {max_hamming}")
-    n = len(items)
     seen: set[str] = set()
     for item in items:
         if item.key in seen:
@@ -105,34 +107,34 @@ def group_copies(items: Sequence[CopyCandidate], max_hamming: int = 4) -> dict[s
             raise ValueError(f"perceptual hash of {item.key!r} is not a 64-bit unsigned int")
         seen.add(item.key)
 
-    first_of_sha: dict[str, int] = {}
-    sha_first = np.fromiter(
-        (first_of_sha.setdefault(item.sha256, i) for i, item in enumerate(items)),
-        dtype=np.int64,
-        count=n,
-    )
-    uniques = np.fromiter(first_of_sha.values(), dtype=np.int64, count=len(first_of_sha))
-    a, b = np.arange(n), sha_first
-    if max_hamming >= 0:
-        hashes = np.fromiter((items[i].phash for i in uniques), dtype=np.uint64, count=uniques.size)
-        values, first_of_value, value_of = np.unique(hashes, return_index=True, return_inverse=True)
-        near_a, near_b = near_hash_pairs(values, max_hamming)
-        a = np.concatenate([a, uniques, uniques[first_of_value[near_a]]])
-        b = np.concatenate([b, uniques[first_of_value[value_of]], uniques[first_of_value[near_b]]])
-    labels = connected_components(n, a, b)
+    # Identical bytes have identical hashes, so an image's fate is decided per group of
+    # equal keys: its sha256 when perceptual grouping is off, else its perceptual hash.
+    group_keys = [item.sha256 if max_hamming < 0 else item.phash for item in items]
+    best: dict[object, int] = {}
+    for i, group_key in enumerate(group_keys):
+        j = best.setdefault(group_key, i)
+        if copy_rank(items[i]) < copy_rank(items[j]):
+            best[group_key] = i
+    heads = np.fromiter(best.values(), dtype=np.int64, count=len(best))
+    group_of = {group_key: g for g, group_key in enumerate(best)}
+    if max_hamming > 0:
+        values = np.fromiter((items[i].phash for i in heads), dtype=np.uint64, count=heads.size)
+        a, b = near_hash_pairs(values, max_hamming)
+        weight = 1.0 - np.bitwise_count(values[a] ^ values[b]).astype(np.float64) / HASH_BITS
+    else:
+        a = b = np.empty(0, dtype=np.int64)
+        weight = np.empty(0, dtype=np.float64)
+    order = sorted(range(heads.size), key=lambda g: copy_rank(items[heads[g]]))
+    leader, _ = leaders(heads.size, a, b, weight, np.asarray(order, dtype=np.int64))
 
-    links = {item.key: CopyLink(item.key, item.key, "self", 1.0) for item in items}
-    for members in groups_of(labels):
-        group = [items[i] for i in members]
-        rep = choose_copy(group)
-        for item in group:
-            if item is rep:
-                continue
-            if item.sha256 == rep.sha256:
-                links[item.key] = CopyLink(item.key, rep.key, "exact", 1.0)
-            else:
-                distance = (item.phash ^ rep.phash).bit_count()
-                links[item.key] = CopyLink(
-                    item.key, rep.key, "perceptual", 1.0 - distance / HASH_BITS
-                )
+    links: dict[str, CopyLink] = {}
+    for item, group_key in zip(items, group_keys, strict=True):
+        rep = items[heads[leader[group_of[group_key]]]]
+        if rep is item:
+            links[item.key] = CopyLink(item.key, item.key, "self", 1.0)
+        elif rep.sha256 == item.sha256:
+            links[item.key] = CopyLink(item.key, rep.key, "exact", 1.0)
+        else:
+            distance = (item.phash ^ rep.phash).bit_count()
+            links[item.key] = CopyLink(item.key, rep.key, "perceptual", 1.0 - distance / HASH_BITS)
     return links

@@ -3,7 +3,7 @@
 Pairs with cosine similarity above the threshold are linked. Images are then visited in the
 order of :func:`curation.dedup.keep.near_rank` (best first): an image linked to an image
 already kept is removed as its duplicate, any other image is kept
-(:func:`curation.dedup.components.leaders`). So every removed image is above the threshold
+(:func:`curation.dedup.leaders.leaders`). So every removed image is above the threshold
 to the kept image it names, and no two kept images are above it: a chain of small steps
 through a dense region does not remove images that are far from every kept one.
 
@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from curation.dedup.components import leaders
 from curation.dedup.keep import NearCandidate, near_rank
+from curation.dedup.leaders import leaders
 
 FLAT_MAX_VECTORS = 20_000
 CELL_SIZE = 512
