@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Retrain the bundled shapes models on CPU with `curation finetune`, as they were trained.
 # Usage: models/bundled/reproduce.sh [OUT_DIR]   (default: models/bundled)
-# About 70 minutes on 2 CPU cores. Intermediate stages and training data go to a temp folder.
+# Under an hour on 2 CPU cores (about 55 min). Intermediate stages and training data go to a temp folder.
 set -euo pipefail
 out=${1:-models/bundled}
 if [ -d .venv/bin ]; then PATH="$PWD/.venv/bin:$PATH"; fi  # the venv of `make setup`
