@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.errors import ConfigError
+from models.caption_settings import CaptionSettings
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 DEFAULT_FILTER = "Salesforce/blip-itm-base-coco"
@@ -28,18 +29,18 @@ class RunConfig:
     captioner_revision: str | None = None
     filter_revision: str | None = None
     allow_pickle: bool = False
-    captions_per_image: int = 1
+    captions_per_image: int = CaptionSettings.captions_per_image
     threshold: float = 0.5
     first_token: str = "enc"
-    prompt: str = "a picture of "
-    sample: bool = True
-    top_p: float = 0.9
-    top_k: int = 50
-    repetition_penalty: float = 1.1
-    max_length: int = 30
-    min_length: int = 10
-    num_beams: int = 3
-    seed: int = 0
+    prompt: str = CaptionSettings.prompt
+    sample: bool = CaptionSettings.sample
+    top_p: float = CaptionSettings.top_p
+    top_k: int = CaptionSettings.top_k
+    repetition_penalty: float = CaptionSettings.repetition_penalty
+    max_length: int = CaptionSettings.max_length
+    min_length: int = CaptionSettings.min_length
+    num_beams: int = CaptionSettings.num_beams
+    seed: int = CaptionSettings.seed
     batch_size: int = 8
     device: str = "auto"
     dtype: str = "fp32"
@@ -61,18 +62,16 @@ class RunConfig:
         data["beam_args"] = list(self.beam_args)
         return data
 
+    def caption_settings(self) -> CaptionSettings:
+        """The captioner's decoding settings of this run (raises ``ValueError`` if invalid)."""
+        return CaptionSettings(**{f.name: getattr(self, f.name) for f in fields(CaptionSettings)})
+
     def validate(self) -> RunConfig:
         """Raise :class:`ConfigError` naming the first invalid key; return self."""
         checks: list[tuple[str, bool, str]] = [
             ("captions_per_image", 0 <= self.captions_per_image <= 64, "an integer from 0 to 64"),
             ("threshold", 0.0 <= self.threshold <= 1.0, "a number from 0 to 1"),
             ("first_token", self.first_token in ("enc", "cls"), "'enc' or 'cls'"),
-            ("top_p", 0.0 < self.top_p <= 1.0, "a number in (0, 1]"),
-            ("top_k", self.top_k >= 0, "a non-negative integer"),
-            ("repetition_penalty", self.repetition_penalty > 0, "a positive number"),
-            ("max_length", self.max_length >= 1, "a positive integer"),
-            ("min_length", 0 <= self.min_length <= self.max_length, "between 0 and max_length"),
-            ("num_beams", self.num_beams >= 1, "a positive integer"),
             ("batch_size", 1 <= self.batch_size <= 4096, "an integer from 1 to 4096"),
             (
                 "device",
@@ -91,6 +90,11 @@ class RunConfig:
                 raise ConfigError(
                     f"invalid value for {key!r}: {getattr(self, key)!r} (expected {expected})"
                 )
+        if self.captions_per_image > 0:
+            try:
+                self.caption_settings()
+            except ValueError as err:
+                raise ConfigError(f"invalid caption settings: {err}") from None
         if not self.input:
             raise ConfigError("missing 'input': the Parquet file, glob or folder to curate")
         if not self.out:

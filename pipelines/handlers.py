@@ -29,24 +29,6 @@ class ModelInput:
     captions: list[str] = field(default_factory=list)
 
 
-def caption_settings(config: RunConfig) -> Any:
-    """The captioner settings of a run."""
-    from models.captioner import CaptionSettings
-
-    return CaptionSettings(
-        prompt=config.prompt,
-        captions_per_image=config.captions_per_image,
-        sample=config.sample,
-        top_p=config.top_p,
-        top_k=config.top_k,
-        repetition_penalty=config.repetition_penalty,
-        max_length=config.max_length,
-        min_length=config.min_length,
-        num_beams=config.num_beams,
-        seed=config.seed,
-    )
-
-
 def share_cpu(workers: int) -> None:
     """Give each local worker process its share of the CPU cores for torch's thread pool.
 
@@ -98,7 +80,7 @@ class CaptionHandler(BlipHandler):
     def load_model(self) -> Any:
         from models.captioner import Captioner
 
-        return Captioner(self._load("captioner"), caption_settings(self._config))
+        return Captioner(self._load("captioner"), self._config.caption_settings())
 
     def run_inference(
         self, batch: Sequence[ModelInput], model: Any, inference_args: dict[str, Any] | None = None

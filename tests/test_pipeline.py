@@ -298,6 +298,13 @@ def test_bad_config_and_inputs_fail_before_work(
     cfg.write_text("treshold: 0.4\n")
     bad_key = CliRunner().invoke(main, [*base, str(path), "--config", str(cfg)])
     assert bad_key.exit_code == 2 and "treshold" in bad_key.output
+    # Caption settings the captioner would refuse are refused before any work.
+    cfg.write_text("min_length: 30\nmax_length: 30\n")
+    bad_lengths = CliRunner().invoke(main, [*base, str(path), "--config", str(cfg)])
+    assert bad_lengths.exit_code == 2 and "min_length < max_length" in bad_lengths.output
+    cfg.write_text("sample: false\nnum_beams: 2\ncaptions_per_image: 3\n")
+    too_many = CliRunner().invoke(main, [*base, str(path), "--config", str(cfg)])
+    assert too_many.exit_code == 2 and "num_beams" in too_many.output
     no_model = CliRunner().invoke(main, [*base[:3], str(path), "--filter", str(tmp_path / "nope")])
     assert no_model.exit_code == 2
     assert not (tmp_path / "x" / "decisions").exists()
