@@ -161,7 +161,7 @@ def main() -> None:
         data = work / f"rows{n}.parquet"
         write_input(data, web_jpegs(n, seed=n))
         cmd = [
-            sys.executable, "-m", "curation.cli", "run", str(data), "--out", str(work / f"mem{n}"),
+            sys.executable, "-m", "app.cli", "run", str(data), "--out", str(work / f"mem{n}"),
             "--captioner", str(tiny_cap), "--filter", str(tiny_flt), "--no-progress",
         ]  # fmt: skip
         memory[n] = {

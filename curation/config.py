@@ -11,8 +11,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from curation.caption_settings import CaptionSettings
 from curation.errors import ConfigError
-from models.caption_settings import CaptionSettings
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 DEFAULT_FILTER = "Salesforce/blip-itm-base-coco"

@@ -8,17 +8,13 @@ Every row is counted exactly once, under the first reason that applies, in this 
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import click
-
 from curation.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
-from curation.errors import UsageError
 from curation.reader import Layout, check_inputs, iter_pairs, resolve_inputs
 from curation.reasons import Reason
 from curation.records import Pair
@@ -176,34 +172,3 @@ def format_report(report: InspectReport) -> str:
             f"  {e['key']}: {e['detail']}" if e["detail"] else f"  {e['key']}" for e in examples
         ]
     return "\n".join(lines)
-
-
-@click.command("inspect")
-@click.argument("input_spec", metavar="INPUT", nargs=-1, required=True)
-@click.option(
-    "--image-column", default=None, help="Column holding image bytes (or a datasets Image struct)."
-)
-@click.option("--text-column", default=None, help="Column holding the web text.")
-@click.option("--key-column", default=None, help="Column holding a unique key per row.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
-@click.pass_context
-def inspect_command(
-    ctx: click.Context,
-    input_spec: tuple[str, ...],
-    image_column: str | None,
-    text_column: str | None,
-    key_column: str | None,
-    as_json: bool,
-) -> None:
-    """Read and decode INPUT (Parquet files, a glob or a folder) without models; count rows per reason."""
-    try:
-        report = inspect_input(
-            list(input_spec), image_column, text_column, key_column, progress=not as_json
-        )
-    except UsageError as err:
-        click.echo(f"Error: {err}", err=True)
-        ctx.exit(err.exit_code)
-    if as_json:
-        click.echo(json.dumps(report.to_dict()))
-    else:
-        click.echo(format_report(report))

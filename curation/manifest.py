@@ -11,13 +11,13 @@ import json
 import os
 import platform
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from curation.filesystems import file_size
-from curation.reasons import ALL_REASONS
+from curation.reasons import Reason
 
 MANIFEST_NAME = "manifest.json"
 PACKAGES = (
@@ -63,10 +63,10 @@ def write_manifest(
     ``counts`` may hold keys outside the reason vocabulary (``rows``, ``ok``...): they are
     kept after the reasons. The file appears atomically. Returns the written dict.
     """
-    all_counts = {reason: int(counts.get(reason, 0)) for reason in ALL_REASONS}
+    all_counts = {reason.value: int(counts.get(reason.value, 0)) for reason in Reason}
     all_counts.update({k: int(v) for k, v in counts.items() if k not in all_counts})
     manifest: dict[str, Any] = {
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": dict(config),
         "models": {name: dict(info) for name, info in (models or {}).items()},
         "packages": package_versions(),

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-TEXT_ORIGINS = ("web", "synthetic")
-DECISIONS = ("kept", "dropped")
-DUPLICATE_KINDS = ("exact", "perceptual", "near", "previous-round")
-
 #: One row per (image, candidate text) and per input row rejected before scoring.
 DECISIONS_SCHEMA = pa.schema(
     [
@@ -98,13 +94,6 @@ INDEX_IDS_SCHEMA = pa.schema(
         pa.field("run_id", pa.string()),
     ]
 )
-
-TABLE_SCHEMAS: dict[str, pa.Schema] = {
-    "clean": CLEAN_SCHEMA,
-    "synthetic": SYNTHETIC_SCHEMA,
-    "decisions": DECISIONS_SCHEMA,
-    "duplicates": DUPLICATES_SCHEMA,
-}
 
 
 def with_passthrough(schema: pa.Schema, extra: pa.Schema | None) -> pa.Schema:

@@ -28,7 +28,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from models.caption_settings import CaptionSettings
+from curation.caption_settings import CaptionSettings
 from models.loading import LoadedModel
 from models.preprocess import pixel_values
 from models.shared_states import SharedCrossAttention

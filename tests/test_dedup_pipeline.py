@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from images import jpeg_bytes, photo, write_pairs_parquet
 from PIL import Image
 
-from curation.cli import main
+from app.cli import main
 from curation.config import build_config
 from pipelines.runner import run_pipeline
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.demo_metrics import caption_metrics, rejection_metrics, run_metrics, write_metrics
+from app.demo_metrics import caption_metrics, rejection_metrics, run_metrics, write_metrics
 from curation.schemas import DECISIONS_SCHEMA
 
 RED_LEFT = '[{"shape":"circle","colour":"red","size":"large","position":"left"}]'
@@ -123,7 +123,7 @@ def test_run_metrics_join_decisions_with_ground_truth_by_key(tmp_path) -> None:
 def test_demo_command_curates_a_small_generated_split_with_the_bundled_models(tmp_path) -> None:
     from click.testing import CliRunner
 
-    from curation.demo import demo_command
+    from app.demo import demo_command
 
     out = tmp_path / "demo"
     result = CliRunner().invoke(

@@ -13,10 +13,10 @@ import torch
 from click.testing import CliRunner
 from transformers import BlipForImageTextRetrieval
 
+from app.finetune import finetune_command
 from curation.errors import InputError
 from curation.shapes import make_clean_split
 from models.captioner import Captioner, CaptionSettings
-from models.finetune.cli import finetune_command
 from models.finetune.data import TrainingPairs, read_pairs
 from models.finetune.losses import (
     IGNORE,

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from images import jpeg_bytes, photo
 
-from curation.cli import main
+from app.cli import main
 
 PHOTOS = ["astronaut", "coffee", "chelsea"]
 

@@ -18,7 +18,7 @@ from images import (
     write_img2dataset_parquet,
 )
 
-from curation.cli import main
+from app.cli import main
 from curation.inspect import OUTCOMES, inspect_input
 
 

@@ -14,7 +14,7 @@ import pytest
 from images import gradient, jpeg_bytes, write_img2dataset_parquet
 
 from curation.manifest import read_manifest, write_manifest
-from curation.reasons import ALL_REASONS, Reason
+from curation.reasons import Reason
 from curation.records import Pair
 from curation.rejections import rejection_row
 from curation.schemas import DECISIONS_SCHEMA
@@ -36,7 +36,7 @@ def test_manifest_records_inputs_counts_versions_and_timings(tmp_path: Path) -> 
     )
     on_disk = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert on_disk == written == read_manifest(tmp_path / "run")
-    assert list(on_disk["counts"])[: len(ALL_REASONS)] == list(ALL_REASONS)
+    assert list(on_disk["counts"])[: len(Reason)] == [r.value for r in Reason]
     assert on_disk["counts"]["kept"] == 3 and on_disk["counts"]["too_large"] == 0
     assert on_disk["counts"]["rows"] == 4
     assert on_disk["inputs"] == [{"path": str(data), "bytes": os.path.getsize(data)}]
@@ -62,7 +62,7 @@ def test_manifest_records_inputs_counts_versions_and_timings(tmp_path: Path) -> 
 def test_manifest_path_may_name_the_file(tmp_path: Path) -> None:
     target = tmp_path / "custom.json"
     write_manifest(target, config={}, inputs=[], counts={}, timings={})
-    assert read_manifest(target)["counts"] == dict.fromkeys(ALL_REASONS, 0)
+    assert read_manifest(target)["counts"] == dict.fromkeys(Reason, 0)
 
 
 def test_manifest_extra_cannot_overwrite_fixed_keys(tmp_path: Path) -> None:

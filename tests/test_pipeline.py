@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from images import gradient, jpeg_bytes, photo, truncated, write_pairs_parquet
 from PIL import Image
 
-from curation.cli import main
+from app.cli import main
 from curation.config import build_config
 from pipelines.runner import run_pipeline
 
@@ -149,7 +149,7 @@ def test_progress_line_and_summary(
 ) -> None:
     import io
 
-    from pipelines.cli import print_summary
+    from app.run import print_summary
 
     path, _ = dataset
     stream = io.StringIO()
@@ -224,7 +224,7 @@ def test_resume_after_kill_matches_uninterrupted_run(
     data = tmp_path / "many.parquet"
     write_pairs_parquet(data, rows, row_group_size=10)
     args = [
-        sys.executable, "-m", "curation.cli", "run", str(data), "--captioner", str(tiny_captioner_dir),
+        sys.executable, "-m", "app.cli", "run", str(data), "--captioner", str(tiny_captioner_dir),
         "--filter", str(tiny_filter_dir), "-k", "2", "--batch-size", "1", "--no-progress",
     ]  # fmt: skip
     killed = tmp_path / "killed"

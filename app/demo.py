@@ -58,8 +58,8 @@ def run_demo(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generate the dataset, run the pipeline into ``out/run``, write ``out/metrics.json``."""
+    from app.demo_metrics import run_metrics, write_metrics
     from curation.config import RunConfig
-    from curation.demo_metrics import run_metrics, write_metrics
     from curation.shapes import make_web_split
     from pipelines.runner import run_pipeline
 

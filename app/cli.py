@@ -2,34 +2,42 @@
 
 Each command lives in the module named after what it does and is imported only when it
 runs, so ``curation --help`` stays fast and model-free commands never import torch or Beam.
+Every command shares one error path: unusable input or configuration
+(:class:`curation.errors.UsageError`) prints one line and exits 2, Ctrl-C prints one line
+and exits 130; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 
 import click
+
+from curation.errors import UsageError
+
+INTERRUPTED_EXIT = 130
 
 #: command name -> "module:attribute" of its click command, and a one-line summary.
 COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": (
-        "curation.inspect:inspect_command",
+        "app.inspect:inspect_command",
         "Dry run: read and decode an input, count rows per reason.",
     ),
     "run": (
-        "pipelines.cli:run_command",
+        "app.run:run_command",
         "Caption, filter and deduplicate a dataset (the main job).",
     ),
     "dedup": (
-        "curation.dedup.cli:dedup_command",
+        "app.dedup:dedup_command",
         "Re-run near-duplicate removal over a finished run, without models.",
     ),
     "finetune": (
-        "models.finetune.cli:finetune_command",
+        "app.finetune:finetune_command",
         "Finetune a BLIP captioner or filter on clean pairs.",
     ),
     "demo": (
-        "curation.demo:demo_command",
+        "app.demo:demo_command",
         "Run the whole job on a generated shapes dataset and measure quality.",
     ),
 }
@@ -47,6 +55,16 @@ class LazyGroup(click.Group):
         target, _ = COMMANDS[cmd_name]
         module_name, attr = target.split(":")
         return getattr(importlib.import_module(module_name), attr)
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except UsageError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted; re-run the same command to resume", err=True)
+            sys.exit(INTERRUPTED_EXIT)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, summary) for name, (_, summary) in COMMANDS.items()]

@@ -7,7 +7,6 @@ import sys
 import click
 
 from curation.config import build_config
-from curation.errors import UsageError
 
 
 def print_summary(result: object, stream=None) -> None:
@@ -105,12 +104,8 @@ def run_command(
     from pipelines.runner import run_pipeline
 
     beam_args = flags.pop("beam_args") or None
-    try:
-        config = build_config(
-            config_file, input=input, out=out, filter=filter_, beam_args=beam_args, **flags
-        )
-        result = run_pipeline(config)
-    except UsageError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    config = build_config(
+        config_file, input=input, out=out, filter=filter_, beam_args=beam_args, **flags
+    )
+    result = run_pipeline(config)
     print_summary(result)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -60,11 +59,7 @@ def dedup_command(run_dir: str, near_threshold: float | None, dedup_against: str
     Example:
       curation dedup runs/r1 --near-threshold 0.9
     """
-    try:
-        manifest = rededup(run_dir, near_threshold, dedup_against)
-    except UsageError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    manifest = rededup(run_dir, near_threshold, dedup_against)
     tables = manifest["tables"]
     click.echo(
         f"near_threshold {manifest['config']['near_threshold']}: duplicates {tables['duplicates']}"
