@@ -70,7 +70,7 @@ def run_demo(
     )
     settings = demo_settings()
     config = RunConfig(
-        input=str(data),
+        input=(str(data),),
         out=str(out_dir / "run"),
         workers=workers,
         progress=progress,
@@ -78,7 +78,7 @@ def run_demo(
         text_column="text",
         image_column="image",
         **settings,
-    ).validate()
+    )
     result = run_pipeline(config)
     metrics = run_metrics(result.out_dir, data)
     metrics["throughput"] = {

@@ -3,109 +3,85 @@
 from __future__ import annotations
 
 import sys
+from typing import Any, TextIO
 
 import click
 
-from curation.config import build_config
+from app.options import settings_options
+from curation.config import RunConfig, build_config
+from curation.errors import DATA_CHECK_FAILED
 
 
-def print_summary(result: object, stream=None) -> None:
-    """A table of decisions per reason and rows per output table."""
+def print_summary(result: Any, stream: TextIO | None = None) -> None:
+    """Counts per origin and reason, tables, index and errors of a finished run."""
     stream = stream or sys.stdout
-    manifest = result.manifest
-    tables = manifest.get("tables", {}) if isinstance(manifest, dict) else {}
-    stream.write(
+    m = result.manifest
+    texts = m["texts"]
+    images = m["images"]
+    write = stream.write
+    write(
         f"\nrun {result.run_id}: {result.rows} input rows in {result.seconds:.1f} s -> {result.out_dir}\n"
     )
-    stream.write(f"  images scored {result.images_scored}, from cache {result.images_cached}\n")
-    stream.write("  decisions per reason\n")
-    for reason, n in sorted(result.counts.items(), key=lambda kv: -kv[1]):
+    write(
+        f"  device {m['device']['device']} ({m['device']['dtype']}, batches of "
+        f"{m['device']['batch_size']}) on the {m['runner']} runner\n"
+    )
+    write(f"  images scored {images['scored']}, from cache {images['cached']}\n")
+    for origin in ("web", "synthetic"):
+        write(
+            f"  {origin + ' texts':<16} kept {texts[origin]['kept']:>8}"
+            f"  dropped {texts[origin]['dropped']:>8}\n"
+        )
+    write("  decisions per reason (after dedup)\n")
+    for reason, n in sorted(m["counts"].items(), key=lambda kv: -kv[1]):
         if n:
-            stream.write(f"    {reason:<16} {n:>10}\n")
-    for name, n in tables.get("rows", {}).items():
-        stream.write(f"  {name + '/':<18} {n:>10} rows\n")
-    stream.write(f"  {'index/':<18} {tables.get('indexed_images', 0):>10} images\n")
+            write(f"    {reason:<18} {n:>10}\n")
+    for name, info in m["tables"].items():
+        write(f"  {name + '/':<20} {info['rows']:>10} rows\n")
+    write(
+        f"  {'index/':<20} {images['index_total']:>10} images"
+        f" ({images['indexed_this_round']} added by this round)\n"
+    )
+    errors = m["errors"]
+    if errors["count"]:
+        write(f"  errors: {errors['count']} rows; for example:\n")
+        for example in errors["examples"]:
+            write(
+                f"    {example['key']} ({example['source_file']} row {example['source_row']}): {example['detail']}\n"
+            )
 
 
 @click.command("run")
-@click.argument("input", required=False)
-@click.option("--out", "out", help="Output folder (created; re-running into it resumes).")
+@click.argument("input", nargs=-1)
 @click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False),
-    help="YAML file with the same keys as the flags.",
+    help="YAML file with the same keys as the flags (dashes or underscores); flags win.",
 )
-@click.option("--captioner", help="Captioner: hub id or local folder.")
-@click.option("--filter", "filter_", help="ITM filter: hub id or local folder.")
-@click.option("--captioner-revision", help="Hub revision (branch, tag or commit) of the captioner.")
-@click.option("--filter-revision", help="Hub revision of the filter.")
-@click.option(
-    "--allow-pickle", is_flag=True, default=None, help="Allow loading pickle (.bin) weights."
-)
-@click.option(
-    "--captions-per-image", "-k", type=int, help="Synthetic captions per image (default 1)."
-)
-@click.option(
-    "--threshold", type=float, help="Keep a text when ITM probability >= this (default 0.5)."
-)
-@click.option(
-    "--first-token",
-    type=click.Choice(["enc", "cls"]),
-    help="Token at ITM position 0 (default enc).",
-)
-@click.option(
-    "--sample/--beam-search", default=None, help="Nucleus sampling (default) or beam search."
-)
-@click.option("--top-p", type=float, help="Nucleus sampling top-p (default 0.9).")
-@click.option("--max-length", type=int, help="Max caption tokens, prompt included (default 30).")
-@click.option("--min-length", type=int, help="Min caption tokens, prompt included (default 10).")
-@click.option("--batch-size", type=int, help="Images per model batch (default 8).")
-@click.option("--device", help="auto, cpu or cuda[:N] (default auto).")
-@click.option(
-    "--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), help="Model dtype (default fp32)."
-)
-@click.option("--seed", type=int, help="Seed of caption sampling (default 0).")
-@click.option("--workers", type=int, help="Local worker processes (default 1: in-process).")
-@click.option("--image-column", help="Column with image bytes (or an image struct).")
-@click.option("--text-column", help="Column with the web text.")
-@click.option("--key-column", help="Column with a unique key per row.")
-@click.option(
-    "--phash-distance",
-    type=int,
-    help="Max Hamming distance of perceptual copies (default 4; -1: off).",
-)
-@click.option(
-    "--near-threshold",
-    type=float,
-    help="Cosine above which images are near duplicates (default 0.95).",
-)
-@click.option("--dedup-against", help="A previous run's index/ folder to deduplicate against.")
-@click.option("--progress/--no-progress", default=None, help="Live progress line on stderr.")
-@click.option(
-    "--beam-arg",
-    "beam_args",
-    multiple=True,
-    help="Extra Beam pipeline option, e.g. --beam-arg=--runner=DataflowRunner.",
-)
-def run_command(
-    input: str | None,
-    out: str | None,
-    config_file: str | None,
-    filter_: str | None,
-    **flags: object,
-) -> None:
-    """Caption, filter and deduplicate INPUT (Parquet file, glob or folder) into --out.
+@settings_options(RunConfig, skip=("input",), required=("out",))
+def run_command(input: tuple[str, ...], config_file: str | None, **flags: Any) -> None:
+    """Caption, filter and deduplicate INPUT (Parquet files, globs or folders) into --out.
 
     \b
-    Example:
+    Examples:
       curation run 'data/*.parquet' --out runs/r1 -k 3 --threshold 0.5
-    """
-    from pipelines.runner import run_pipeline
+      curation run s3://bucket/shards/ --out s3://bucket/runs/r1 --config run.yaml
 
-    beam_args = flags.pop("beam_args") or None
-    config = build_config(
-        config_file, input=input, out=out, filter=filter_, beam_args=beam_args, **flags
-    )
+    Exit codes: 0 done, 2 unusable input or configuration (nothing was run), 3 the run
+    finished but more than --max-error-rate of the rows hit an error, 130 interrupted
+    (re-run the same command to resume).
+    """
+    config = build_config(config_file, input=input or None, **flags)
+    from pipelines.runner import run_pipeline  # Beam and torch load only for a valid config
+
     result = run_pipeline(config)
     print_summary(result)
+    if result.error_rate > config.max_error_rate:
+        click.echo(
+            f"error: {result.counts.get('error', 0)} of {result.rows} rows hit an error "
+            f"({result.error_rate:.2%} > --max-error-rate {config.max_error_rate:.2%}); "
+            "the outputs are written, see decisions/ (reason 'error')",
+            err=True,
+        )
+        sys.exit(DATA_CHECK_FAILED)

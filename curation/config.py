@@ -1,144 +1,195 @@
-"""Run configuration: one dataclass, loaded from flags and an optional YAML file.
+"""Settings of the commands, each declared once: type, default, bounds and help.
 
-Flags override the file; every key and value is validated before any work starts, and
-errors name the offending key (and file).
+:class:`InputSettings` (reading and checking an input, shared by ``inspect`` and ``run``)
+and :class:`RunConfig` (the whole job) are pydantic models. The command-line flags, their
+help with defaults, the YAML keys (dashes or underscores) and the validation all come from
+these declarations (:mod:`app.options` builds the flags). Every value is validated
+before any work starts, and errors name the offending key (and file).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curation.caption_settings import CaptionSettings
 from curation.errors import ConfigError
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 DEFAULT_FILTER = "Salesforce/blip-itm-base-coco"
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default budget (about 0.25 GiB at 3 bytes/pixel)
+DEFAULT_MAX_IMAGE_BYTES = 64 * 2**20
+DEFAULT_IMAGE_FORMATS = ("jpeg", "png", "webp", "gif", "bmp", "tiff", "avif", "heif")
+_CAPTION = CaptionSettings()
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that determines a run's outputs (and a few knobs that do not)."""
+def flag(help: str, short: str | None = None, **kwargs: Any) -> Any:
+    """A field's help text (and optional short flag) for the generated command line."""
+    extra = {"short": short} if short else {}
+    return Field(description=help, json_schema_extra=extra, **kwargs)
 
-    input: str
-    out: str
-    captioner: str = DEFAULT_CAPTIONER
-    filter: str = DEFAULT_FILTER
-    captioner_revision: str | None = None
-    filter_revision: str | None = None
-    allow_pickle: bool = False
-    captions_per_image: int = CaptionSettings.captions_per_image
-    threshold: float = 0.5
-    first_token: str = "enc"
-    prompt: str = CaptionSettings.prompt
-    sample: bool = CaptionSettings.sample
-    top_p: float = CaptionSettings.top_p
-    top_k: int = CaptionSettings.top_k
-    repetition_penalty: float = CaptionSettings.repetition_penalty
-    max_length: int = CaptionSettings.max_length
-    min_length: int = CaptionSettings.min_length
-    num_beams: int = CaptionSettings.num_beams
-    seed: int = CaptionSettings.seed
-    batch_size: int = 8
-    device: str = "auto"
-    dtype: str = "fp32"
-    workers: int = 1
-    image_column: str | None = None
-    text_column: str | None = None
-    key_column: str | None = None
-    min_side: int = 8
-    max_pixels: int = 89_478_485
-    phash_distance: int = 4
-    near_threshold: float = 0.95
-    dedup_against: str | None = None
-    progress: bool = True
-    beam_args: tuple[str, ...] = field(default=())
+
+class Settings(BaseModel):
+    """Frozen, no unknown keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every setting."""
-        data = dataclasses.asdict(self)
-        data["beam_args"] = list(self.beam_args)
-        return data
+        return self.model_dump(mode="json")
 
-    def caption_settings(self) -> CaptionSettings:
-        """The captioner's decoding settings of this run (raises ``ValueError`` if invalid)."""
-        return CaptionSettings(**{f.name: getattr(self, f.name) for f in fields(CaptionSettings)})
 
-    def validate(self) -> RunConfig:
-        """Raise :class:`ConfigError` naming the first invalid key; return self."""
-        checks: list[tuple[str, bool, str]] = [
-            ("captions_per_image", 0 <= self.captions_per_image <= 64, "an integer from 0 to 64"),
-            ("threshold", 0.0 <= self.threshold <= 1.0, "a number from 0 to 1"),
-            ("first_token", self.first_token in ("enc", "cls"), "'enc' or 'cls'"),
-            ("batch_size", 1 <= self.batch_size <= 4096, "an integer from 1 to 4096"),
-            (
-                "device",
-                self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-                "auto, cpu or cuda[:N]",
-            ),
-            ("dtype", self.dtype in ("fp32", "bf16", "fp16"), "fp32, bf16 or fp16"),
-            ("workers", 1 <= self.workers <= 256, "an integer from 1 to 256"),
-            ("min_side", self.min_side >= 1, "a positive integer"),
-            ("max_pixels", self.max_pixels >= 1, "a positive integer"),
-            ("phash_distance", -1 <= self.phash_distance <= 16, "an integer from -1 (off) to 16"),
-            ("near_threshold", 0.0 < self.near_threshold <= 1.0, "a number in (0, 1]"),
-        ]
-        for key, ok, expected in checks:
-            if not ok:
-                raise ConfigError(
-                    f"invalid value for {key!r}: {getattr(self, key)!r} (expected {expected})"
-                )
+class InputSettings(Settings):
+    """How an input is read and which rows are refused before any model sees them."""
+
+    input: tuple[str, ...] = flag("Parquet files, globs or folders to curate.", default=())
+    image_column: str | None = flag(
+        "Column with image bytes (or a datasets Image struct).", default=None
+    )
+    text_column: str | None = flag("Column with the web text.", default=None)
+    key_column: str | None = flag(
+        "Column with a key per row (text or integer; first occurrence keeps a repeated key).",
+        default=None,
+    )
+    drop_columns: tuple[str, ...] = flag(
+        "Input column not to carry to the outputs (repeatable).", default=()
+    )
+    image_formats: tuple[str, ...] = flag(
+        "Accepted image format (repeatable); other formats are refused as unsupported_format.",
+        default=DEFAULT_IMAGE_FORMATS,
+    )
+    image_roots: tuple[str, ...] = flag(
+        "Folder that Hugging Face image paths may point into, besides the dataset's own "
+        "folder (repeatable).",
+        default=(),
+    )
+    max_image_bytes: int = flag(
+        "Largest image file read through an image path.", default=DEFAULT_MAX_IMAGE_BYTES, ge=1
+    )
+    min_side: int = flag("Smallest accepted image side in pixels.", default=8, ge=1)
+    max_pixels: int = flag(
+        "Largest accepted image in pixels (decompression-bomb guard).",
+        default=DEFAULT_MAX_PIXELS,
+        ge=1,
+    )
+
+    @field_validator("input", "drop_columns", "image_formats", "image_roots", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("image_formats")
+    @classmethod
+    def _formats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from curation.decode import normalise_formats
+
+        return tuple(sorted(normalise_formats(value)))
+
+
+class RunConfig(InputSettings):
+    """Everything that determines a run's outputs (and a few knobs that do not)."""
+
+    out: str = flag(
+        "Output folder, local or gs:// / s3:// (re-running into it resumes).", default=""
+    )
+    captioner: str = flag("Captioner: hub id or local folder.", default=DEFAULT_CAPTIONER)
+    filter: str = flag("ITM filter: hub id or local folder.", default=DEFAULT_FILTER)
+    captioner_revision: str | None = flag(
+        "Hub revision (branch, tag or commit) of the captioner.", default=None
+    )
+    filter_revision: str | None = flag("Hub revision of the filter.", default=None)
+    allow_pickle: bool = flag("Allow loading pickle (.bin) weights.", default=False)
+    captions_per_image: int = flag(
+        "Synthetic captions per image (0: none).",
+        short="-k",
+        default=_CAPTION.captions_per_image,
+        ge=0,
+        le=64,
+    )
+    threshold: float = flag(
+        "Keep a text when its ITM probability >= this.", default=0.5, ge=0, le=1
+    )
+    first_token: Literal["enc", "cls"] = flag("Token at ITM position 0.", default="enc")
+    prompt: str = flag("Caption prompt (stripped from the captions).", default=_CAPTION.prompt)
+    sample: bool = flag("Nucleus sampling (else beam search).", default=_CAPTION.sample)
+    top_p: float = flag("Nucleus sampling top-p.", default=_CAPTION.top_p, gt=0, le=1)
+    top_k: int = flag("Top-k filter before sampling (0: off).", default=_CAPTION.top_k, ge=0)
+    repetition_penalty: float = flag(
+        "Repetition penalty of decoding.", default=_CAPTION.repetition_penalty, gt=0
+    )
+    max_length: int = flag(
+        "Max caption tokens, prompt included.", default=_CAPTION.max_length, ge=1
+    )
+    min_length: int = flag(
+        "Min caption tokens, prompt included.", default=_CAPTION.min_length, ge=0
+    )
+    num_beams: int = flag("Beams of beam search.", default=_CAPTION.num_beams, ge=1)
+    seed: int = flag("Seed of caption sampling.", default=_CAPTION.seed)
+    batch_size: int = flag(
+        "Images per model batch (0: chosen by device).", default=0, ge=0, le=4096
+    )
+    device: str = flag(
+        "auto, cpu or cuda[:N].", default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$"
+    )
+    dtype: Literal["fp32", "bf16", "fp16"] = flag("Model dtype (fp16 needs CUDA).", default="fp32")
+    workers: int = flag("Local worker processes (1: in-process).", default=1, ge=1, le=256)
+    phash_distance: int = flag(
+        "Max Hamming distance of perceptual copies (-1: off).", default=4, ge=-1, le=16
+    )
+    near_threshold: float = flag(
+        "Cosine above which images are near duplicates.", default=0.95, gt=0, le=1
+    )
+    dedup_against: str | None = flag(
+        "A previous run's index/ folder to deduplicate against ('' clears).", default=None
+    )
+    max_error_rate: float = flag(
+        "Exit non-zero when more than this share of input rows hit an error.",
+        default=0.01,
+        ge=0,
+        le=1,
+    )
+    progress: bool = flag("Live progress line on stderr.", default=True)
+    beam_args: tuple[str, ...] = flag(
+        "Extra Beam pipeline option, e.g. --beam-arg=--runner=DataflowRunner (repeatable).",
+        default=(),
+    )
+
+    @field_validator("beam_args", mode="before")
+    @classmethod
+    def _beam_list(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
         if self.captions_per_image > 0:
             try:
                 self.caption_settings()
             except ValueError as err:
-                raise ConfigError(f"invalid caption settings: {err}") from None
-        if not self.input:
-            raise ConfigError("missing 'input': the Parquet file, glob or folder to curate")
-        if not self.out:
-            raise ConfigError("missing 'out': the output folder")
+                raise ValueError(f"invalid caption settings: {err}") from None
+        if self.dtype == "fp16" and self.device == "cpu":
+            raise ValueError("dtype fp16 is not supported on CPU; use bf16 or fp32 there")
         return self
 
-
-_FIELDS = {f.name: f for f in fields(RunConfig)}
-
-
-def _coerce(key: str, value: Any, source: str) -> Any:
-    """Convert a YAML/flag value to the field's type, or raise naming key and source."""
-    kind = str(_FIELDS[key].type)
-    if value is None:
-        if "None" in kind:
-            return None
-        raise ConfigError(f"{source}: {key!r} must not be empty")
-    try:
-        if kind.startswith("bool"):
-            if isinstance(value, bool):
-                return value
-            raise TypeError
-        if kind.startswith("int"):
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise TypeError
-            return int(value)
-        if kind.startswith("float"):
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        if kind.startswith("tuple"):
-            if isinstance(value, str):
-                return (value,)
-            return tuple(str(v) for v in value)
-        if not isinstance(value, str | int | float):
-            raise TypeError
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"{source}: {key!r} has the wrong type: {value!r} (expected {kind})"
-        ) from None
+    def caption_settings(self) -> CaptionSettings:
+        """The captioner's decoding settings of this run (raises ``ValueError`` if invalid)."""
+        names = CaptionSettings.__dataclass_fields__
+        return CaptionSettings(**{name: getattr(self, name) for name in names})
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def _explain(error: ValidationError, source: str) -> ConfigError:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "settings"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return ConfigError(f"{source}: unknown key {key!r}")
+    if first["type"].startswith("value_error") or not first["loc"]:
+        return ConfigError(f"{source}: {message}")
+    return ConfigError(f"{source}: invalid value for {key!r}: {first.get('input')!r} ({message})")
+
+
+def load_yaml(path: str | Path, model: type[Settings] = RunConfig) -> dict[str, Any]:
     """Read a YAML config file into a dict of known keys (dashes allowed for underscores)."""
     import yaml
 
@@ -151,28 +202,45 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    out: dict[str, Any] = {}
-    for raw_key, value in data.items():
-        key = str(raw_key).replace("-", "_")
-        if key not in _FIELDS:
-            raise ConfigError(
-                f"{path}: unknown key {raw_key!r}; known keys: {', '.join(sorted(_FIELDS))}"
-            )
-        out[key] = _coerce(key, value, str(path))
-    return out
+    values = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(values) - set(model.model_fields))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(model.model_fields))}"
+        )
+    try:
+        model.model_validate(values)
+    except ValidationError as err:
+        raise _explain(err, str(path)) from None
+    return values
+
+
+def build_settings(model: type[Settings], file: str | Path | None = None, **overrides: Any) -> Any:
+    """Merge a YAML file (optional) with explicit overrides (flags) and validate.
+
+    ``None`` overrides are ignored (the flag was not given); an empty string resets an
+    optional setting to none.
+    """
+    values: dict[str, Any] = load_yaml(file, model) if file else {}
+    for key, value in overrides.items():
+        if key not in model.model_fields:
+            raise ConfigError(f"unknown setting {key!r}")
+        if value is None or (isinstance(value, tuple) and not value):
+            continue
+        if value == "" and model.model_fields[key].default is None:
+            value = None
+        values[key] = value
+    if not values.get("input"):
+        raise ConfigError("missing 'input': give it on the command line or in the config file")
+    if "out" in model.model_fields and not values.get("out"):
+        raise ConfigError("missing 'out': give --out or the 'out' key of the config file")
+    try:
+        return model.model_validate(values)
+    except ValidationError as err:
+        raise _explain(err, "command line" if not file else f"{file} or the command line") from None
 
 
 def build_config(file: str | Path | None = None, **overrides: Any) -> RunConfig:
-    """Merge a YAML file (optional) with explicit overrides (flags); ``None`` overrides are ignored."""
-    values: dict[str, Any] = load_yaml(file) if file else {}
-    for key, value in overrides.items():
-        if key not in _FIELDS:
-            raise ConfigError(f"unknown setting {key!r}")
-        if value is not None:
-            values[key] = _coerce(key, value, "command line")
-    for required in ("input", "out"):
-        if not values.get(required):
-            raise ConfigError(
-                f"missing {required!r}: give it on the command line or in the config file"
-            )
-    return RunConfig(**values).validate()
+    """The run configuration from a YAML file (optional) and flags."""
+    config: RunConfig = build_settings(RunConfig, file, **overrides)
+    return config

@@ -1,29 +1,34 @@
-"""Decide: turn an image group's scores into decision, clean, synthetic and duplicate rows.
+"""Decide: turn rows and scores into the rows of every output table.
 
 The rule (salesforce/BLIP issue #46): keep a text when its ITM match probability is at
 least the threshold, for web texts and synthetic captions alike. Empty web texts and
-repeats of an identical (image, text) pair are dropped without a score.
+repeats of an identical (image, text) pair are dropped without a score. Each output row
+shape has one constructor here, tied to its schema in :mod:`curation.schemas`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from curation.grouping import text_identity
-from curation.reasons import Reason
+from curation.reasons import Decision, DuplicateKind, Reason, TextOrigin, decision_of
 from curation.records import GroupScores, ImageGroup, Pair
+from curation.screen import Rejection
+
+Row = dict[str, Any]
+REPAIRED_TEXT = "invalid UTF-8 in the text was replaced"
 
 
-@dataclass
+@dataclass(frozen=True)
 class GroupOutcome:
     """Every output row that one image group produces."""
 
-    decisions: list[dict[str, Any]] = field(default_factory=list)
-    clean: list[dict[str, Any]] = field(default_factory=list)
-    synthetic: list[dict[str, Any]] = field(default_factory=list)
-    duplicates: list[dict[str, Any]] = field(default_factory=list)
-    image: dict[str, Any] | None = None
+    decisions: tuple[Row, ...]
+    clean: tuple[Row, ...]
+    synthetic: tuple[Row, ...]
+    duplicates: tuple[Row, ...]
+    image: Row
 
 
 def decision_row(
@@ -33,29 +38,112 @@ def decision_row(
     reason: Reason,
     threshold: float | None,
     text: str | None = None,
-    text_origin: str = "web",
+    origin: TextOrigin = TextOrigin.WEB,
     image_key: str | None = None,
     caption_index: int | None = None,
     itm: float | None = None,
     itc: float | None = None,
     detail: str | None = None,
-) -> dict[str, Any]:
+) -> Row:
     """One row of the decisions table (``curation.schemas.DECISIONS_SCHEMA``)."""
+    if origin is TextOrigin.WEB:
+        text = pair.text
+        if pair.text_repaired:
+            detail = f"{detail}; {REPAIRED_TEXT}" if detail else REPAIRED_TEXT
     return {
         "run_id": run_id,
         "key": pair.key,
         "source_file": pair.source_file,
         "source_row": pair.source_row,
         "image_key": image_key,
-        "text_origin": text_origin,
+        "text_origin": origin.value,
         "caption_index": caption_index,
-        "text": pair.text if text is None and text_origin == "web" else text,
+        "text": text,
         "itm": itm,
         "itc": itc,
-        "decision": "kept" if reason is Reason.KEPT else "dropped",
+        "decision": decision_of(reason).value,
         "reason": reason.value,
         "detail": detail,
         "threshold": threshold,
+    }
+
+
+def rejection_row(rejection: Rejection, run_id: str, threshold: float | None) -> Row:
+    """The web decision of a row refused before the models."""
+    return decision_row(
+        rejection.pair,
+        run_id=run_id,
+        reason=rejection.reason,
+        threshold=threshold,
+        detail=rejection.detail,
+    )
+
+
+def error_row(
+    pair: Pair, detail: str, run_id: str, threshold: float | None, image_key: str | None = None
+) -> Row:
+    """The web decision of a row that a stage failed on (``detail`` names stage and error)."""
+    return decision_row(
+        pair,
+        run_id=run_id,
+        reason=Reason.ERROR,
+        threshold=threshold,
+        image_key=image_key,
+        detail=detail,
+    )
+
+
+def clean_row(pair: Pair, group: ImageGroup, itm: float, itc: float) -> Row:
+    """A kept web pair (``CLEAN_SCHEMA`` plus passthrough columns)."""
+    rep = group.rep
+    return {
+        **pair.extra,
+        "key": pair.key,
+        "image_key": group.key,
+        "image": group.image,
+        "text": pair.text,
+        "itm": itm,
+        "itc": itc,
+        "width": rep.width,
+        "height": rep.height,
+        "sha256": rep.sha256,
+        "source_file": pair.source_file,
+        "source_row": pair.source_row,
+    }
+
+
+def synthetic_row(group: ImageGroup, index: int, caption: str, itm: float, itc: float) -> Row:
+    """A kept synthetic caption (``SYNTHETIC_SCHEMA``)."""
+    rep = group.rep
+    return {
+        "key": group.key,
+        "caption_index": index,
+        "image": group.image,
+        "caption": caption,
+        "itm": itm,
+        "itc": itc,
+        "width": rep.width,
+        "height": rep.height,
+        "sha256": rep.sha256,
+    }
+
+
+def duplicate_row(key: str, dup_of: str, kind: DuplicateKind, similarity: float) -> Row:
+    """A removed copy or near duplicate (``DUPLICATES_SCHEMA``)."""
+    return {"key": key, "dup_of": dup_of, "kind": kind.value, "similarity": similarity}
+
+
+def image_row(group: ImageGroup, scores: GroupScores, kept_texts: int) -> Row:
+    """A scored unique image, the input of near-duplicate removal (``IMAGES_SCHEMA``)."""
+    all_itm = list(scores.text_itm) + list(scores.caption_itm)
+    return {
+        "key": group.key,
+        "sha256": group.rep.sha256,
+        "width": group.rep.width,
+        "height": group.rep.height,
+        "kept_texts": kept_texts,
+        "best_itm": max(all_itm) if all_itm else 0.0,
+        "embedding": list(scores.embedding),
     }
 
 
@@ -63,101 +151,60 @@ def decide_group(
     group: ImageGroup, scores: GroupScores, *, threshold: float, run_id: str
 ) -> GroupOutcome:
     """All rows for one scored image group; every member pair gets exactly one web decision."""
-    out = GroupOutcome()
-    rep = group.rep
-    image_key = rep.pair.key
+    image_key = group.key
     text_scores = {
         text_identity(text): (itm, itc)
         for text, itm, itc in zip(group.texts, scores.text_itm, scores.text_itc, strict=True)
     }
+    decisions: list[Row] = []
+    clean: list[Row] = []
+    duplicates: list[Row] = []
     first_with_text: dict[str, str] = {}
-    kept_texts = 0
     for member in group.members:
         pair = member.hashed.pair
-        if member.kind != "self":
-            out.duplicates.append(
-                {
-                    "key": pair.key,
-                    "dup_of": image_key,
-                    "kind": member.kind,
-                    "similarity": member.similarity,
-                }
-            )
+        if member.kind is not None:
+            duplicates.append(duplicate_row(pair.key, image_key, member.kind, member.similarity))
+        common: dict[str, Any] = dict(run_id=run_id, threshold=threshold, image_key=image_key)
         ident = text_identity(pair.text)
-        common = dict(run_id=run_id, threshold=threshold, image_key=image_key)
         if not ident:
-            out.decisions.append(decision_row(pair, reason=Reason.EMPTY_TEXT, **common))
+            decisions.append(decision_row(pair, reason=Reason.EMPTY_TEXT, **common))
             continue
         if ident in first_with_text:
             detail = f"same image and text as {first_with_text[ident]}"
-            out.decisions.append(
-                decision_row(pair, reason=Reason.DUPLICATE, detail=detail, **common)
-            )
+            decisions.append(decision_row(pair, reason=Reason.DUPLICATE, detail=detail, **common))
             continue
         first_with_text[ident] = pair.key
         itm, itc = text_scores[ident]
-        keep = itm >= threshold
-        reason = Reason.KEPT if keep else Reason.LOW_ITM
-        out.decisions.append(decision_row(pair, reason=reason, itm=itm, itc=itc, **common))
-        if keep:
-            kept_texts += 1
-            row = {
-                **pair.extra,
-                "key": pair.key,
-                "image_key": image_key,
-                "image": rep.pair.image,
-                "text": pair.text,
-                "itm": itm,
-                "itc": itc,
-                "width": rep.width,
-                "height": rep.height,
-                "sha256": rep.sha256,
-                "source_file": pair.source_file,
-                "source_row": pair.source_row,
-            }
-            out.clean.append(row)
+        reason = Reason.KEPT if itm >= threshold else Reason.LOW_ITM
+        decisions.append(decision_row(pair, reason=reason, itm=itm, itc=itc, **common))
+        if reason is Reason.KEPT:
+            clean.append(clean_row(pair, group, itm, itc))
+    synthetic: list[Row] = []
     for index, (caption, itm, itc) in enumerate(
         zip(scores.captions, scores.caption_itm, scores.caption_itc, strict=True)
     ):
-        keep = itm >= threshold
-        reason = Reason.KEPT if keep else Reason.LOW_ITM
-        out.decisions.append(
+        reason = Reason.KEPT if itm >= threshold else Reason.LOW_ITM
+        decisions.append(
             decision_row(
-                rep.pair,
+                group.rep.pair,
                 run_id=run_id,
                 reason=reason,
                 threshold=threshold,
                 text=caption,
-                text_origin="synthetic",
+                origin=TextOrigin.SYNTHETIC,
                 image_key=image_key,
                 caption_index=index,
                 itm=itm,
                 itc=itc,
             )
         )
-        if keep:
-            kept_texts += 1
-            out.synthetic.append(
-                {
-                    "key": image_key,
-                    "caption_index": index,
-                    "image": rep.pair.image,
-                    "caption": caption,
-                    "itm": itm,
-                    "itc": itc,
-                    "width": rep.width,
-                    "height": rep.height,
-                    "sha256": rep.sha256,
-                }
-            )
-    all_itm = list(scores.text_itm) + list(scores.caption_itm)
-    out.image = {
-        "key": image_key,
-        "sha256": rep.sha256,
-        "width": rep.width,
-        "height": rep.height,
-        "kept_texts": kept_texts,
-        "best_itm": max(all_itm) if all_itm else 0.0,
-        "embedding": list(scores.embedding),
-    }
-    return out
+        if reason is Reason.KEPT:
+            synthetic.append(synthetic_row(group, index, caption, itm, itc))
+    kept = sum(1 for row in decisions if row["decision"] == Decision.KEPT.value)
+    return GroupOutcome(
+        decisions=tuple(decisions),
+        clean=tuple(clean),
+        synthetic=tuple(synthetic),
+        duplicates=tuple(duplicates),
+        image=image_row(group, scores, kept),
+    )

@@ -33,6 +33,64 @@ _ROTATING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and h
 _WHITE = (255, 255, 255)
 
 
+#: Format names a user may give -> the canonical name.
+FORMAT_ALIASES = {
+    "jpeg": "jpeg",
+    "jpg": "jpeg",
+    "png": "png",
+    "webp": "webp",
+    "gif": "gif",
+    "bmp": "bmp",
+    "tiff": "tiff",
+    "tif": "tiff",
+    "avif": "avif",
+    "heif": "heif",
+    "heic": "heif",
+}
+
+
+#: Canonical format names -> Pillow format ids.
+_PILLOW_IDS = {
+    "jpeg": ("JPEG", "MPO"),
+    "png": ("PNG",),
+    "webp": ("WEBP",),
+    "gif": ("GIF",),
+    "bmp": ("BMP",),
+    "tiff": ("TIFF",),
+    "avif": ("AVIF",),
+    "heif": ("HEIF",),
+}
+DEFAULT_FORMATS = frozenset(_PILLOW_IDS)
+
+
+def _sniff(data: bytes) -> str | None:
+    """The Pillow format whose signature check accepts ``data``'s first bytes, if any."""
+    Image.init()
+    prefix = data[:16]
+    for name, (_, accept) in Image.OPEN.items():
+        try:
+            if accept and accept(prefix):
+                return name
+        except Exception:
+            continue
+    return None
+
+
+def normalise_formats(names: tuple[str, ...] | list[str]) -> frozenset[str]:
+    """Canonical names of user-given formats (``jpg`` -> ``jpeg``); ValueError on others."""
+    out = set()
+    for name in names:
+        canonical = FORMAT_ALIASES.get(name.strip().lower())
+        if canonical is None:
+            raise ValueError(
+                f"unknown image format {name!r}; choose from {', '.join(sorted(set(FORMAT_ALIASES.values())))}"
+            )
+        out.add(canonical)
+    if not out:
+        raise ValueError("at least one image format must be accepted")
+    return frozenset(out)
+
+
 @dataclass
 class DecodedImage:
     """A validated image: pixels at the model resolution (or None) and its identity."""
@@ -59,6 +117,7 @@ def decode_image(
     *,
     min_side: int = 8,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: frozenset[str] | None = None,
 ) -> DecodedImage:
     """Validate and decode ``data``; with ``size``, also return ``size x size`` RGB pixels.
 
@@ -67,7 +126,7 @@ def decode_image(
     """
     if not data:
         raise DecodeError(Reason.MISSING_IMAGE, "no image bytes")
-    image = _open(data, max_pixels)
+    image = _open(data, max_pixels, _pillow_ids(formats or DEFAULT_FORMATS))
     width, height = image.size
     if _orientation(image) in _ROTATING_ORIENTATIONS:
         width, height = height, width
@@ -97,7 +156,13 @@ def decode_image(
     )
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def _pillow_ids(formats: frozenset[str]) -> list[str]:
+    """Pillow ids of the formats whose plugin is available here."""
+    Image.init()
+    return sorted({pid for name in formats for pid in _PILLOW_IDS[name] if pid in Image.OPEN})
+
+
+def _open(data: bytes, max_pixels: int, pillow_ids: list[str]) -> Image.Image:
     """Open lazily (header only) and refuse images above the pixel budget before decoding."""
     pil_limit = Image.MAX_IMAGE_PIXELS
     # PIL's process-wide guard warns above MAX_IMAGE_PIXELS and raises above twice that;
@@ -106,10 +171,15 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore" if quiet else "error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=pillow_ids)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
         raise DecodeError(Reason.TOO_LARGE, str(err)) from None
     except UnidentifiedImageError:
+        other = _sniff(data)
+        if other is not None and other not in pillow_ids:
+            raise DecodeError(
+                Reason.UNSUPPORTED_FORMAT, f"{other} is not an accepted format"
+            ) from None
         raise DecodeError(Reason.UNDECODABLE, "not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise _load_error(err) from None

@@ -18,3 +18,8 @@ class InputError(UsageError):
 
 class ConfigError(UsageError):
     """A configuration key or value is invalid."""
+
+
+#: Exit code of a command that finished but whose data check failed (too many errors or
+#: unusable rows).
+DATA_CHECK_FAILED = 3

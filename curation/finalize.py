@@ -1,19 +1,21 @@
 """Finalize a run: near-duplicate and previous-round removal, final tables, the index.
 
-Reads the staged tables the scoring pipeline wrote (``<run>/_stage/``) and writes the
-run's final ``decisions/``, ``clean/``, ``synthetic/``, ``duplicates/`` and ``index/``.
-Because the staged tables are kept, ``curation dedup RUN_DIR`` can re-run this step with
-other thresholds without any model. Tables are streamed batch by batch; only the image
-embeddings (one vector per unique image) are held in memory.
+Reads the staged tables of the last complete pipeline (``_stage/``) and writes the run's
+final ``decisions/``, ``clean/``, ``synthetic/``, ``duplicates/`` and the index, as files of
+a new generation; :meth:`curation.run_folder.RunFolder.publish` then commits them. Because
+the staged tables are kept, ``curation dedup`` can re-run this step with other settings
+without any model. Tables are streamed batch by batch; only the image embeddings (one
+vector per unique image) are held in memory.
+
+The steps: :func:`load_images` -> :func:`find_removals` -> :func:`rewrite_tables` (counts
+as it streams) -> :func:`write_round_index`.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,262 +23,316 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation.decide import duplicate_row
 from curation.errors import UsageError
-from curation.reasons import Reason
+from curation.reasons import Decision, DuplicateKind, Reason
+from curation.run_folder import FINAL_TABLES, RunFolder
+from curation.schemas import DUPLICATES_SCHEMA
+from curation.shards import ROW_GROUP_ROWS, iter_batches
+from curation.storage import Location
 
-STAGE_DIR = "_stage"
-TABLES = ("decisions", "clean", "synthetic", "duplicates")
-#: Rows per streamed batch: small enough that tables holding image bytes stay light.
-BATCH_ROWS = 64
+#: ``error`` decisions quoted in the manifest and summary.
+ERROR_EXAMPLES = 5
 
 
-@dataclass
+@dataclass(frozen=True)
 class Removal:
     """An image removed after scoring, and the image it duplicates."""
 
     dup_of: str
     similarity: float
-    kind: str  # "near" | "previous-round"
+    kind: DuplicateKind
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """The scored unique images of a run: keys, embeddings and near-duplicate ranks."""
+
+    keys: list[str]
+    embeddings: np.ndarray  # N x D float32, L2-normalised
+    sha256: list[str]
+    kept_texts: np.ndarray
+    best_itm: np.ndarray
+
+
+@dataclass(frozen=True)
+class TableFiles:
+    """The files of one final table and its row count."""
+
+    files: list[str]  # relative to the run folder
+    rows: int
 
 
 @dataclass
 class FinalizeResult:
-    """Counts of the finalized run (what the manifest records)."""
+    """What finalize wrote and counted (what the manifest records)."""
 
+    tables: dict[str, TableFiles] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
-    decisions: dict[str, int] = field(default_factory=dict)
-    rows: dict[str, int] = field(default_factory=dict)
+    texts: dict[str, dict[str, int]] = field(default_factory=dict)  # origin -> decision -> n
     duplicates: dict[str, int] = field(default_factory=dict)
-    indexed_images: int = 0
+    error_examples: list[dict[str, Any]] = field(default_factory=list)
+    index: dict[str, Any] = field(default_factory=dict)
 
 
-def parquet_files(folder: Path) -> list[Path]:
-    """The Parquet shards of a table folder, in name order (empty when it does not exist)."""
-    return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-
-
-def iter_batches(folder: Path, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-    """Stream every record batch of a table folder."""
-    for path in parquet_files(folder):
-        yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(
-            batch_size=BATCH_ROWS, columns=columns
-        )
-
-
-def table_schema(folder: Path) -> pa.Schema | None:
-    """Schema of the first shard of a table folder, or None when it has no shard."""
-    files = parquet_files(folder)
-    return pq.read_schema(files[0]) if files else None
-
-
-def load_images(stage: Path) -> tuple[list[str], np.ndarray, list[str], np.ndarray, np.ndarray]:
-    """Keys, embeddings (N x D float32), sha256s, kept-text counts and best ITM of scored images."""
+def load_images(urls: list[str]) -> ImageSet:
+    """Keys, embeddings, sha256s, kept-text counts and best ITM of the staged images."""
     keys: list[str] = []
     shas: list[str] = []
     kept: list[np.ndarray] = []
     best: list[np.ndarray] = []
     vectors: list[np.ndarray] = []
-    for batch in iter_batches(stage / "images"):
+    for batch in iter_batches(urls, batch_rows=4096):
         keys.extend(batch.column("key").to_pylist())
         shas.extend(batch.column("sha256").to_pylist())
         kept.append(batch.column("kept_texts").to_numpy(zero_copy_only=False))
         best.append(batch.column("best_itm").to_numpy(zero_copy_only=False))
-        emb = batch.column("embedding")
-        flat = emb.values.to_numpy(zero_copy_only=False).astype(np.float32)
-        vectors.append(flat.reshape(len(batch), -1) if len(batch) else flat.reshape(0, 0))
+        flat = batch.column("embedding").values.to_numpy(zero_copy_only=False)
+        vectors.append(flat.astype(np.float32).reshape(len(batch), -1))
     if not keys:
-        return [], np.zeros((0, 0), np.float32), [], np.zeros(0, np.int32), np.zeros(0, np.float32)
-    return keys, np.vstack(vectors), shas, np.concatenate(kept), np.concatenate(best)
+        empty = np.zeros(0, np.float32)
+        return ImageSet([], np.zeros((0, 0), np.float32), [], np.zeros(0, np.int32), empty)
+    return ImageSet(keys, np.vstack(vectors), shas, np.concatenate(kept), np.concatenate(best))
 
 
 def find_removals(
-    keys: list[str],
-    embeddings: np.ndarray,
-    kept_texts: np.ndarray,
-    best_itm: np.ndarray,
-    *,
-    near_threshold: float,
-    dedup_against: str | None,
+    images: ImageSet, *, near_threshold: float, previous: Any | None
 ) -> dict[str, Removal]:
-    """Images that duplicate a previous round's image or another image of this run."""
-    from curation.dedup.index_store import load_index
+    """Images that duplicate a previous round's image or another image of this run.
+
+    ``previous`` is a loaded previous-round index (:class:`~curation.dedup.index_store.
+    PreviousIndex`) or None.
+    """
     from curation.dedup.keep import NearCandidate
     from curation.dedup.near import find_near_duplicates, query_previous
 
     removed: dict[str, Removal] = {}
+    keys = images.keys
     if not keys:
         return removed
-    if dedup_against and (previous := load_index(dedup_against)).index.ntotal:
-        if previous.index.d != embeddings.shape[1]:
-            raise UsageError(
-                f"{dedup_against}: the previous index holds {previous.index.d}-d embeddings, this "
-                f"run's filter gives {embeddings.shape[1]}-d; dedup against an index of the same filter"
-            )
-        for row, prev_id, similarity in query_previous(previous.index, embeddings, near_threshold):
+    if previous is not None and previous.index.ntotal:
+        matches = query_previous(previous.index, images.embeddings, near_threshold)
+        for row, prev_id, similarity in matches:
             removed[keys[row]] = Removal(
-                previous.key_of(prev_id), float(similarity), "previous-round"
+                previous.key_of(prev_id), float(similarity), DuplicateKind.PREVIOUS_ROUND
             )
     remaining = [i for i, key in enumerate(keys) if key not in removed]
     if len(remaining) > 1:
         candidates = [
-            NearCandidate(keys[i], int(kept_texts[i]), float(best_itm[i])) for i in remaining
+            NearCandidate(keys[i], int(images.kept_texts[i]), float(images.best_itm[i]))
+            for i in remaining
         ]
         for dup in find_near_duplicates(
             [keys[i] for i in remaining],
-            embeddings[remaining],
+            images.embeddings[remaining],
             candidates,
             threshold=near_threshold,
         ):
-            removed[dup.key] = Removal(dup.dup_of, float(dup.similarity), "near")
+            removed[dup.key] = Removal(dup.dup_of, float(dup.similarity), DuplicateKind.NEAR)
     return removed
 
 
-def _rewrite(
-    src: Path,
-    dst: Path,
-    transform: Callable[[pa.RecordBatch], pa.RecordBatch | None],
-) -> int:
-    """Stream a table folder through ``transform`` into ``dst`` (one shard per source shard)."""
-    dst.mkdir(parents=True, exist_ok=True)
-    total = 0
-    for index, path in enumerate(parquet_files(src)):
-        source = pq.ParquetFile(path, pre_buffer=False)
-        writer: pq.ParquetWriter | None = None
-        target = dst / f"part-{index:05d}.parquet"
-        for batch in source.iter_batches(batch_size=BATCH_ROWS):
-            out = transform(batch)
-            if out is None or len(out) == 0:
-                continue
-            if writer is None:
-                writer = pq.ParquetWriter(target, out.schema)
-            writer.write_batch(out)
-            total += len(out)
-        if writer is None:
-            pq.write_table(source.schema_arrow.empty_table(), target)
-        else:
-            writer.close()
-    return total
+Transform = Callable[[pa.RecordBatch], pa.RecordBatch]
+
+
+def _write_table(
+    run: RunFolder, name: str, generation: str, schema: pa.Schema, batches: Any
+) -> TableFiles:
+    """Stream record batches into one shard ``<name>/part-<generation>-00000.parquet``.
+
+    A table without rows still gets that shard (empty, with the schema), so readers of the
+    folder always find the table's columns.
+    """
+    relative = f"{name}/part-{generation}-00000.parquet"
+    rows = 0
+
+    def write(handle: Any) -> None:
+        nonlocal rows
+        with pq.ParquetWriter(handle, schema) as writer:
+            for batch in batches:
+                if len(batch):
+                    writer.write_batch(batch, row_group_size=ROW_GROUP_ROWS)
+                    rows += len(batch)
+
+    run.resolve(relative).write_with(write)
+    return TableFiles([relative], rows)
+
+
+def _stage_schema(urls: list[str], fallback: pa.Schema) -> pa.Schema:
+    if not urls:
+        return fallback
+    with Location(urls[0]).open("rb") as handle:
+        return pq.ParquetFile(handle).schema_arrow
 
 
 def _mark_duplicates(batch: pa.RecordBatch, removed: dict[str, Removal]) -> pa.RecordBatch:
     """Turn kept decisions of removed images into ``duplicate`` drops with the reason's detail."""
+    if not removed:
+        return batch
+    hit = pc.and_(
+        pc.is_in(batch.column("image_key"), value_set=pa.array(sorted(removed), pa.string())),
+        pc.equal(batch.column("decision"), Decision.KEPT.value),
+    )
+    if not pc.any(hit).as_py():
+        return batch
     rows = batch.to_pylist()
-    changed = False
-    for row in rows:
-        removal = removed.get(row["image_key"] or "")
-        if removal is not None and row["decision"] == "kept":
-            row["decision"] = "dropped"
+    for row, flag in zip(rows, hit.to_pylist(), strict=True):
+        if flag:
+            removal = removed[row["image_key"]]
+            row["decision"] = Decision.DROPPED.value
             row["reason"] = Reason.DUPLICATE.value
             row["detail"] = (
-                f"{removal.kind} duplicate of {removal.dup_of} (similarity {removal.similarity:.4f})"
+                f"{removal.kind.value} duplicate of {removal.dup_of} "
+                f"(similarity {removal.similarity:.4f})"
             )
-            changed = True
-    return pa.RecordBatch.from_pylist(rows, schema=batch.schema) if changed else batch
+    return pa.RecordBatch.from_pylist(rows, schema=batch.schema)
 
 
-def finalize_run(
-    run_dir: str | Path,
-    *,
-    near_threshold: float,
-    dedup_against: str | None = None,
-    run_id: str = "",
+def _keep_images(column: str, removed: dict[str, Removal]) -> Transform:
+    dropped = pa.array(sorted(removed), pa.string())
+
+    def step(batch: pa.RecordBatch) -> pa.RecordBatch:
+        if not removed:
+            return batch
+        return batch.filter(pc.invert(pc.is_in(batch.column(column), value_set=dropped)))
+
+    return step
+
+
+def rewrite_tables(
+    run: RunFolder,
+    listing: dict[str, Any],
+    removed: dict[str, Removal],
+    generation: str,
+    schemas: dict[str, pa.Schema],
 ) -> FinalizeResult:
-    """Write the final tables and index of ``run_dir`` from its staged tables."""
-    from curation.dedup.index_store import write_index
-
-    run = Path(run_dir)
-    stage = run / STAGE_DIR
-    keys, embeddings, shas, kept_texts, best_itm = load_images(stage)
-    removed = find_removals(
-        keys,
-        embeddings,
-        kept_texts,
-        best_itm,
-        near_threshold=near_threshold,
-        dedup_against=dedup_against,
-    )
+    """Write the final tables from the staged ones, counting decisions as they stream."""
     result = FinalizeResult()
-    staging = run / "_final.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
     reasons: Counter[str] = Counter()
-    decisions: Counter[str] = Counter()
-
-    def decisions_step(batch: pa.RecordBatch) -> pa.RecordBatch:
-        out = _mark_duplicates(batch, removed) if removed else batch
-        reasons.update(out.column("reason").to_pylist())
-        decisions.update(out.column("decision").to_pylist())
-        return out
-
-    def keep_images(column: str) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
-        dropped = pa.array(sorted(removed), pa.string())
-
-        def step(batch: pa.RecordBatch) -> pa.RecordBatch:
-            if not removed:
-                return batch
-            mask = pc.invert(pc.is_in(batch.column(column), value_set=dropped))
-            return batch.filter(mask)
-
-        return step
-
-    result.rows["decisions"] = _rewrite(stage / "decisions", staging / "decisions", decisions_step)
-    result.rows["clean"] = _rewrite(stage / "clean", staging / "clean", keep_images("image_key"))
-    result.rows["synthetic"] = _rewrite(
-        stage / "synthetic", staging / "synthetic", keep_images("key")
-    )
+    texts: Counter[tuple[str, str]] = Counter()
     dup_counts: Counter[str] = Counter()
 
-    def copy_duplicates(batch: pa.RecordBatch) -> pa.RecordBatch:
+    def decisions(batch: pa.RecordBatch) -> pa.RecordBatch:
+        out = _mark_duplicates(batch, removed)
+        reasons.update(out.column("reason").to_pylist())
+        texts.update(
+            zip(
+                out.column("text_origin").to_pylist(),
+                out.column("decision").to_pylist(),
+                strict=True,
+            )
+        )
+        if (
+            len(result.error_examples) < ERROR_EXAMPLES
+            and pc.any(pc.equal(out.column("reason"), Reason.ERROR.value)).as_py()
+        ):
+            errors = out.filter(pc.equal(out.column("reason"), Reason.ERROR.value))
+            for row in errors.select(["key", "source_file", "source_row", "detail"]).to_pylist():
+                if len(result.error_examples) < ERROR_EXAMPLES:
+                    result.error_examples.append(row)
+        return out
+
+    def duplicates(batch: pa.RecordBatch) -> pa.RecordBatch:
         dup_counts.update(batch.column("kind").to_pylist())
         return batch
 
-    result.rows["duplicates"] = _rewrite(
-        stage / "duplicates", staging / "duplicates", copy_duplicates
-    )
-    if removed:
-        from curation.schemas import DUPLICATES_SCHEMA
-
-        extra = [
-            {"key": key, "dup_of": r.dup_of, "kind": r.kind, "similarity": r.similarity}
-            for key, r in sorted(removed.items())
-        ]
-        pq.write_table(
-            pa.Table.from_pylist(extra, schema=DUPLICATES_SCHEMA),
-            staging
-            / "duplicates"
-            / f"part-{len(parquet_files(staging / 'duplicates')):05d}.parquet",
-        )
-        dup_counts.update(r.kind for r in removed.values())
-        result.rows["duplicates"] += len(extra)
-    survivors = [i for i, key in enumerate(keys) if key not in removed and kept_texts[i] > 0]
-    write_index(
-        staging / "index",
-        [keys[i] for i in survivors],
-        embeddings[survivors]
-        if survivors
-        else np.zeros((0, max(embeddings.shape[1], 1)), np.float32),
-        sha256=[shas[i] for i in survivors],
-        run_id=run_id,
-        previous=dedup_against,
-        threshold=near_threshold,
-    )
-    result.indexed_images = len(survivors)
-    for name in (*TABLES, "index"):
-        target = run / name
-        shutil.rmtree(target, ignore_errors=True)
-        (staging / name).rename(target)
-    shutil.rmtree(staging, ignore_errors=True)
+    steps: dict[str, Transform] = {
+        "decisions": decisions,
+        "clean": _keep_images("image_key", removed),
+        "synthetic": _keep_images("key", removed),
+        "duplicates": duplicates,
+    }
+    for name in FINAL_TABLES:
+        urls = run.stage_files(name, listing)
+        schema = _stage_schema(urls, schemas[name])
+        batches = (steps[name](b) for b in iter_batches(urls))
+        if name == "duplicates":
+            extra = [
+                duplicate_row(key, r.dup_of, r.kind, r.similarity)
+                for key, r in sorted(removed.items())
+            ]
+            dup_counts.update(r.kind.value for r in removed.values())
+            tail = pa.RecordBatch.from_pylist(extra, schema=DUPLICATES_SCHEMA) if extra else None
+            batches = _chain(batches, tail)
+        result.tables[name] = _write_table(run, name, generation, schema, batches)
     result.reasons = {r.value: reasons.get(r.value, 0) for r in Reason}
-    result.decisions = dict(decisions)
+    result.texts = {
+        origin: {d.value: texts.get((origin, d.value), 0) for d in Decision}
+        for origin in ("web", "synthetic")
+    }
     result.duplicates = dict(dup_counts)
     return result
 
 
-def summarize(result: FinalizeResult) -> dict[str, Any]:
-    """The counts section of the manifest."""
-    return {
-        "reasons": result.reasons,
-        "decisions": result.decisions,
-        "rows": result.rows,
-        "duplicates": result.duplicates,
-        "indexed_images": result.indexed_images,
-    }
+def _chain(batches: Any, tail: pa.RecordBatch | None) -> Any:
+    yield from batches
+    if tail is not None:
+        yield tail
+
+
+def write_round_index(
+    run: RunFolder,
+    images: ImageSet,
+    removed: dict[str, Removal],
+    *,
+    previous: Any | None,
+    dimension: int,
+    near_threshold: float,
+    run_id: str,
+    generation: str,
+) -> dict[str, Any]:
+    """The index of this round's kept images (extending ``previous``); its ``index.json``."""
+    from curation.dedup.index_store import write_index
+
+    survivors = [
+        i for i, key in enumerate(images.keys) if key not in removed and images.kept_texts[i] > 0
+    ]
+    vectors = images.embeddings[survivors] if survivors else np.zeros((0, dimension), np.float32)
+    return write_index(
+        run.index,
+        [images.keys[i] for i in survivors],
+        vectors,
+        dimension=dimension,
+        sha256=[images.sha256[i] for i in survivors],
+        run_id=run_id,
+        previous=previous,
+        threshold=near_threshold,
+        generation=generation,
+        point=False,
+    )
+
+
+def finalize_run(
+    run: RunFolder,
+    *,
+    near_threshold: float,
+    dedup_against: str | None,
+    run_id: str,
+    generation: str,
+    dimension: int,
+    schemas: dict[str, pa.Schema],
+) -> FinalizeResult:
+    """Write the final tables and index of a run (as a new generation) from its staged tables."""
+    from curation.dedup.index_store import load_index
+
+    listing = run.read_stage_listing()
+    images = load_images(run.stage_files("images", listing))
+    previous = load_index(dedup_against) if dedup_against else None
+    if previous is not None and previous.index.ntotal and previous.index.d != dimension:
+        raise UsageError(
+            f"{dedup_against}: the previous index holds {previous.index.d}-d embeddings, this "
+            f"run's filter gives {dimension}-d; dedup against an index of the same filter"
+        )
+    removed = find_removals(images, near_threshold=near_threshold, previous=previous)
+    result = rewrite_tables(run, listing, removed, generation, schemas)
+    result.index = write_round_index(
+        run,
+        images,
+        removed,
+        previous=previous,
+        dimension=dimension,
+        near_threshold=near_threshold,
+        run_id=run_id,
+        generation=generation,
+    )
+    return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from curation.reasons import DuplicateKind
 from curation.records import HashedPair, ImageGroup, Member
 
 
@@ -12,27 +13,25 @@ def text_identity(text: str | None) -> str:
     return " ".join((text or "").lower().split())
 
 
-def build_group(members: Iterable[tuple[HashedPair, str, float]]) -> ImageGroup:
+def build_group(members: Iterable[tuple[HashedPair, DuplicateKind | None, float]]) -> ImageGroup:
     """Build an :class:`ImageGroup` from ``(pair, kind, similarity)`` triples.
 
-    Exactly one member has kind ``"self"``: the representative, whose image is kept. Members
-    are ordered by uid so the group does not depend on shuffle order; image bytes are dropped
-    from every member but the representative.
+    Exactly one member has kind ``None``: the representative, whose image is kept. Members
+    are ordered by uid so the group does not depend on shuffle order.
     """
     ordered = sorted(members, key=lambda m: m[0].uid)
-    reps = [m for m in ordered if m[1] == "self"]
+    reps = [m for m in ordered if m[1] is None]
     if len(reps) != 1:
         raise ValueError(f"an image group needs exactly one representative, got {len(reps)}")
-    rep = reps[0][0]
-    out: list[Member] = []
     texts: list[str] = []
     seen: set[str] = set()
-    for hashed, kind, similarity in ordered:
-        if hashed is not rep:
-            hashed.pair.image = None
-        out.append(Member(hashed=hashed, kind=kind, similarity=similarity))
+    for hashed, _, _ in ordered:
         ident = text_identity(hashed.pair.text)
         if ident and ident not in seen:
             seen.add(ident)
-            texts.append(hashed.pair.text.strip())
-    return ImageGroup(rep=rep, members=out, texts=texts)
+            texts.append((hashed.pair.text or "").strip())
+    return ImageGroup(
+        rep=reps[0][0],
+        members=tuple(Member(hashed, kind, similarity) for hashed, kind, similarity in ordered),
+        texts=tuple(texts),
+    )

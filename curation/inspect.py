@@ -1,9 +1,8 @@
-"""``curation inspect``: a dry run that reads and decodes an input without any model.
+"""``curation inspect``: a dry run that reads and screens an input without any model.
 
-Every row is counted exactly once, under the first reason that applies, in this order:
-``download_failed`` (img2dataset status is not ``success``), then the image's own reason
-(``missing_image``, ``undecodable``, ``truncated``, ``too_small``, ``too_large``), then
-``empty_text`` (null or blank web text), else ``ok``.
+Every row is counted exactly once, under the reason :mod:`curation.screen` gives it (the
+same function the run uses, with the same settings), or ``ok``. So the counts per reason
+are the web decisions ``curation run`` will record for them before the models.
 """
 
 from __future__ import annotations
@@ -14,16 +13,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from curation.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
-from curation.reader import Layout, check_inputs, iter_pairs, resolve_inputs
+from curation.config import InputSettings
+from curation.inputs import resolve_inputs
+from curation.layout import Layout, check_inputs
+from curation.reader import ImageFiles, iter_pairs
 from curation.reasons import Reason
-from curation.records import Pair
+from curation.screen import KeyRegistry, Rejection, ScreenSettings, has_text, screen_pair
 
 OK = "ok"
-#: Every outcome inspect reports, in the order checks apply.
+#: Every outcome inspect reports, in the order the rules apply.
 OUTCOMES: tuple[str, ...] = (
+    Reason.DUPLICATE_KEY.value,
     Reason.DOWNLOAD_FAILED.value,
     Reason.MISSING_IMAGE.value,
+    Reason.UNSUPPORTED_FORMAT.value,
     Reason.UNDECODABLE.value,
     Reason.TRUNCATED.value,
     Reason.TOO_SMALL.value,
@@ -45,7 +48,14 @@ class InspectReport:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     file_rows: dict[str, int] = field(default_factory=dict)  # rows per input file
     examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # key, detail
+    notes: list[str] = field(default_factory=list)  # checks beyond rows (models, config)
     seconds: float = 0.0
+
+    @property
+    def usable_share(self) -> float:
+        """Share of rows that go to the models (``ok`` or ``empty_text``: its image does)."""
+        usable = self.counts[OK] + self.counts[Reason.EMPTY_TEXT.value]
+        return usable / self.rows if self.rows else 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -54,28 +64,12 @@ class InspectReport:
             "files": list(self.files),
             "rows": self.rows,
             "counts": dict(self.counts),
+            "usable_share": round(self.usable_share, 6),
             "file_rows": dict(self.file_rows),
             "examples": {k: list(v) for k, v in self.examples.items()},
+            "notes": list(self.notes),
             "seconds": round(self.seconds, 3),
         }
-
-
-def classify(
-    pair: Pair,
-    size: int | None = None,
-    min_side: int = 8,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> tuple[str, str | None]:
-    """The outcome of one pair before any model (see the module docstring) and a detail."""
-    if pair.status is not None and pair.status != "success":
-        return Reason.DOWNLOAD_FAILED.value, pair.error or pair.status
-    try:
-        decode_image(pair.image, size, min_side=min_side, max_pixels=max_pixels)
-    except DecodeError as err:
-        return err.reason.value, str(err)
-    if pair.text is None or not pair.text.strip():
-        return Reason.EMPTY_TEXT.value, None
-    return OK, None
 
 
 class _Progress:
@@ -104,34 +98,44 @@ class _Progress:
 
 
 def inspect_input(
-    spec: str | Sequence[str],
-    image_column: str | None = None,
-    text_column: str | None = None,
-    key_column: str | None = None,
-    size: int | None = None,
-    progress: bool = True,
-    *,
-    min_side: int = 8,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    settings: InputSettings, *, progress: bool = True, exclude: Sequence[str] = ()
 ) -> InspectReport:
-    """Read and decode every row of the input and count rows per outcome.
+    """Read and screen every row of the input and count rows per outcome.
 
     Raises :class:`~curation.errors.InputError` before reading rows when an input file is
-    missing, not Parquet, or lacks a needed column.
+    missing, not Parquet, or its columns cannot be used.
     """
-    files = resolve_inputs(spec)
-    layout = check_inputs(files, image_column, text_column, key_column)
-    report = InspectReport(layout=layout, files=files)
+    from curation.storage import Location
+
+    excluded = Location(exclude[0]) if exclude else None
+    files = resolve_inputs(list(settings.input), exclude=excluded)
+    layout = check_inputs(
+        files,
+        settings.image_column,
+        settings.text_column,
+        settings.key_column,
+        settings.drop_columns,
+    )
+    report = InspectReport(layout=layout, files=[f.url for f in files])
+    screening = ScreenSettings.of(settings)
+    images = ImageFiles(tuple(settings.image_roots), settings.max_image_bytes)
+    keys = KeyRegistry()
     meter = _Progress(progress, sys.stderr)
     start = time.monotonic()
-    for path in files:
-        report.file_rows[path] = 0
-        for pair in iter_pairs(path, layout):
-            outcome, detail = classify(pair, size, min_side, max_pixels)
-            report.counts[outcome] += 1
+    for item in files:
+        report.file_rows[item.url] = 0
+        for pair in iter_pairs(item, layout, images):
+            outcome = keys.check(pair) or screen_pair(pair, screening)
+            if isinstance(outcome, Rejection):
+                name, detail = outcome.reason.value, outcome.detail
+            elif not has_text(pair.text):
+                name, detail = Reason.EMPTY_TEXT.value, None
+            else:
+                name, detail = OK, None
+            report.counts[name] += 1
             report.rows += 1
-            report.file_rows[path] += 1
-            examples = report.examples.setdefault(outcome, []) if outcome != OK else None
+            report.file_rows[item.url] += 1
+            examples = report.examples.setdefault(name, []) if name != OK else None
             if examples is not None and len(examples) < EXAMPLES_PER_REASON:
                 examples.append({"key": pair.key, "detail": detail or ""})
             meter.update(report.rows)
@@ -148,13 +152,18 @@ def format_report(report: InspectReport) -> str:
         f"image column: {layout.image_column}"
         + (" (struct bytes/path)" if layout.image_is_struct else ""),
         f"text column:  {layout.text_column}",
-        f"key column:   {layout.key_column or '(derived from file name and row)'}",
+        f"key column:   {layout.key_column or '(derived from file path and row)'}",
     ]
     if layout.status_column:
         lines.append(
             f"status:       {layout.status_column}, {layout.error_column or 'no error column'}"
         )
-    lines.append(f"passthrough:  {', '.join(layout.passthrough) or '(none)'}")
+    passthrough = ", ".join(layout.passthrough.names) or "(none)"
+    lines.append(f"passthrough:  {passthrough}")
+    for source, target in layout.renamed:
+        lines.append(
+            f"              {source} is written as {target} (an output column has its name)"
+        )
     lines.append(f"files:        {len(report.files)}")
     lines += [f"  {path}  {report.file_rows.get(path, 0)} rows" for path in report.files]
     lines.append(f"rows:         {report.rows}")
@@ -165,10 +174,12 @@ def format_report(report: InspectReport) -> str:
         share = 100.0 * count / report.rows if report.rows else 0.0
         lines.append(f"{name:<{width}}  {count:>10}  {share:>6.1f}%")
     for name in (n for n in report.counts if n in report.examples):
-        examples = report.examples[name]
         lines.append("")
         lines.append(f"{name} examples:")
         lines += [
-            f"  {e['key']}: {e['detail']}" if e["detail"] else f"  {e['key']}" for e in examples
+            f"  {e['key']}: {e['detail']}" if e["detail"] else f"  {e['key']}"
+            for e in report.examples[name]
         ]
+    for note in report.notes:
+        lines.append(f"note: {note}")
     return "\n".join(lines)

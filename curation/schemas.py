@@ -103,3 +103,28 @@ def with_passthrough(schema: pa.Schema, extra: pa.Schema | None) -> pa.Schema:
     names = set(schema.names)
     fields = list(schema) + [f for f in extra if f.name not in names]
     return pa.schema(fields)
+
+
+def run_schemas(passthrough: pa.Schema | None) -> dict[str, pa.Schema]:
+    """The schema of every staged and final table of a run with these passthrough columns."""
+    return {
+        "decisions": DECISIONS_SCHEMA,
+        "clean": with_passthrough(CLEAN_SCHEMA, passthrough),
+        "synthetic": SYNTHETIC_SCHEMA,
+        "duplicates": DUPLICATES_SCHEMA,
+        "images": IMAGES_SCHEMA,
+    }
+
+
+def schema_to_text(schema: pa.Schema) -> str:
+    """A schema as base64 text (Arrow IPC), for JSON listings."""
+    import base64
+
+    return base64.b64encode(schema.serialize().to_pybytes()).decode("ascii")
+
+
+def schema_from_text(text: str) -> pa.Schema:
+    """The schema :func:`schema_to_text` wrote."""
+    import base64
+
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))

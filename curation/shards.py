@@ -1,86 +1,87 @@
-"""Writing a table as numbered Parquet shards, each one appearing atomically.
+"""Parquet shards: rows written as complete files, each appearing atomically.
 
-A shard is written under a temporary name and renamed when complete, so a reader (or a
-resumed run) never sees a half-written ``part-NNNNN.parquet``. Usable by any stage, with or
-without Beam; works on local folders and on ``pyarrow.fs`` URLs.
+Used by every writer of a table (the pipeline's staged tables and cache, finalize's final
+tables): a writer buffers rows and writes a shard when it holds enough rows or bytes; a
+shard file appears whole or not at all (:meth:`curation.storage.Location.write_with`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from types import TracebackType
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.filesystems import filesystem_for, join
+from curation.storage import Location
+
+#: A shard is written once it holds this many rows or about this many bytes.
+SHARD_ROWS = 50_000
+SHARD_BYTES = 128 * 2**20
+#: Rows per Parquet row group inside a shard (keeps image-bearing row groups small).
+ROW_GROUP_ROWS = 256
 
 
-class ParquetShardWriter:
-    """Buffer rows and write them as ``{prefix}-00000.parquet``, ``{prefix}-00001.parquet``, ...
+@dataclass(frozen=True)
+class Shard:
+    """A written shard: where it is and how many rows it holds."""
 
-    ``start`` numbers the first shard (a resumed writer continues after the last one). Use
-    as a context manager or call :meth:`close` to write the last, partial shard.
-    """
+    url: str
+    rows: int
 
-    def __init__(
-        self,
-        folder: str,
-        schema: pa.Schema,
-        rows_per_shard: int = 10_000,
-        *,
-        prefix: str = "part",
-        start: int = 0,
-    ) -> None:
-        if rows_per_shard < 1:
-            raise ValueError("rows_per_shard must be at least 1")
-        self.folder = str(folder)
-        self.schema = schema
-        self.rows_per_shard = rows_per_shard
-        self.prefix = prefix
-        self.paths: list[str] = []  # shards written so far, in order
-        self._next = start
-        self._buffer: list[Mapping[str, Any]] = []
-        self._filesystem, inner = filesystem_for(self.folder)
-        self._filesystem.create_dir(inner, recursive=True)
 
-    def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Add rows; every full shard is written out at once."""
-        self._buffer.extend(rows)
-        while len(self._buffer) >= self.rows_per_shard:
-            chunk = self._buffer[: self.rows_per_shard]
-            self._buffer = self._buffer[self.rows_per_shard :]
-            self._flush(chunk)
+def write_shard(
+    folder: Location, rows: list[dict[str, Any]], schema: pa.Schema, name: str | None = None
+) -> Shard:
+    """Write ``rows`` as one new shard in ``folder`` (named ``name`` or a fresh unique name)."""
+    table = pa.Table.from_pylist(rows, schema=schema)
+    target = folder / (name or f"part-{uuid.uuid4().hex}.parquet")
+    target.write_with(lambda handle: pq.write_table(table, handle, row_group_size=ROW_GROUP_ROWS))
+    return Shard(target.url, table.num_rows)
 
-    def close(self) -> list[str]:
-        """Write the remaining rows (if any) and return every shard path written."""
-        if self._buffer:
-            chunk, self._buffer = self._buffer, []
-            self._flush(chunk)
-        return self.paths
 
-    def __enter__(self) -> ParquetShardWriter:
-        return self
+def _row_bytes(row: dict[str, Any]) -> int:
+    return sum(len(v) if isinstance(v, bytes | str) else 8 for v in row.values())
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
 
-    def _flush(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        table = pa.Table.from_pylist(list(rows), schema=self.schema)
-        name = f"{self.prefix}-{self._next:05d}.parquet"
-        final = join(self.folder, name)
-        temporary = join(self.folder, f".{name}.tmp")
-        _, final_inner = filesystem_for(final)
-        _, temporary_inner = filesystem_for(temporary)
-        with self._filesystem.open_output_stream(temporary_inner) as sink:
-            pq.write_table(table, sink)
-        self._filesystem.move(temporary_inner, final_inner)
-        self.paths.append(final)
-        self._next += 1
+class ShardBuffer:
+    """Buffers rows of one table and hands out full batches of rows to write."""
+
+    def __init__(self, max_rows: int = SHARD_ROWS, max_bytes: int = SHARD_BYTES) -> None:
+        self._max_rows = max_rows
+        self._max_bytes = max_bytes
+        self._rows: list[dict[str, Any]] = []
+        self._bytes = 0
+
+    def add(self, row: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """Add a row; returns the buffered rows when the buffer is full (and empties it)."""
+        self._rows.append(row)
+        self._bytes += _row_bytes(row)
+        if len(self._rows) >= self._max_rows or self._bytes >= self._max_bytes:
+            return self.take()
+        return None
+
+    def take(self) -> list[dict[str, Any]]:
+        rows, self._rows, self._bytes = self._rows, [], 0
+        return rows
+
+
+def read_rows(
+    url: str, columns: list[str] | None = None, batch_rows: int = 1024
+) -> Iterator[dict[str, Any]]:
+    """Every row of a shard as a dict."""
+    for batch in iter_batches([url], columns, batch_rows):
+        yield from batch.to_pylist()
+
+
+def iter_batches(
+    urls: Iterable[str], columns: list[str] | None = None, batch_rows: int = 64
+) -> Iterator[pa.RecordBatch]:
+    """Stream the record batches of shards in order."""
+    for url in urls:
+        location = Location(url)
+        with location.open("rb") as handle:
+            parquet = pq.ParquetFile(handle, pre_buffer=False)
+            yield from parquet.iter_batches(batch_size=batch_rows, columns=columns)

@@ -8,7 +8,6 @@ safetensors only unless pickle is allowed explicitly, never remote code.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -26,9 +25,6 @@ from transformers import (
 )
 
 from curation.errors import UsageError
-
-DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
-DEFAULT_FILTER = "Salesforce/blip-itm-base-coco"
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -58,7 +54,6 @@ class LoadedModel:
     revision: str | None
     device: torch.device
     dtype: torch.dtype
-    fingerprint: str
 
     @contextmanager
     def inference(self) -> Iterator[None]:
@@ -164,23 +159,34 @@ def _load(
         revision=revision,
         device=torch_device,
         dtype=torch_dtype,
-        fingerprint=fingerprint(name, revision, model.config.to_dict(), _weight_files(name, local)),
     )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the pre-run checks need from a model's config."""
+
+    image_size: int  # square input side of the vision model
+    max_positions: int  # longest token sequence the text model takes
+    embedding_dim: int  # size of the ITC image embedding (the index's dimension)
 
 
 def check_model(
     name_or_path: str, *, revision: str | None = None, allow_pickle: bool = False
-) -> int:
-    """Check that a BLIP model can be found, reading its config only; return its image size.
+) -> ModelInfo:
+    """Check that a BLIP model can be found, reading its config only.
 
     For runs to fail before any work starts: raises :class:`ModelLoadError` with the same
-    messages as loading (unreachable hub id, pickle-only or empty folder, not BLIP).
+    messages as loading (missing folder, unreachable hub id, pickle-only or empty folder,
+    not BLIP).
     """
     from transformers import AutoConfig
 
     local = Path(name_or_path).is_dir()
     if local:
         _check_local_weights(Path(name_or_path), allow_pickle)
+    elif _looks_like_folder(name_or_path):
+        raise ModelLoadError(f"model folder {name_or_path!r} does not exist")
     try:
         config = AutoConfig.from_pretrained(
             name_or_path,
@@ -193,11 +199,29 @@ def check_model(
             _explain(name_or_path, local, allow_pickle, OSError(str(err)))
         ) from err
     vision = getattr(config, "vision_config", None)
-    if vision is None or not hasattr(vision, "image_size"):
+    text = getattr(config, "text_config", None)
+    if vision is None or text is None or not hasattr(vision, "image_size"):
         raise ModelLoadError(
             f"{name_or_path} is not a BLIP model (its config has no vision_config)"
         )
-    return int(vision.image_size)
+    return ModelInfo(
+        image_size=int(vision.image_size),
+        max_positions=int(text.max_position_embeddings),
+        embedding_dim=int(getattr(config, "image_text_hidden_size", config.projection_dim)),
+    )
+
+
+def _looks_like_folder(name: str) -> bool:
+    """A name that is a path rather than a hub id (``org/name``): it starts like a path, has
+    more than one ``/``, or its parent folder exists here."""
+    if (
+        name.startswith(("/", "./", "../", "~"))
+        or name.count("/") > 1
+        or os.sep in name.replace("/", "")
+    ):
+        return True
+    parent = Path(name).parent
+    return str(parent) not in ("", ".") and parent.is_dir()
 
 
 def _offline() -> bool:
@@ -245,42 +269,28 @@ def _triple(values: Any) -> tuple[float, float, float]:
     return first, second, third
 
 
-def _weight_files(name: str, local: bool) -> list[Path]:
-    if local:
-        folder = Path(name)
-    else:
-        from huggingface_hub import snapshot_download
+def model_identity(name_or_path: str, revision: str | None = None) -> dict[str, str | None]:
+    """The exact identity of a model, computed once before a run (it keys the output cache).
 
-        try:
-            folder = Path(snapshot_download(name, local_files_only=True))
-        except (OSError, ValueError):
-            return []
-    patterns = _SAFE_WEIGHTS + _PICKLE_WEIGHTS
-    return sorted(p for pattern in patterns for p in folder.glob(pattern))
-
-
-def fingerprint(
-    name: str, revision: str | None, config: dict[str, Any], weights: list[Path]
-) -> str:
-    """A stable hash of the model's identity, configuration and weight files' contents.
-
-    Hub cache blobs are named after the sha256 of their content, so those are not re-read.
+    A local folder: the SHA-256 of every file's name and content. A hub id: the commit of
+    the snapshot that loading would use (the cached snapshot's folder is named after it).
     """
-    digest = hashlib.sha256()
-    config = {k: v for k, v in config.items() if k not in {"_name_or_path", "transformers_version"}}
-    digest.update(json.dumps([name, revision, config], sort_keys=True, default=str).encode())
-    for path in weights:
-        digest.update(path.name.encode())
-        digest.update(_file_hash(path).encode())
-    return digest.hexdigest()[:32]
+    folder = Path(name_or_path)
+    if folder.is_dir():
+        digest = hashlib.sha256()
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(folder)).encode() + b"\0")
+            with path.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 22), b""):
+                    digest.update(chunk)
+            digest.update(b"\0")
+        return {"name": name_or_path, "revision": revision, "sha256": digest.hexdigest()}
+    from huggingface_hub import snapshot_download
 
-
-def _file_hash(path: Path) -> str:
-    blob = Path(os.path.realpath(path)).name
-    if len(blob) == 64 and all(c in "0123456789abcdef" for c in blob):
-        return blob
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    try:
+        snapshot = Path(
+            snapshot_download(name_or_path, revision=revision, local_files_only=_offline())
+        )
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(_explain(name_or_path, False, False, OSError(str(err)))) from err
+    return {"name": name_or_path, "revision": revision, "commit": snapshot.name}

@@ -1,230 +1,415 @@
-"""Run the CapFilt job: validate everything, run the Beam pipeline, finalize, write the manifest."""
+"""Run the CapFilt job: check everything, run the Beam pipeline, finalize, publish.
+
+1. :func:`prepare` checks the configuration, the inputs (every file's schema), the models
+   (their configs only), the previous-round index and the runner options, and fixes the
+   exact model identities, before any work. Every problem is a :class:`UsageError`.
+2. The run folder's lock is taken and what a killed command left is repaired.
+3. :func:`build_pipeline` wires read -> screen -> copies -> cache -> models -> decide ->
+   write; the staged tables of this pipeline go to a new ``_stage/<generation>/``.
+4. After the pipeline: the stage listing is committed, the cache compacted, finalize
+   writes the final tables and index, and the manifest commits them.
+"""
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TextIO
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from curation.config import RunConfig
-from curation.finalize import STAGE_DIR, finalize_run, summarize
-from curation.schemas import (
-    CLEAN_SCHEMA,
-    DECISIONS_SCHEMA,
-    DUPLICATES_SCHEMA,
-    IMAGES_SCHEMA,
-    SYNTHETIC_SCHEMA,
-    with_passthrough,
-)
-from curation.score_cache import CACHE_DIR, cache_files, fingerprint
-from models.loading import check_model
-from pipelines.progress import PROGRESS_DIR, ProgressDisplay, read_progress
-from pipelines.transforms import NAMESPACE, build_pipeline
+from curation.errors import ConfigError
+from curation.finalize import FinalizeResult, finalize_run
+from curation.inputs import InputFile, resolve_inputs
+from curation.layout import Layout, check_inputs
+from curation.manifest import build_manifest
+from curation.model_cache import CACHE_SCHEMA, ModelCache, fingerprint
+from curation.reader import ImageFiles, row_group_sizes
+from curation.run_folder import STAGE_LISTING, STAGE_TABLES, RunFolder, new_generation
+from curation.schemas import DECISIONS_SCHEMA, run_schemas, schema_to_text
+from curation.screen import ScreenSettings
+from curation.storage import Location, check_writable_folder
+from pipelines.cache import CountCachedFn, JournalFn, read_cached, route, to_cache_row
+from pipelines.copies import GroupCopies
+from pipelines.decide import TABLES, CountDecisionFn, DecideFn
+from pipelines.guarded import ERRORS
+from pipelines.inference import CaptionAndScore
+from pipelines.options import RunnerChoice, choose_runner
+from pipelines.progress import LiveLine, beam_counters
+from pipelines.read import FetchImagesFn, ReadPairs, Unit
+from pipelines.screen import REJECTED, Screen
+from pipelines.write import WriteListing, WriteTable
+
+#: Images per model batch when ``batch_size`` is 0, by device.
+BATCH_SIZES = {"cpu": 8, "cuda": 64}
+PIPELINE_LISTING = "listing.json"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything checked and fixed before a run starts."""
+
+    config: RunConfig
+    run: RunFolder
+    files: list[InputFile]
+    layout: Layout
+    units: list[Unit]
+    total_rows: int
+    sizes: tuple[int | None, int]  # captioner's and filter's image sizes
+    embedding_dim: int
+    models: dict[str, dict[str, Any]]  # exact identities
+    fingerprint: str
+    device: str
+    batch_size: int
+    runner: RunnerChoice
+    schemas: dict[str, pa.Schema]
+
+    @property
+    def row_group_starts(self) -> dict[str, list[int]]:
+        starts: dict[str, list[int]] = {}
+        for unit in self.units:
+            starts.setdefault(unit.item.url, []).append(unit.first_row)
+        return starts
 
 
 @dataclass
 class RunResult:
     """What a finished run produced."""
 
-    out_dir: Path
+    out_dir: str
     run_id: str
     rows: int
     seconds: float
     counts: dict[str, int] = field(default_factory=dict)
-    images_scored: int = 0
-    images_cached: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def error_rate(self) -> float:
+        errors = self.counts.get("error", 0)
+        return errors / self.rows if self.rows else 0.0
 
 
-def pipeline_options(config: RunConfig) -> tuple[PipelineOptions, Any]:
-    """Beam options from ``--beam-arg``s; without ``--runner``, the local FnApiRunner.
+def _device(config: RunConfig, runner: RunnerChoice) -> str:
+    """The device the models will run on: ``auto`` resolved here for local runners."""
+    if config.device != "auto":
+        if config.device.startswith("cuda") and runner.local:
+            import torch
 
-    The local runner is the in-process FnApiRunner (one worker) or its multi-processing
-    mode (``workers > 1``); it never tries the Prism runner, which needs a download.
-    """
-    args = list(config.beam_args)
-    options = PipelineOptions(args)
-    if any(a == "--runner" or a.startswith("--runner=") for a in args):
-        return options, None
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+            if not torch.cuda.is_available():
+                raise ConfigError(
+                    f"device {config.device!r} asked for, but CUDA is not available here"
+                )
+        return config.device
+    if not runner.local:
+        accelerated = any("worker_accelerator" in arg for arg in config.beam_args)
+        return "cuda" if accelerated else "cpu"
+    import torch
 
-    direct = options.view_as(DirectOptions)
-    if config.workers > 1:
-        direct.direct_running_mode = "multi_processing"
-        direct.direct_num_workers = config.workers
-    else:
-        direct.direct_running_mode = "in_memory"
-        direct.direct_num_workers = 1
-    return options, FnApiRunner()
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def beam_counters(result: Any) -> dict[str, int]:
-    """The pipeline's ``curation`` counters (rows read, decisions per reason, ...)."""
-    from apache_beam.metrics.metric import MetricsFilter
+def _check_models(
+    config: RunConfig,
+) -> tuple[tuple[int | None, int], int, dict[str, dict[str, Any]]]:
+    from models.loading import check_model, model_identity
 
-    totals: dict[str, int] = {}
-    for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
-        name = counter.key.metric.name
-        totals[name] = totals.get(name, 0) + int(counter.committed or counter.attempted or 0)
-    return dict(sorted(totals.items()))
-
-
-def passthrough_schema(files: list[str], layout: Any) -> pa.Schema:
-    """Arrow fields of the input's passthrough columns (all nullable)."""
-    from curation.reader import open_parquet
-
-    schema = open_parquet(files[0]).schema_arrow
-    names = [n for n in layout.passthrough if n in schema.names]
-    return pa.schema([schema.field(n).with_nullable(True) for n in names])
-
-
-def prepare(config: RunConfig) -> dict[str, Any]:
-    """Validate config, inputs and models before any work starts (raises UsageError)."""
-    from curation.reader import check_inputs, open_parquet, resolve_inputs
-
-    config.validate()
-    files = resolve_inputs(config.input)
-    layout = check_inputs(
-        files,
-        image_column=config.image_column,
-        text_column=config.text_column,
-        key_column=config.key_column,
-    )
-    filter_size = check_model(
+    filt = check_model(
         config.filter, revision=config.filter_revision, allow_pickle=config.allow_pickle
     )
-    caption_size = (
-        check_model(
+    models = {"filter": model_identity(config.filter, config.filter_revision)}
+    caption_size = None
+    if config.captions_per_image > 0:
+        cap = check_model(
             config.captioner, revision=config.captioner_revision, allow_pickle=config.allow_pickle
         )
-        if config.captions_per_image > 0
-        else None
-    )
-    if config.dedup_against:
-        from curation.dedup.index_store import load_index
+        if config.max_length > cap.max_positions:
+            raise ConfigError(
+                f"max_length {config.max_length} is beyond the captioner's {cap.max_positions} "
+                "positions; lower --max-length"
+            )
+        caption_size = cap.image_size
+        models["captioner"] = model_identity(config.captioner, config.captioner_revision)
+    return (caption_size, filt.image_size), filt.embedding_dim, models
 
-        load_index(config.dedup_against)  # a wrong folder fails now, not after the models ran
-    metadata = [open_parquet(path).metadata for path in files]
-    units = [
-        (path, index)
-        for path, meta in zip(files, metadata, strict=True)
-        for index in range(meta.num_row_groups)
-    ]
-    total_rows = sum(meta.num_rows for meta in metadata)
-    starts: dict[str, list[int]] = {}
-    for path, meta in zip(files, metadata, strict=True):
-        offsets = [0]
-        for index in range(meta.num_row_groups):
-            offsets.append(offsets[-1] + meta.row_group(index).num_rows)
-        starts[path] = offsets[:-1]
-    return {
-        "files": files,
-        "layout": layout,
-        "sizes": (caption_size, filter_size),
-        "units": units,
-        "row_group_starts": starts,
-        "total_rows": total_rows,
+
+def _check_previous(config: RunConfig, run: RunFolder, dimension: int) -> None:
+    if not config.dedup_against:
+        return
+    from curation.dedup.index_store import load_index
+
+    against = Location(config.dedup_against)
+    if run.root.contains(against):
+        raise ConfigError(
+            f"--dedup-against {config.dedup_against!r} is this run's own index; give a previous "
+            "round's index (or '' to clear the setting)"
+        )
+    previous = load_index(against)  # a wrong folder fails now, not after the models ran
+    if previous.index.ntotal and previous.index.d != dimension:
+        raise ConfigError(
+            f"{config.dedup_against}: the previous index holds {previous.index.d}-d embeddings, "
+            f"the filter gives {dimension}-d; dedup against an index of the same filter"
+        )
+
+
+def prepare(config: RunConfig) -> RunPlan:
+    """Check config, inputs, models, index and runner before any work (raises UsageError)."""
+    runner = choose_runner(config)
+    run = RunFolder.at(config.out)
+    check_writable_folder(run.root, "--out")
+    files = resolve_inputs(list(config.input), exclude=run.root)
+    layout = check_inputs(
+        files, config.image_column, config.text_column, config.key_column, config.drop_columns
+    )
+    sizes, dimension, models = _check_models(config)
+    _check_previous(config, run, dimension)
+    device = _device(config, runner)
+    units = []
+    for item in files:
+        first = 0
+        for index, rows in enumerate(row_group_sizes(item)):
+            units.append(Unit(item, index, first, rows))
+            first += rows
+    schemas = run_schemas(layout.output_passthrough())
+    return RunPlan(
+        config=config,
+        run=run,
+        files=files,
+        layout=layout,
+        units=units,
+        total_rows=sum(u.rows for u in units),
+        sizes=sizes,
+        embedding_dim=dimension,
+        models=models,
+        fingerprint=fingerprint(config.to_dict(), models),
+        device=device,
+        batch_size=config.batch_size or BATCH_SIZES[device.split(":")[0]],
+        runner=runner,
+        schemas=schemas,
+    )
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline, plan: RunPlan, *, run_id: str, stage: Location, cache_files: list[str]
+) -> None:
+    """Wire the whole CapFilt job into ``pipeline``."""
+    c = plan.config
+    images = ImageFiles(tuple(c.image_roots), c.max_image_bytes)
+    read = pipeline | "ReadPairs" >> ReadPairs(plan.units, plan.layout, images, run_id, c.threshold)
+    file_order = {item.url: i for i, item in enumerate(plan.files)}
+    screened = read.pairs | "Screen" >> Screen(
+        ScreenSettings.of(c), file_order if plan.layout.key_column else None, run_id, c.threshold
+    )
+    grouped = screened["hashed"] | "GroupCopies" >> GroupCopies(
+        c.phash_distance, run_id, c.threshold
+    )
+    cached = read_cached(pipeline, cache_files)
+    items = {item.url: item for item in plan.files}
+    routed = (
+        {
+            "group": grouped.groups | "KeyGroups" >> beam.Map(lambda g: (_cache_key(g), g)),
+            "cached": cached,
+        }
+        | "JoinCache" >> beam.CoGroupByKey()
+        | "ByRowGroup" >> beam.FlatMap(route, starts=plan.row_group_starts)
+        | "GroupByRowGroup" >> beam.GroupByKey()
+        | "FetchImages"
+        >> beam.ParDo(FetchImagesFn(items, plan.layout, images, run_id, c.threshold)).with_outputs(
+            "cached", ERRORS, main="todo"
+        )
+    )
+    models = routed.todo | "Models" >> CaptionAndScore(c, plan.sizes, plan.batch_size, run_id)
+    fresh = models["scored"]
+    cache_folder = plan.run.cache(plan.fingerprint).url
+    fresh | "Journal" >> beam.ParDo(JournalFn(cache_folder, plan.batch_size))
+    reused = routed.cached | "CountCached" >> beam.ParDo(CountCachedFn())
+    shards = []
+    for branch, scored in (("Scored", fresh), ("Cached", reused)):
+        decided = scored | f"Decide{branch}" >> beam.ParDo(
+            DecideFn(plan.schemas, run_id, c.threshold)
+        ).with_outputs(*TABLES, ERRORS)
+        for name in TABLES:
+            shards.append(
+                decided[name]
+                | f"Write{branch}{name.title()}"
+                >> WriteTable(name, (stage / name).url, plan.schemas[name])
+            )
+        shards.append(
+            scored
+            | f"CacheRows{branch}" >> beam.Map(to_cache_row)
+            | f"Compact{branch}" >> WriteTable("cache", cache_folder, CACHE_SCHEMA)
+        )
+        models[ERRORS].append(decided[ERRORS])
+    rejected = screened[REJECTED] | "RejectionRows" >> beam.Map(
+        _rejection_row, run_id=run_id, threshold=c.threshold
+    )
+    errors = (
+        read[ERRORS],
+        screened[ERRORS],
+        grouped[ERRORS],
+        routed[ERRORS],
+        *models[ERRORS],
+    ) | "AllErrors" >> beam.Flatten()
+    for name, rows in (("Rejected", rejected), ("Errors", errors)):
+        shards.append(
+            rows
+            | f"Count{name}" >> beam.ParDo(CountDecisionFn())
+            | f"Write{name}" >> WriteTable("decisions", (stage / "decisions").url, DECISIONS_SCHEMA)
+        )
+    (
+        shards
+        | "AllShards" >> beam.Flatten()
+        | "Listing" >> WriteListing((stage / PIPELINE_LISTING).url)
+    )
+
+
+def _cache_key(group: Any) -> str:
+    from curation.model_cache import cache_key
+
+    return cache_key(group)
+
+
+def _rejection_row(rejection: Any, run_id: str, threshold: float) -> dict[str, Any]:
+    from curation.decide import rejection_row
+
+    return rejection_row(rejection, run_id, threshold)
+
+
+def _commit_stage(plan: RunPlan, generation: str, run_id: str) -> dict[str, Any]:
+    """Turn the pipeline's listing into ``_stage/stage.json`` and compact the cache."""
+    run = plan.run
+    stage = run.stage_generation(generation)
+    written = (stage / PIPELINE_LISTING).read_json()
+    tables = {
+        name: [run.relative(s["url"]) for s in written.get(name, [])] for name in STAGE_TABLES
     }
+    rows = {name: sum(s["rows"] for s in written.get(name, [])) for name in STAGE_TABLES}
+    listing = {
+        "generation": generation,
+        "run_id": run_id,
+        "tables": tables,
+        "rows": rows,
+        "clean_schema": schema_to_text(plan.schemas["clean"]),
+    }
+    (run.stage / STAGE_LISTING).write_json(listing)
+    ModelCache(run.cache(plan.fingerprint)).commit([s["url"] for s in written.get("cache", [])])
+    for child in run.stage.children():
+        if child.name not in (STAGE_LISTING, generation):
+            child.remove()
+    return listing
+
+
+def _run_beam(plan: RunPlan, pipeline: beam.Pipeline, stream: TextIO) -> Any:
+    line = LiveLine(plan.total_rows, stream)
+    if plan.runner.runner is not None:  # local: the job runs inside run()
+        if plan.config.progress:
+            with line.local(plan.config.workers):
+                result = pipeline.run()
+        else:
+            result = pipeline.run()
+    else:
+        result = pipeline.run()
+        if plan.config.progress:
+            line.poll(result)
+    result.wait_until_finish()
+    return result
 
 
 def run_pipeline(config: RunConfig, stream: TextIO | None = None) -> RunResult:
     """Run the whole job into ``config.out``; a re-run reuses the cached model outputs."""
-    from curation.manifest import write_manifest
-
     stream = stream or sys.stderr
     started = time.monotonic()
     plan = prepare(config)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    run_id = uuid.uuid4().hex[:12]
-    stage = out / STAGE_DIR
-    progress_dir = out / PROGRESS_DIR
-    for folder in (stage, progress_dir):
-        shutil.rmtree(folder, ignore_errors=True)
-    cache_dir = out / CACHE_DIR / fingerprint(config.to_dict())
-    cached_before = len(cache_files(cache_dir))
-    passthrough = passthrough_schema(plan["files"], plan["layout"])
-    schemas = {
-        "decisions": DECISIONS_SCHEMA,
-        "clean": with_passthrough(CLEAN_SCHEMA, passthrough),
-        "synthetic": SYNTHETIC_SCHEMA,
-        "duplicates": DUPLICATES_SCHEMA,
-        "images": IMAGES_SCHEMA,
-    }
-    options, runner = pipeline_options(config)
-    pipeline = beam.Pipeline(runner=runner, options=options)
-    build_pipeline(
-        pipeline,
-        config=config,
-        run_id=run_id,
-        units=plan["units"],
-        row_group_starts=plan["row_group_starts"],
-        layout=plan["layout"],
-        sizes=plan["sizes"],
-        stage_dir=str(stage),
-        cache_dir=str(cache_dir),
-        progress_dir=str(progress_dir),
-        schemas=schemas,
-    )
-    if cached_before:
-        stream.write(
-            f"resuming: {cached_before} cache file(s) of model outputs found in {cache_dir}\n"
+    run = plan.run
+    lock = run.lock("run")
+    notes = lock.acquire()
+    try:
+        notes += run.repair()
+        previous = run.read_manifest() or {}
+        run_id = uuid.uuid4().hex[:12]
+        generation = new_generation()
+        stage = run.stage_generation(generation)
+        cache_files, warnings = ModelCache(run.cache(plan.fingerprint)).check()
+        notes += warnings
+        for note in notes:
+            stream.write(f"note: {note}\n")
+        if cache_files:
+            stream.write(f"resuming: {len(cache_files)} cache file(s) of model outputs found\n")
+        pipeline = beam.Pipeline(runner=plan.runner.runner, options=plan.runner.options)
+        build_pipeline(pipeline, plan, run_id=run_id, stage=stage, cache_files=cache_files)
+        t0 = time.monotonic()
+        beam_result = _run_beam(plan, pipeline, stream)
+        counters = beam_counters(beam_result)
+        pipeline_seconds = time.monotonic() - t0
+        _commit_stage(plan, generation, run_id)
+        t1 = time.monotonic()
+        result = finalize_run(
+            run,
+            near_threshold=config.near_threshold,
+            dedup_against=config.dedup_against,
+            run_id=run_id,
+            generation=generation,
+            dimension=plan.embedding_dim,
+            schemas=plan.schemas,
         )
-    t0 = time.monotonic()
-    if config.progress and runner is not None:
-        with ProgressDisplay(progress_dir, plan["total_rows"], stream=stream):
-            beam_result = pipeline.run()
-            beam_result.wait_until_finish()
-    else:
-        beam_result = pipeline.run()
-        beam_result.wait_until_finish()
-    counters = beam_counters(beam_result)
-    pipeline_seconds = time.monotonic() - t0
-    t1 = time.monotonic()
-    result = finalize_run(
-        out, near_threshold=config.near_threshold, dedup_against=config.dedup_against, run_id=run_id
-    )
-    finalize_seconds = time.monotonic() - t1
-    progress = read_progress(progress_dir)
-    shutil.rmtree(progress_dir, ignore_errors=True)
-    seconds = time.monotonic() - started
-    counts = summarize(result)
-    manifest = write_manifest(
-        out / "manifest.json",
-        config=config.to_dict(),
-        inputs=plan["files"],
-        counts=result.reasons,
-        timings={"total": seconds, "pipeline": pipeline_seconds, "finalize": finalize_seconds},
-        models={
-            "captioner": {"name": config.captioner, "revision": config.captioner_revision},
-            "filter": {"name": config.filter, "revision": config.filter_revision},
-        },
-        extra={
-            "run_id": run_id,
-            "rows": plan["total_rows"],
-            "layout": plan["layout"].kind,
-            "tables": counts,
-            "images_scored": progress.get("images_scored", 0),
-            "images_cached": progress.get("images_cached", 0),
-            "cache": str(cache_dir.relative_to(out)),
-            "beam_counters": counters,
-        },
-    )
+        finalize_seconds = time.monotonic() - t1
+        seconds = time.monotonic() - started
+        manifest = build_manifest(
+            run_id=run_id,
+            generation=generation,
+            command="run",
+            config=config.to_dict(),
+            result=result,
+            timings={"total": seconds, "pipeline": pipeline_seconds, "finalize": finalize_seconds},
+            history=list(previous.get("history", [])),
+            changes={"threshold": config.threshold, "near_threshold": config.near_threshold},
+            extra=_run_facts(plan, counters, result),
+        )
+        run.publish(manifest)
+    finally:
+        lock.release()
     return RunResult(
-        out_dir=out,
+        out_dir=run.url,
         run_id=run_id,
-        rows=plan["total_rows"],
-        seconds=seconds,
-        counts=result.reasons,
-        images_scored=progress.get("images_scored", 0),
-        images_cached=progress.get("images_cached", 0),
+        rows=plan.total_rows,
+        seconds=time.monotonic() - started,
+        counts=manifest["counts"],
+        counters=counters,
         manifest=manifest,
+        notes=notes,
     )
+
+
+def _run_facts(plan: RunPlan, counters: dict[str, int], result: FinalizeResult) -> dict[str, Any]:
+    config = plan.config
+    return {
+        "rows": plan.total_rows,
+        "inputs": [
+            {"path": item.url, "bytes": item.location.size(), "rows": rows}
+            for item, rows in _rows_per_file(plan)
+        ],
+        "layout": plan.layout.to_dict(),
+        "models": plan.models,
+        "device": {"device": plan.device, "dtype": config.dtype, "batch_size": plan.batch_size},
+        "runner": plan.runner.name,
+        "pipeline": counters,
+        "images": {
+            "scored": counters.get("images_scored", 0),
+            "cached": counters.get("images_cached", 0),
+            "indexed_this_round": result.index.get("added", 0),
+            "index_total": result.index.get("count", 0),
+        },
+        "cache": plan.run.relative(plan.run.cache(plan.fingerprint)),
+    }
+
+
+def _rows_per_file(plan: RunPlan) -> list[tuple[InputFile, int]]:
+    rows: dict[str, int] = {}
+    for unit in plan.units:
+        rows[unit.item.url] = rows.get(unit.item.url, 0) + unit.rows
+    return [(item, rows.get(item.url, 0)) for item in plan.files]

@@ -1,0 +1,68 @@
+"""Command-line flags generated from the settings declared in :mod:`curation.config`.
+
+Each field becomes ``--field-name`` (a repeatable ``--field-name`` without the plural ``s``
+for list settings, ``--x/--no-x`` for booleans) with the field's help and default, so flags,
+help, YAML keys and validation never drift apart. Flags default to ``None`` (not given), so
+a config file's values hold unless a flag overrides them.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import click
+from pydantic.fields import FieldInfo
+
+from curation.config import Settings
+
+
+def _describe_default(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ", ".join(str(v) for v in value) or "none"
+    return "none" if value is None else str(value)
+
+
+def _option(name: str, field: FieldInfo, required: Iterable[str]) -> Callable[[Any], Any]:
+    annotation = field.annotation
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    is_optional = origin in (typing.Union, types.UnionType) and len(args) == 1
+    base = args[0] if is_optional else annotation
+    flag = "--" + name.replace("_", "-")
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    decls = [flag] + ([extra["short"]] if extra.get("short") else [])
+    help_text = field.description or ""
+    if name in required:
+        help_text += "  [required]"
+    else:
+        help_text += f"  [default: {_describe_default(field.default)}]"
+    kwargs: dict[str, Any] = {"default": None, "help": help_text}
+    if base is bool:
+        decls = [f"{flag}/--no-{flag[2:]}"]
+    elif typing.get_origin(base) is tuple:
+        decls = [flag.removesuffix("s")]
+        kwargs["multiple"] = True
+    elif typing.get_origin(base) is Literal:
+        kwargs["type"] = click.Choice([str(v) for v in typing.get_args(base)])
+    else:
+        kwargs["type"] = base
+    return click.option(*decls, name, **kwargs)
+
+
+def settings_options(
+    model: type[Settings], *, skip: Iterable[str] = (), required: Iterable[str] = ()
+) -> Callable[[Any], Any]:
+    """A decorator adding one option per field of ``model`` (except ``skip``)."""
+    skipped = set(skip)
+    required = set(required)
+
+    def decorate(command: Any) -> Any:
+        for name, field in reversed(list(model.model_fields.items())):
+            if name not in skipped:
+                command = _option(name, field, required)(command)
+        return command
+
+    return decorate

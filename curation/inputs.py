@@ -1,0 +1,109 @@
+"""Resolving what the user named as input into Parquet files, each with its key prefix.
+
+An entry is a file, a folder (every ``*.parquet`` below it, leaving out folders and files
+whose names start with ``.`` or ``_``, as pyarrow and Hugging Face ``datasets`` do) or a glob
+(``*`` within a folder, ``**`` across folders), on local disk or object storage. An entry that
+exists is taken as it is, so a folder whose name holds glob characters (``data[1]``) works.
+
+Rows without a key column are keyed ``<prefix>_<row>``, where the prefix is the file's path
+below the entry's root without ``.parquet``: a file's own name for a file entry, the path
+below the folder for a folder (``train/0000`` for Hugging Face's converted
+``default/train/0000.parquet`` given the ``default`` folder), the path below the glob's
+fixed part for a glob.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from curation.errors import InputError
+from curation.storage import Location, has_glob
+
+PARQUET = ".parquet"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input Parquet file and the prefix of the keys derived for its rows."""
+
+    location: Location
+    key_prefix: str
+
+    @property
+    def url(self) -> str:
+        return self.location.url
+
+
+def resolve_inputs(
+    spec: str | Sequence[str], *, exclude: Location | None = None
+) -> list[InputFile]:
+    """Expand the input entries into files, in order, without repeats.
+
+    ``exclude`` (the run's own output folder) is never input. Raises :class:`InputError`
+    naming an entry that matches nothing, or two files whose derived key prefixes collide.
+    """
+    entries = [spec] if isinstance(spec, str) else list(spec)
+    if not entries:
+        raise InputError("no input given")
+    files: list[InputFile] = []
+    seen: set[str] = set()
+    for entry in entries:
+        try:
+            found = _expand(entry)
+        except OSError as err:
+            raise InputError(f"input {entry!r}: cannot be listed ({err})") from None
+        if exclude is not None:
+            found = [f for f in found if not exclude.contains(f.location)]
+        if not found:
+            raise InputError(f"input {entry!r}: no such file, or no *.parquet file matches")
+        for item in found:
+            if item.url not in seen:
+                seen.add(item.url)
+                files.append(item)
+    return files
+
+
+def check_key_prefixes(files: Sequence[InputFile]) -> None:
+    """Raise :class:`InputError` when two files would give the same derived keys."""
+    owner: dict[str, str] = {}
+    for item in files:
+        other = owner.setdefault(item.key_prefix, item.url)
+        if other != item.url:
+            raise InputError(
+                f"{item.url} and {other} both give keys '{item.key_prefix}_<row>'; "
+                "pass --key-column, or give their common folder as input"
+            )
+
+
+def _prefix(root: Location, file: Location) -> str:
+    relative = root.relative(file) if root.contains(file) and root != file else file.name
+    return relative[: -len(PARQUET)] if relative.endswith(PARQUET) else relative
+
+
+def _expand(entry: str) -> list[InputFile]:
+    location = Location(entry)
+    if location.is_file():
+        return [InputFile(location, _prefix(location.parent, location))]
+    if location.is_dir():
+        return [InputFile(f, _prefix(location, f)) for f in location.files(PARQUET)]
+    if not has_glob(entry):
+        return []
+    base = Location(_glob_base(entry))
+    pattern = Location(entry).url[len(base.url) :].lstrip("/")
+    return [InputFile(f, _prefix(base, f)) for f in base.glob(pattern)]
+
+
+def _glob_base(entry: str) -> str:
+    """The longest leading part of a glob without wildcards (a folder)."""
+    scheme, sep, rest = entry.partition("://")
+    if not sep:
+        scheme, rest = "", entry
+    parts = rest.split("/")
+    fixed: list[str] = []
+    for part in parts:
+        if has_glob(part):
+            break
+        fixed.append(part)
+    base = "/".join(fixed) or ("/" if rest.startswith("/") else ".")
+    return f"{scheme}://{base}" if sep else base

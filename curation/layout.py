@@ -1,0 +1,322 @@
+"""Recognising which columns of the input hold the image, the text, the key and the rest.
+
+Recognised without configuration:
+
+- ``img2dataset``: columns ``key``, ``caption``, ``status`` (+ ``error_message``) and the
+  image bytes in ``jpg`` (or ``png``/``webp``, named after img2dataset's encode_format);
+- ``hf_datasets``: a Hugging Face ``datasets`` Image column, a struct of ``bytes`` and
+  ``path`` (a column named ``image`` is preferred), and a text column;
+- ``mapped``: any other layout, with a binary image column and a text column found by name
+  or given explicitly.
+
+Explicit column names always override detection. Every file's schema is checked before any
+work: the roles must agree across files; passthrough columns (every other column) are
+unified: a column missing from some files is null there, types are widened where no value
+changes (int32 and int64 -> int64, int and float -> float64, null -> anything), and
+columns that cannot be unified (int64 in one file, string in another) are refused with the
+files and the column named. Passthrough columns whose names clash with output columns
+(img2dataset's own ``width``, ``height``, ``sha256``) keep their values under ``source_<name>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation.errors import InputError
+from curation.inputs import InputFile
+from curation.schemas import CLEAN_SCHEMA
+from curation.storage import Location
+
+IMG2DATASET_IMAGE_COLUMNS = ("jpg", "png", "webp")
+IMAGE_COLUMNS = ("image", "img", "image_bytes", "jpg", "jpeg", "png", "webp", "bytes")
+TEXT_COLUMNS = ("text", "caption", "alt", "alt_text", "alttext", "TEXT", "CAPTION", "ALT", "title")
+#: Prefix of passthrough columns renamed because an output column has their name.
+SOURCE_PREFIX = "source_"
+
+
+class LayoutKind(StrEnum):
+    """The input conventions a layout was recognised as."""
+
+    IMG2DATASET = "img2dataset"
+    HF_DATASETS = "hf_datasets"
+    MAPPED = "mapped"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which input columns play which role, and the passthrough columns' unified schema."""
+
+    kind: LayoutKind
+    image_column: str
+    text_column: str
+    key_column: str | None
+    status_column: str | None
+    error_column: str | None
+    image_is_struct: bool  # datasets Image struct {bytes, path}
+    passthrough: pa.Schema  # every other column (input names), unified over all files
+    renamed: tuple[tuple[str, str], ...] = ()  # (input name, output name) of clashing columns
+
+    @property
+    def roles(self) -> dict[str, Any]:
+        """The role columns, for comparing files' layouts."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in {"passthrough", "renamed"}
+        }
+
+    def columns(self, available: Sequence[str]) -> list[str]:
+        """The columns a reader projects from a file that has ``available`` columns."""
+        named = [self.image_column, self.text_column]
+        named += [c for c in (self.key_column, self.status_column, self.error_column) if c]
+        return named + [n for n in self.passthrough.names if n in available]
+
+    def output_name(self, column: str) -> str:
+        """The name a passthrough column has in the output tables."""
+        return dict(self.renamed).get(column, column)
+
+    def output_passthrough(self) -> pa.Schema:
+        """The passthrough columns as the output tables carry them (renamed, nullable)."""
+        return pa.schema(
+            [f.with_name(self.output_name(f.name)).with_nullable(True) for f in self.passthrough]
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        data = dict(self.roles)
+        data["passthrough"] = list(self.passthrough.names)
+        data["renamed"] = dict(self.renamed)
+        return data
+
+
+def read_schema(location: Location) -> pa.Schema:
+    """A Parquet file's Arrow schema (footer only); :class:`InputError` when unreadable."""
+    try:
+        with location.open("rb") as handle:
+            return pq.ParquetFile(handle).schema_arrow
+    except (FileNotFoundError, PermissionError) as err:
+        raise InputError(f"{location.url}: cannot open ({err})") from None
+    except (pa.ArrowInvalid, OSError) as err:
+        raise InputError(f"{location.url}: not a Parquet file ({err})") from None
+
+
+def is_image_struct(type_: pa.DataType) -> bool:
+    """A Hugging Face ``datasets`` Image column: struct of ``bytes`` and ``path``."""
+    if not pa.types.is_struct(type_):
+        return False
+    names = {type_.field(i).name for i in range(type_.num_fields)}
+    return {"bytes", "path"} <= names and is_binary(type_.field("bytes").type)
+
+
+def is_binary(type_: pa.DataType) -> bool:
+    return (
+        pa.types.is_binary(type_)
+        or pa.types.is_large_binary(type_)
+        or pa.types.is_fixed_size_binary(type_)
+        or pa.types.is_binary_view(type_)
+    )
+
+
+def is_text(type_: pa.DataType) -> bool:
+    """Strings of any encoding Arrow has (dictionary-encoded included), or all null."""
+    if pa.types.is_dictionary(type_):
+        return is_text(type_.value_type)
+    return (
+        pa.types.is_string(type_)
+        or pa.types.is_large_string(type_)
+        or pa.types.is_string_view(type_)
+        or pa.types.is_null(type_)
+    )
+
+
+def is_key_type(type_: pa.DataType) -> bool:
+    """Types a key column may have: text or integers (used as text)."""
+    if pa.types.is_dictionary(type_):
+        return is_key_type(type_.value_type)
+    return is_text(type_) or pa.types.is_integer(type_)
+
+
+def _missing(path: str, names: list[str], role: str, column: str | None, option: str) -> InputError:
+    what = f"{role} column {column!r} not found" if column else f"no {role} column recognised"
+    return InputError(
+        f"{path}: {what}; available columns: {', '.join(names)} (choose one with {option})"
+    )
+
+
+def _choose_image(path: str, types: dict[str, pa.DataType], names: list[str]) -> str:
+    structs = [n for n in names if is_image_struct(types[n])]
+    if structs:
+        return "image" if "image" in structs else structs[0]
+    found = next((c for c in IMAGE_COLUMNS if c in types and is_binary(types[c])), None)
+    if found is not None:
+        return found
+    binaries = [n for n in names if is_binary(types[n])]
+    if len(binaries) != 1:
+        raise _missing(path, names, "image", None, "--image-column")
+    return binaries[0]
+
+
+def _is_img2dataset(types: dict[str, pa.DataType]) -> bool:
+    return {"key", "status", "caption"} <= set(types) and any(
+        c in types and is_binary(types[c]) for c in IMG2DATASET_IMAGE_COLUMNS
+    )
+
+
+def detect_layout(
+    location: Location,
+    image_column: str | None = None,
+    text_column: str | None = None,
+    key_column: str | None = None,
+    schema: pa.Schema | None = None,
+) -> Layout:
+    """Recognise the layout of one Parquet file from its schema alone.
+
+    Raises :class:`InputError` naming the file and the column (and listing the available
+    columns) when a needed column is missing or has the wrong type.
+    """
+    path = location.url
+    schema = schema if schema is not None else read_schema(location)
+    names = list(schema.names)
+    types = {f.name: f.type for f in schema}
+    for given, option in (
+        (image_column, "--image-column"),
+        (text_column, "--text-column"),
+        (key_column, "--key-column"),
+    ):
+        if given is not None and given not in types:
+            raise _missing(path, names, option[2:].split("-")[0], given, option)
+
+    status = error = None
+    if _is_img2dataset(types):
+        kind = LayoutKind.IMG2DATASET
+        image = image_column or next(
+            c for c in IMG2DATASET_IMAGE_COLUMNS if c in types and is_binary(types[c])
+        )
+        text = text_column or "caption"
+        key = key_column or "key"
+        status, error = "status", ("error_message" if "error_message" in types else None)
+    else:
+        image = image_column or _choose_image(path, types, names)
+        kind = LayoutKind.HF_DATASETS if is_image_struct(types[image]) else LayoutKind.MAPPED
+        text = text_column or next((c for c in TEXT_COLUMNS if c in types and c != image), None)
+        if text is None:
+            raise _missing(path, names, "text", None, "--text-column")
+        key = key_column or ("key" if "key" in types and is_key_type(types["key"]) else None)
+
+    if not (is_image_struct(types[image]) or is_binary(types[image])):
+        raise InputError(
+            f"{path}: image column {image!r} has type {types[image]}, expected binary "
+            "bytes or a datasets Image struct {bytes, path}"
+        )
+    if not is_text(types[text]):
+        raise InputError(f"{path}: text column {text!r} has type {types[text]}, expected string")
+    if key is not None and not is_key_type(types[key]):
+        raise InputError(
+            f"{path}: key column {key!r} has type {types[key]}, expected string or integer"
+        )
+    used = {image, text, key, status, error}
+    passthrough = pa.schema([f for f in schema if f.name not in used])
+    return Layout(
+        kind=kind,
+        image_column=image,
+        text_column=text,
+        key_column=key,
+        status_column=status,
+        error_column=error,
+        image_is_struct=is_image_struct(types[image]),
+        passthrough=passthrough,
+    )
+
+
+def check_inputs(
+    files: Sequence[InputFile],
+    image_column: str | None = None,
+    text_column: str | None = None,
+    key_column: str | None = None,
+    drop_columns: Sequence[str] = (),
+) -> Layout:
+    """Validate every file's schema before work starts; return the layout they share.
+
+    ``drop_columns`` are passthrough columns left out of the outputs. Raises :class:`InputError` when a file is unusable, when two files give columns
+    different roles, when a passthrough column's types cannot be unified, or when keys
+    derived from file paths would collide.
+    """
+    from curation.inputs import check_key_prefixes
+
+    if not files:
+        raise InputError("no input files")
+    layouts = [
+        _without(detect_layout(f.location, image_column, text_column, key_column), drop_columns)
+        for f in files
+    ]
+    first = layouts[0]
+    for item, layout in zip(files[1:], layouts[1:], strict=True):
+        if layout.roles != first.roles:
+            diffs = [
+                f"{name}: {value!r} vs {layout.roles[name]!r}"
+                for name, value in first.roles.items()
+                if layout.roles[name] != value
+            ]
+            raise InputError(
+                f"{item.url}: columns play other roles than in {files[0].url} "
+                f"({'; '.join(diffs)}); all input files must have the same layout"
+            )
+    passthrough = unify_passthrough(files, layouts)
+    if first.key_column is None:
+        check_key_prefixes(files)
+    fixed = set(CLEAN_SCHEMA.names)
+    renamed = []
+    for name in passthrough.names:
+        if name in fixed:
+            target = SOURCE_PREFIX + name
+            while target in fixed or target in passthrough.names:
+                target = SOURCE_PREFIX + target
+            renamed.append((name, target))
+    return Layout(
+        **{**first.roles, "passthrough": passthrough, "renamed": tuple(renamed)}  # type: ignore[arg-type]
+    )
+
+
+def _without(layout: Layout, drop: Sequence[str]) -> Layout:
+    kept = [f for f in layout.passthrough if f.name not in drop]
+    return Layout(**{**layout.roles, "passthrough": pa.schema(kept)})  # type: ignore[arg-type]
+
+
+def _plain(field: pa.Field) -> pa.Field:
+    """A dictionary-encoded field as its value type (dictionaries differ between files)."""
+    return field.with_type(field.type.value_type) if pa.types.is_dictionary(field.type) else field
+
+
+def unify_passthrough(files: Sequence[InputFile], layouts: Sequence[Layout]) -> pa.Schema:
+    """One schema for the passthrough columns of every file (see the module docstring)."""
+    order: list[str] = []
+    for layout in layouts:
+        order += [n for n in layout.passthrough.names if n not in order]
+    fields_out = []
+    for name in order:
+        owners = [
+            (f.url, _plain(layout.passthrough.field(name)))
+            for f, layout in zip(files, layouts, strict=True)
+            if name in layout.passthrough.names
+        ]
+        try:
+            unified = pa.unify_schemas(
+                [pa.schema([field]) for _, field in owners], promote_options="permissive"
+            ).field(name)
+        except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            kinds = {}
+            for url, field in owners:
+                kinds.setdefault(str(field.type), url)
+            listing = "; ".join(f"{t} in {url}" for t, url in kinds.items())
+            raise InputError(
+                f"passthrough column {name!r} has types that cannot be combined ({listing}); "
+                "convert it in the input, or leave it out with --drop-column"
+            ) from None
+        fields_out.append(unified.with_nullable(True))
+    return pa.schema(fields_out)

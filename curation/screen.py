@@ -1,0 +1,121 @@
+"""The one decision about an input row before any model sees it, used by ``inspect`` and ``run``.
+
+Reasons apply in this order; a row gets the first that applies:
+
+1. ``duplicate_key``: an earlier row (files in input order, rows in file order) has the same
+   key; the first occurrence keeps the key, every later one is dropped whatever its image;
+2. ``download_failed``: img2dataset says the download failed;
+3. the image's own reason: ``missing_image`` (no bytes, or an image path refused), then the
+   decoder's (``unsupported_format``, ``undecodable``, ``truncated``, ``too_small``,
+   ``too_large``; see :mod:`curation.decode`);
+4. ``empty_text``: the web text is null or blank. Such a row's image still goes to the models
+   (its synthetic captions are decided like any other); the web decision is ``empty_text``.
+
+:func:`screen_pair` applies 2 and 3 to one row; the key rule needs every row's key and is
+applied by the caller (``inspect`` in memory with :class:`KeyRegistry`, the pipeline by a
+grouping on the key with :func:`first_occurrence`); 4 is :func:`has_text`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from curation.config import InputSettings
+from curation.decode import DecodeError, decode_image, normalise_formats
+from curation.reasons import Reason
+from curation.records import HashedPair, Pair
+
+IMG2DATASET_SUCCESS = "success"
+
+
+@dataclass(frozen=True)
+class ScreenSettings:
+    """What the image checks need from the input settings."""
+
+    min_side: int
+    max_pixels: int
+    formats: frozenset[str]
+
+    @classmethod
+    def of(cls, settings: InputSettings) -> ScreenSettings:
+        return cls(
+            min_side=settings.min_side,
+            max_pixels=settings.max_pixels,
+            formats=normalise_formats(settings.image_formats),
+        )
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A row refused before the models, with its reason and detail (image bytes dropped)."""
+
+    pair: Pair
+    reason: Reason
+    detail: str | None
+
+
+def screen_pair(pair: Pair, settings: ScreenSettings) -> HashedPair | Rejection:
+    """Decode and hash a row's image, or say why the row is refused (rules 2 and 3)."""
+    if pair.status is not None and pair.status != IMG2DATASET_SUCCESS:
+        return Rejection(_light(pair), Reason.DOWNLOAD_FAILED, pair.error or pair.status)
+    if pair.image_issue is not None:
+        reason, detail = pair.image_issue
+        return Rejection(_light(pair), reason, detail)
+    try:
+        image = decode_image(
+            pair.image,
+            None,
+            min_side=settings.min_side,
+            max_pixels=settings.max_pixels,
+            formats=settings.formats,
+        )
+    except DecodeError as err:
+        return Rejection(_light(pair), err.reason, str(err))
+    return HashedPair(_light(pair), image.sha256, image.phash, image.width, image.height)
+
+
+def _light(pair: Pair) -> Pair:
+    """The pair without its image bytes (they are read again where they are needed)."""
+    return pair if pair.image is None else replace(pair, image=None)
+
+
+def has_text(text: str | None) -> bool:
+    """False for a null or blank web text (rule 4)."""
+    return bool(text and text.strip())
+
+
+def row_order(pair: Pair, file_order: Mapping[str, int]) -> tuple[int, int]:
+    """Position of a row in the input: its file's position, then its row."""
+    return (file_order[pair.source_file], pair.source_row)
+
+
+def first_occurrence(pairs: Iterable[Pair], file_order: Mapping[str, int]) -> Pair:
+    """The row that keeps a key shared by ``pairs`` (rule 1)."""
+    return min(pairs, key=lambda p: row_order(p, file_order))
+
+
+def duplicate_key(pair: Pair, first: Pair) -> Rejection:
+    """The rejection of a later row whose key ``first`` already has."""
+    detail = f"key {pair.key!r} already used by {first.source_file} row {first.source_row}"
+    return Rejection(_light(pair), Reason.DUPLICATE_KEY, detail)
+
+
+class KeyRegistry:
+    """Keys seen so far in input order (for a sequential reader): rule 1 in memory.
+
+    Keys are remembered as 16-byte digests with where they were first seen.
+    """
+
+    def __init__(self) -> None:
+        self._first: dict[bytes, tuple[str, int]] = {}
+
+    def check(self, pair: Pair) -> Rejection | None:
+        """None for a key's first occurrence, else its ``duplicate_key`` rejection."""
+        digest = hashlib.blake2b(pair.key.encode("utf-8", "surrogatepass"), digest_size=16)
+        first = self._first.setdefault(digest.digest(), (pair.source_file, pair.source_row))
+        if first == (pair.source_file, pair.source_row):
+            return None
+        owner = replace(pair, source_file=first[0], source_row=first[1])
+        return duplicate_key(pair, owner)

@@ -1,0 +1,93 @@
+"""The dead-letter pattern of every per-element stage: a failure is a decision, not a crash.
+
+A :class:`GuardedDoFn` runs its stage on one element; when the stage raises, every input
+row the element stands for gets an ``error`` decision whose detail names the stage and the
+exception, on the ``errors`` output, and the job goes on. Outputs are produced completely
+before any is emitted, so a failing element never emits part of its rows and an error too.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterable, Iterator
+from enum import StrEnum
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
+
+from curation.decide import Row, error_row
+from curation.records import Pair
+
+NAMESPACE = "curation"
+ERRORS = "errors"
+_MESSAGE_LIMIT = 500
+
+
+class Stage(StrEnum):
+    """The per-element stages of a run, as error details name them."""
+
+    READ = "read"
+    SCREEN = "screen"
+    KEYS = "keys"
+    GROUP = "group"
+    FETCH = "fetch"
+    PIXELS = "pixels"
+    CAPTION = "caption"
+    SCORE = "score"
+    DECIDE = "decide"
+
+
+def error_detail(stage: Stage, error: BaseException | str) -> str:
+    """``"<stage>: <ExceptionType>: <message>"``, bounded in length."""
+    if isinstance(error, BaseException):
+        message = f"{type(error).__name__}: {error}".strip().rstrip(":")
+    else:
+        message = error
+    return f"{stage.value}: {message}"[:_MESSAGE_LIMIT]
+
+
+class GuardedDoFn(beam.DoFn):
+    """A DoFn whose :meth:`apply` failures become ``error`` decisions of the element's rows."""
+
+    stage: Stage
+
+    def __init__(self, run_id: str, threshold: float) -> None:
+        super().__init__()
+        self._run_id = run_id
+        self._threshold = threshold
+        self._errors = Metrics.counter(NAMESPACE, "errors")
+
+    @abstractmethod
+    def apply(self, element: Any) -> Iterable[Any]:
+        """The stage's work on one element (outputs, tagged or not)."""
+
+    @abstractmethod
+    def rows_of(self, element: Any) -> Iterable[tuple[Pair, str | None]]:
+        """The input rows an element stands for, with the image key they were scored under."""
+
+    def process(self, element: Any) -> Iterator[Any]:
+        try:
+            outputs = list(self.apply(element))
+        except Exception as error:  # noqa: BLE001 - any failure of one element is recorded
+            detail = error_detail(self.stage, error)
+            for pair, image_key in self.rows_of(element):
+                self._errors.inc()
+                yield TaggedOutput(
+                    ERRORS, error_row(pair, detail, self._run_id, self._threshold, image_key)
+                )
+            return
+        yield from outputs
+
+
+def failure_rows(
+    pairs: Iterable[tuple[Pair, str | None]], detail: str, run_id: str, threshold: float
+) -> list[Row]:
+    """``error`` decisions for rows whose element failed outside a :class:`GuardedDoFn`."""
+    errors = Metrics.counter(NAMESPACE, "errors")
+    rows = []
+    for pair, image_key in pairs:
+        errors.inc()
+        rows.append(error_row(pair, detail, run_id, threshold, image_key))
+    return rows

@@ -1,0 +1,76 @@
+"""Beam runner options: the local runner by default, any other through ``--beam-arg``.
+
+The local runner is the FnApiRunner, in-process (``workers == 1``) or with worker processes;
+it never tries the Prism runner, which needs a download. Other runners are checked before
+any work: Dataflow needs its project, region and a ``gs://`` temp location, and a runner
+whose workers do not share this machine's disk needs input and output on object storage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+
+from curation.config import RunConfig
+from curation.errors import ConfigError
+from curation.storage import Location
+
+DATAFLOW_REQUIRED = ("project", "region", "temp_location")
+
+
+@dataclass
+class RunnerChoice:
+    """The Beam options and runner of a run, and whether its workers share this machine."""
+
+    options: PipelineOptions
+    runner: Any  # a runner instance, or None to let Beam pick the one named in the options
+    name: str
+    local: bool
+
+
+def _runner_name(args: list[str]) -> str | None:
+    for i, arg in enumerate(args):
+        if arg.startswith("--runner="):
+            return arg.split("=", 1)[1]
+        if arg == "--runner" and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def choose_runner(config: RunConfig) -> RunnerChoice:
+    """Options and runner for ``config``; :class:`ConfigError` when the options cannot work."""
+    args = list(config.beam_args)
+    try:
+        options = PipelineOptions(args)
+        values = options.get_all_options(drop_default=True, retain_unknown_options=True)
+    except (SystemExit, ValueError) as err:
+        raise ConfigError(f"invalid --beam-arg options {' '.join(args)!r}: {err}") from None
+    name = _runner_name(args)
+    if name is None:
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        direct = options.view_as(DirectOptions)
+        direct.direct_running_mode = "multi_processing" if config.workers > 1 else "in_memory"
+        direct.direct_num_workers = config.workers
+        return RunnerChoice(options, FnApiRunner(), "local", local=True)
+    short = name.rsplit(".", 1)[-1]
+    if short in ("DataflowRunner", "TestDataflowRunner"):
+        missing = [k for k in DATAFLOW_REQUIRED if not values.get(k)]
+        if missing:
+            flags = ", ".join(f"--beam-arg=--{k}=..." for k in missing)
+            raise ConfigError(f"the Dataflow runner needs {flags}")
+        if not str(values["temp_location"]).startswith("gs://"):
+            raise ConfigError("the Dataflow runner needs a gs:// --temp_location")
+    local = short in ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner") or (
+        short == "PortableRunner" and values.get("environment_type") == "LOOPBACK"
+    )
+    if not local:
+        for what, where in (("--out", config.out), *(("input", i) for i in config.input)):
+            if Location(where).is_local:
+                raise ConfigError(
+                    f"{what} {where!r} is on this machine's disk, which the {short} workers do "
+                    "not see; use object storage (gs://..., s3://...)"
+                )
+    return RunnerChoice(options, None, short, local=local)

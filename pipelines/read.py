@@ -1,0 +1,116 @@
+"""Reading: input row groups into pairs, and kept images' bytes back from their row groups."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from curation.inputs import InputFile
+from curation.layout import Layout
+from curation.reader import ImageFiles, ParquetInput, derived_key, read_images
+from curation.records import GroupScores, ImageGroup, Pair
+from pipelines.guarded import ERRORS, NAMESPACE, GuardedDoFn, Stage
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One row group of one input file: the unit of parallel reading."""
+
+    item: InputFile
+    index: int
+    first_row: int
+    rows: int
+
+
+class ReadPairsFn(GuardedDoFn):
+    """Reads one row group into pairs; a row group that cannot be read gives ``error`` rows."""
+
+    stage = Stage.READ
+
+    def __init__(self, layout: Layout, images: ImageFiles, run_id: str, threshold: float) -> None:
+        super().__init__(run_id, threshold)
+        self._layout = layout
+        self._images = images
+        self._rows_read = Metrics.counter(NAMESPACE, "rows_read")
+
+    def apply(self, unit: Unit) -> Iterable[Pair]:
+        with ParquetInput(unit.item) as source:
+            pairs = list(source.pairs(self._layout, unit.index, self._images))
+        self._rows_read.inc(len(pairs))
+        return pairs
+
+    def rows_of(self, unit: Unit) -> Iterable[tuple[Pair, str | None]]:
+        self._rows_read.inc(unit.rows)
+        for row in range(unit.first_row, unit.first_row + unit.rows):
+            key = derived_key(unit.item, row)
+            yield (
+                Pair(key=key, source_file=unit.item.url, source_row=row, image=None, text=None),
+                None,
+            )
+
+
+class ReadPairs(beam.PTransform):
+    """Every input row as a :class:`Pair`, split by Parquet row group."""
+
+    def __init__(
+        self, units: list[Unit], layout: Layout, images: ImageFiles, run_id: str, threshold: float
+    ) -> None:
+        super().__init__()
+        self._units = units
+        self._fn = ReadPairsFn(layout, images, run_id, threshold)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
+        return (
+            pbegin
+            | "Units" >> beam.Create(self._units)
+            | "Spread" >> beam.Reshuffle()
+            | "Read" >> beam.ParDo(self._fn).with_outputs(ERRORS, main="pairs")
+        )
+
+
+RowGroupItems = tuple[tuple[str, int], Iterable[tuple[ImageGroup, GroupScores | None]]]
+
+
+class FetchImagesFn(GuardedDoFn):
+    """Reads each kept image's bytes back from its row group (once for all its groups).
+
+    Only hashes and keys cross the shuffles; image bytes are read where they are used, so
+    memory does not grow with the input. Groups with cached scores go out tagged ``cached``.
+    """
+
+    stage = Stage.FETCH
+
+    def __init__(
+        self,
+        items: dict[str, InputFile],
+        layout: Layout,
+        images: ImageFiles,
+        run_id: str,
+        threshold: float,
+    ) -> None:
+        super().__init__(run_id, threshold)
+        self._items = items
+        self._layout = layout
+        self._images = images
+
+    def apply(self, element: RowGroupItems) -> Iterator[object]:
+        from apache_beam.pvalue import TaggedOutput
+
+        (url, index), grouped = element
+        grouped = list(grouped)
+        wanted = {group.rep.pair.source_row for group, _ in grouped}
+        found = read_images(self._items[url], self._layout, index, wanted, self._images)
+        for group, scores in grouped:
+            image = found.get(group.rep.pair.source_row)
+            if image is None:
+                raise ValueError(f"the image of {group.key} is gone from {url}")
+            fetched = replace(group, image=image)
+            yield fetched if scores is None else TaggedOutput("cached", (fetched, scores))
+
+    def rows_of(self, element: RowGroupItems) -> Iterable[tuple[Pair, str | None]]:
+        for group, _ in element[1]:
+            for member in group.members:
+                yield member.hashed.pair, group.key
