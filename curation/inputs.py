@@ -1,8 +1,9 @@
 """Resolving what the user named as input into Parquet files, each with its key prefix.
 
-An entry is a file, a folder (every ``*.parquet`` below it, leaving out folders and files
-whose names start with ``.`` or ``_``, as pyarrow and Hugging Face ``datasets`` do) or a glob
-(``*`` within a folder, ``**`` across folders), on local disk or object storage. An entry that
+An entry is a file, a folder (every ``*.parquet`` below it) or a glob (``*`` within a
+folder, ``**`` across folders), on local disk or object storage. Below a folder or a glob,
+folders and files whose names start with ``.`` or ``_`` are left out, as pyarrow and Hugging
+Face ``datasets`` do (a run folder's ``_cache`` and ``_stage`` are never input). An entry that
 exists is taken as it is, so a folder whose name holds glob characters (``data[1]``) works.
 
 Rows without a key column are keyed ``<prefix>_<row>``, where the prefix is the file's path
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from curation.errors import InputError
-from curation.storage import Location, has_glob
+from curation.storage import Location, has_glob, is_hidden
 
 PARQUET = ".parquet"
 
@@ -91,7 +92,11 @@ def _expand(entry: str) -> list[InputFile]:
         return []
     base = Location(_glob_base(entry))
     pattern = Location(entry).url[len(base.url) :].lstrip("/")
-    return [InputFile(f, _prefix(base, f)) for f in base.glob(pattern)]
+    return [
+        InputFile(f, _prefix(base, f))
+        for f in base.glob(pattern)
+        if not is_hidden(base.relative(f))
+    ]
 
 
 def _glob_base(entry: str) -> str:

@@ -162,6 +162,14 @@ def _choose_image(path: str, types: dict[str, pa.DataType], names: list[str]) ->
     return binaries[0]
 
 
+def _check_image_type(path: str, column: str, type_: pa.DataType) -> None:
+    if not (is_image_struct(type_) or is_binary(type_)):
+        raise InputError(
+            f"{path}: image column {column!r} has type {type_}, expected binary "
+            "bytes or a datasets Image struct {bytes, path}"
+        )
+
+
 def _is_img2dataset(types: dict[str, pa.DataType]) -> bool:
     return {"key", "status", "caption"} <= set(types) and any(
         c in types and is_binary(types[c]) for c in IMG2DATASET_IMAGE_COLUMNS
@@ -203,17 +211,14 @@ def detect_layout(
         status, error = "status", ("error_message" if "error_message" in types else None)
     else:
         image = image_column or _choose_image(path, types, names)
+        _check_image_type(path, image, types[image])
         kind = LayoutKind.HF_DATASETS if is_image_struct(types[image]) else LayoutKind.MAPPED
         text = text_column or next((c for c in TEXT_COLUMNS if c in types and c != image), None)
         if text is None:
             raise _missing(path, names, "text", None, "--text-column")
         key = key_column or ("key" if "key" in types and is_key_type(types["key"]) else None)
 
-    if not (is_image_struct(types[image]) or is_binary(types[image])):
-        raise InputError(
-            f"{path}: image column {image!r} has type {types[image]}, expected binary "
-            "bytes or a datasets Image struct {bytes, path}"
-        )
+    _check_image_type(path, image, types[image])
     if not is_text(types[text]):
         raise InputError(f"{path}: text column {text!r} has type {types[text]}, expected string")
     if key is not None and not is_key_type(types[key]):

@@ -47,6 +47,11 @@ def has_glob(path: str) -> bool:
     return any(ch in path for ch in _GLOB_MAGIC)
 
 
+def is_hidden(relative: str) -> bool:
+    """A relative path with a folder or file name starting with ``.`` or ``_``."""
+    return any(part[:1] in "._" for part in relative.split("/"))
+
+
 def normalise(path: str) -> str:
     """A canonical spelling: local paths absolute (``file://`` stripped), URLs without a
     trailing slash."""
@@ -147,7 +152,7 @@ class Location:
         found = []
         for path in sorted(self.fs.find(self.path)):
             relative = path[len(self.path.rstrip("/")) + 1 :]
-            if not hidden and any(part[:1] in "._" for part in relative.split("/")):
+            if not hidden and is_hidden(relative):
                 continue
             if path.endswith(suffix):
                 found.append(Location(self.url_of(path)))

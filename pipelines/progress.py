@@ -108,11 +108,13 @@ class _LocalLine:
 
     def _loop(self) -> None:
         what = "in-process" if self._workers == 1 else f"{self._workers} worker processes"
-        while not self._stop.wait(self._line._interval):
+        while True:
             self._line._show(
                 f"local runner ({what}): {_clock(self._line.elapsed())} elapsed;"
                 " counts follow when the pipeline finishes"
             )
+            if self._stop.wait(self._line._interval):
+                return
 
     def __enter__(self) -> _LocalLine:
         self._thread.start()

@@ -161,7 +161,6 @@ def prepare(config: RunConfig) -> RunPlan:
     """Check config, inputs, models, index and runner before any work (raises UsageError)."""
     runner = choose_runner(config)
     run = RunFolder.at(config.out)
-    check_writable_folder(run.root, "--out")
     files = resolve_inputs(list(config.input), exclude=run.root)
     layout = check_inputs(
         files, config.image_column, config.text_column, config.key_column, config.drop_columns
@@ -169,6 +168,7 @@ def prepare(config: RunConfig) -> RunPlan:
     sizes, dimension, models = _check_models(config)
     _check_previous(config, run, dimension)
     device = _device(config, runner)
+    check_writable_folder(run.root, "--out")
     units = []
     for item in files:
         first = 0

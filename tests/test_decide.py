@@ -2,61 +2,61 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pyarrow as pa
 import pytest
 
 from curation.decide import decide_group
 from curation.grouping import build_group
+from curation.reasons import DuplicateKind
 from curation.records import GroupScores, HashedPair, Pair
+from curation.schemas import run_schemas
 
 
-def _hashed(
-    key: str, text: str | None, row: int, image: bytes = b"img", sha: str = "s0"
-) -> HashedPair:
+def _hashed(key: str, text: str | None, row: int, sha: str = "s0") -> HashedPair:
     pair = Pair(
         key=key,
         source_file="f.parquet",
         source_row=row,
-        image=image,
+        image=None,
         text=text,
         extra={"lang": "en"},
     )
-    return HashedPair(f"f.parquet:{row}", pair, sha, 0, 10, 10)
+    return HashedPair(pair, sha, 0, 10, 10)
 
 
 def _group():
     members = [
-        (_hashed("b", "A dog", 1, b"copy", "s1"), "perceptual", 0.95),
-        (_hashed("a", "a dog", 0), "self", 1.0),
-        (_hashed("c", "a cat", 2, b"copy2", "s2"), "exact", 1.0),
-        (_hashed("d", "   ", 3, b"copy3", "s0"), "exact", 1.0),
+        (_hashed("b", "A dog", 1, "s1"), DuplicateKind.PERCEPTUAL, 0.95),
+        (_hashed("a", "a dog", 0), None, 1.0),
+        (_hashed("c", "a cat", 2, "s2"), DuplicateKind.EXACT, 1.0),
+        (_hashed("d", "   ", 3, "s0"), DuplicateKind.EXACT, 1.0),
     ]
-    return build_group(members)
+    return replace(build_group(members), image=b"img")
 
 
 def test_group_orders_members_and_dedups_texts() -> None:
     group = _group()
     assert [m.hashed.pair.key for m in group.members] == ["a", "b", "c", "d"]
-    assert group.key == "a" and group.rep.pair.image == b"img"
-    assert all(
-        m.hashed.pair.image is None for m in group.members[1:]
-    )  # only the kept copy holds bytes
-    assert group.texts == ["a dog", "a cat"]  # case/space-folded identity, empty text left out
+    assert group.key == "a" and group.members[0].kind is None
+    assert group.texts == ("a dog", "a cat")  # case/space-folded identity, empty text left out
 
 
 def test_group_needs_one_representative() -> None:
     with pytest.raises(ValueError):
-        build_group([(_hashed("a", "x", 0), "exact", 1.0)])
+        build_group([(_hashed("a", "x", 0), DuplicateKind.EXACT, 1.0)])
 
 
 def test_decide_applies_threshold_to_web_and_synthetic() -> None:
     group = _group()
     scores = GroupScores(
-        captions=["a dog on grass", "a blue car"],
-        text_itm=[0.9, 0.2],
-        text_itc=[0.4, 0.1],
-        caption_itm=[0.7, 0.49],
-        caption_itc=[0.3, 0.0],
-        embedding=[1.0, 0.0],
+        captions=("a dog on grass", "a blue car"),
+        text_itm=(0.9, 0.2),
+        text_itc=(0.4, 0.1),
+        caption_itm=(0.7, 0.49),
+        caption_itc=(0.3, 0.0),
+        embedding=(1.0, 0.0),
     )
     out = decide_group(group, scores, threshold=0.5, run_id="r")
     web = {d["key"]: d for d in out.decisions if d["text_origin"] == "web"}
@@ -75,15 +75,30 @@ def test_decide_applies_threshold_to_web_and_synthetic() -> None:
         ("d", "exact"),
     }
     assert out.image["kept_texts"] == 2 and out.image["best_itm"] == 0.9
+    schemas = run_schemas(pa.schema([pa.field("lang", pa.string())]))
+    for name in ("decisions", "clean", "synthetic", "duplicates"):
+        pa.Table.from_pylist(list(getattr(out, name)), schema=schemas[name])  # rows fit
 
 
 def test_copy_text_is_scored_against_the_kept_image() -> None:
     group = build_group(
         [
-            (_hashed("a", "x", 0), "self", 1.0),
-            (_hashed("b", "y", 1, b"other", "s9"), "perceptual", 0.9),
+            (_hashed("a", "x", 0), None, 1.0),
+            (_hashed("b", "y", 1, "s9"), DuplicateKind.PERCEPTUAL, 0.9),
         ]
     )
-    scores = GroupScores([], [0.1, 0.8], [0.0, 0.5], [], [], [0.0, 1.0])
+    group = replace(group, image=b"img")
+    scores = GroupScores((), (0.1, 0.8), (0.0, 0.5), (), (), (0.0, 1.0))
     out = decide_group(group, scores, threshold=0.5, run_id="r")
     assert [(r["key"], r["image_key"], r["image"]) for r in out.clean] == [("b", "a", b"img")]
+
+
+def test_repaired_text_is_noted_in_the_decision() -> None:
+    pair = Pair(
+        key="a", source_file="f", source_row=0, image=None, text="caf\ufffd", text_repaired=True
+    )
+    group = replace(build_group([(HashedPair(pair, "s", 0, 9, 9), None, 1.0)]), image=b"i")
+    out = decide_group(
+        group, GroupScores((), (0.9,), (0.1,), (), (), (1.0,)), threshold=0.5, run_id="r"
+    )
+    assert out.decisions[0]["detail"] == "invalid UTF-8 in the text was replaced"

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from images import jpeg_bytes, photo, write_pairs_parquet
 from PIL import Image
+from runs import index_files, stage_table
 
 from app.cli import main
 from curation.config import build_config
@@ -85,7 +86,7 @@ def first_run(tmp_path_factory, tiny_captioner_dir, distinct_filter_dir) -> Path
 
 def test_copies_grouped_with_their_original_and_not_recomputed(first_run: Path) -> None:
     manifest = json.loads((first_run / "manifest.json").read_text())
-    assert manifest["images_scored"] == len(ORIGINALS)  # one model pass per unique image
+    assert manifest["images"]["scored"] == len(ORIGINALS)  # one model pass per unique image
     dups = {r["key"]: r for r in pq.read_table(first_run / "duplicates").to_pylist()}
     assert dups["copy_exact"]["kind"] == "exact"
     for key in ("copy_resized", "copy_recompressed", "copy_cropped"):
@@ -103,12 +104,11 @@ def test_copies_grouped_with_their_original_and_not_recomputed(first_run: Path) 
 
 
 def test_index_maps_back_to_keys(first_run: Path) -> None:
-    index = faiss.read_index(str(first_run / "index" / "index.faiss"))
-    ids = {
-        r["id"]: r["key"] for r in pq.read_table(first_run / "index" / "ids.parquet").to_pylist()
-    }
+    index_file, ids_file = index_files(first_run)
+    index = faiss.read_index(str(index_file))
+    ids = {r["id"]: r["key"] for r in pq.read_table(ids_file).to_pylist()}
     assert sorted(ids.values()) == sorted(ORIGINALS) and index.ntotal == len(ORIGINALS)
-    images = pq.read_table(first_run / "_stage" / "images").to_pylist()
+    images = stage_table(first_run, "images").to_pylist()
     for row in images:
         _, found = index.search(np.asarray([row["embedding"]], dtype=np.float32), 1)
         assert ids[int(found[0, 0])] == row["key"]
@@ -146,8 +146,8 @@ def test_second_round_drops_images_seen_before(
         if d["text_origin"] == "web"
     }
     assert decisions["again_coffee"]["reason"] == "duplicate"
-    ids = pq.read_table(out / "index" / "ids.parquet").to_pylist()
-    previous = pq.read_table(first_run / "index" / "ids.parquet").to_pylist()
+    ids = pq.read_table(index_files(out)[1]).to_pylist()
+    previous = pq.read_table(index_files(first_run)[1]).to_pylist()
     assert {(r["id"], r["key"]) for r in previous} <= {
         (r["id"], r["key"]) for r in ids
     }  # stable ids

@@ -19,6 +19,7 @@ from images import (
 )
 
 from app.cli import main
+from curation.config import InputSettings
 from curation.inspect import OUTCOMES, inspect_input
 
 
@@ -48,8 +49,10 @@ def mixed_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 EXPECTED = {
+    "duplicate_key": 0,
     "download_failed": 2,
     "missing_image": 1,
+    "unsupported_format": 0,
     "undecodable": 1,
     "truncated": 1,
     "too_small": 1,
@@ -59,8 +62,12 @@ EXPECTED = {
 }
 
 
+def _inspect(spec: str, **settings: object):
+    return inspect_input(InputSettings(input=(spec,), **settings), progress=False)
+
+
 def test_every_row_is_counted_once_under_its_reason(mixed_folder: Path) -> None:
-    report = inspect_input(str(mixed_folder), progress=False)
+    report = _inspect(str(mixed_folder))
     assert report.layout.kind == "img2dataset"
     assert report.files == [
         str(mixed_folder / "00000.parquet"),
@@ -75,15 +82,50 @@ def test_every_row_is_counted_once_under_its_reason(mixed_folder: Path) -> None:
     assert "ok" not in report.examples
 
 
-def test_decoding_at_model_size_gives_the_same_counts(mixed_folder: Path) -> None:
-    report = inspect_input(str(mixed_folder / "00000.parquet"), size=64, progress=False)
-    assert report.rows == 10 and report.counts["ok"] == 2 and report.counts["too_large"] == 1
+def test_image_settings_change_the_counts_as_in_a_run(mixed_folder: Path) -> None:
+    report = _inspect(str(mixed_folder / "00000.parquet"), min_side=100, max_pixels=10_000_000)
+    assert report.rows == 10 and report.counts["too_small"] == 2 and report.counts["too_large"] == 1
+    report = _inspect(str(mixed_folder / "00000.parquet"), image_formats=("png",))
+    assert report.counts["unsupported_format"] == 5  # the JPEGs
+    assert "JPEG" in report.examples["unsupported_format"][0]["detail"]
+
+
+def test_repeated_keys_keep_the_first_row(tmp_path: Path) -> None:
+    good = jpeg_bytes(gradient(32, 32))
+    write_img2dataset_parquet(tmp_path / "a.parquet", [good, good], ["x", "y"])
+    write_img2dataset_parquet(tmp_path / "b.parquet", [good], ["z"])  # same keys as a's rows
+    report = _inspect(str(tmp_path))
+    assert report.counts["duplicate_key"] == 1 and report.counts["ok"] == 2
+    assert "already used by" in report.examples["duplicate_key"][0]["detail"]
+    assert str(tmp_path / "a.parquet") in report.examples["duplicate_key"][0]["detail"]
+
+
+def test_fail_under_fails_the_step_when_too_few_rows_are_usable(mixed_folder: Path) -> None:
+    ok = CliRunner().invoke(main, ["inspect", str(mixed_folder), "--fail-under", "0.4"])
+    assert ok.exit_code == 0, ok.output
+    bad = CliRunner().invoke(main, ["inspect", str(mixed_folder), "--fail-under", "0.5"])
+    assert bad.exit_code == 3 and "--fail-under" in bad.stderr
+
+
+def test_config_file_settings_apply_and_bad_values_fail_fast(
+    mixed_folder: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("min-side: 100\nthreshold: 0.5\n")
+    result = CliRunner().invoke(
+        main, ["inspect", str(mixed_folder), "--config", str(config), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["counts"]["too_small"] == 2
+    config.write_text("threshold: 2\n")
+    result = CliRunner().invoke(main, ["inspect", str(mixed_folder), "--config", str(config)])
+    assert result.exit_code == 2 and "threshold" in result.stderr
 
 
 def test_hf_datasets_input(tmp_path: Path) -> None:
     good = png_bytes(gradient(32, 32))
     path = write_hf_parquet(tmp_path / "train.parquet", [good, None, good], ["a", "b", None])
-    report = inspect_input(str(path), progress=False)
+    report = _inspect(str(path))
     assert report.layout.kind == "hf_datasets"
     assert (report.counts["ok"], report.counts["missing_image"], report.counts["empty_text"]) == (
         1,

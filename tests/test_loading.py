@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
 
 from curation.errors import UsageError
-from models.loading import ModelLoadError, load_captioner, load_filter
+from models.loading import ModelLoadError, check_model, load_captioner, load_filter, model_identity
 from models.preprocess import pixel_values
-from models.presets import image_processor, save_model_folder
+from models.presets import image_processor
 
 
 def test_loads_captioner_and_filter_from_folders(tiny_captioner_dir: Path, tiny_filter_dir: Path):
@@ -31,17 +31,23 @@ def test_loads_captioner_and_filter_from_folders(tiny_captioner_dir: Path, tiny_
     assert captioner.tokenizer.convert_tokens_to_ids("[ENC]") != captioner.tokenizer.unk_token_id
 
 
-def test_fingerprint_is_stable_and_tracks_weights(
-    tiny_filter_dir: Path, tmp_path: Path, tiny_tokenizer
-):
-    first = load_filter(str(tiny_filter_dir), device="cpu").fingerprint
-    assert load_filter(str(tiny_filter_dir), device="cpu").fingerprint == first
-    other = save_model_folder("filter", tmp_path / "other", "tiny", tiny_tokenizer, seed=7)
-    shutil.copytree(other, tmp_path / "copy")
-    shutil.copy(tiny_filter_dir / "model.safetensors", tmp_path / "copy" / "model.safetensors")
-    assert load_filter(str(other), device="cpu").fingerprint != first
-    # Same weights and config under another name: the name is part of the identity.
-    assert load_filter(str(tmp_path / "copy"), device="cpu").fingerprint != first
+def test_model_identity_is_exact_for_local_folders(tiny_filter_dir: Path, tmp_path: Path) -> None:
+    first = model_identity(str(tiny_filter_dir))
+    assert model_identity(str(tiny_filter_dir)) == first and len(first["sha256"]) == 64
+    # Weights edited in the middle of the file, same size (a re-finetuned layer): new identity.
+    copy = Path(shutil.copytree(tiny_filter_dir, tmp_path / "copy"))
+    weights = bytearray((copy / "model.safetensors").read_bytes())
+    middle = len(weights) // 2
+    weights[middle] = (weights[middle] + 1) % 256
+    (copy / "model.safetensors").write_bytes(bytes(weights))
+    assert model_identity(str(copy))["sha256"] != first["sha256"]
+
+
+def test_a_mistyped_local_folder_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    for name in (str(tmp_path / "models" / "fitler"), "./no/such/folder", "models/fitler"):
+        with pytest.raises(ModelLoadError, match="does not exist"):
+            check_model(name if name != "models/fitler" else str(tmp_path / "models/fitler"))
 
 
 def test_hub_id_offline_names_the_remedies(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):

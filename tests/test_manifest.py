@@ -1,81 +1,86 @@
-"""Run outputs written without Beam: manifest.json, Parquet shards, rejection rows."""
+"""Run outputs written without Beam: manifest.json, Parquet shards, decision rows."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from images import gradient, jpeg_bytes, write_img2dataset_parquet
 
-from curation.manifest import read_manifest, write_manifest
+from curation.decide import rejection_row
+from curation.finalize import FinalizeResult, TableFiles
+from curation.manifest import build_manifest, rebuild_manifest
 from curation.reasons import Reason
 from curation.records import Pair
-from curation.rejections import rejection_row
 from curation.schemas import DECISIONS_SCHEMA
-from curation.shards import ParquetShardWriter
+from curation.screen import Rejection
+from curation.shards import write_shard
+from curation.storage import Location
 
 
-def test_manifest_records_inputs_counts_versions_and_timings(tmp_path: Path) -> None:
-    data = write_img2dataset_parquet(
-        tmp_path / "in" / "00000.parquet", [jpeg_bytes(gradient(32, 32))], ["t"]
+def _result() -> FinalizeResult:
+    return FinalizeResult(
+        tables={"decisions": TableFiles(["decisions/part-g-00000.parquet"], 4)},
+        reasons={"kept": 3, "low_itm": 1},
+        texts={"web": {"kept": 2, "dropped": 1}, "synthetic": {"kept": 1, "dropped": 0}},
+        index={"count": 3, "added": 3, "dimension": 8},
     )
-    written = write_manifest(
-        tmp_path / "run",
-        config={"threshold": 0.5, "seed": 0},
-        inputs=[str(data)],
-        counts={"kept": 3, "low_itm": 1, "rows": 4},
-        timings={"decode": 1.5},
-        models={"filter": {"name": "Salesforce/blip-itm-base-coco", "revision": "abc"}},
-        extra={"run_id": "r1"},
+
+
+def test_manifest_records_counts_versions_history_and_facts() -> None:
+    manifest = build_manifest(
+        run_id="r1",
+        generation="g1",
+        command="run",
+        config={"threshold": 0.5},
+        result=_result(),
+        timings={"total": 1.5},
+        history=[],
+        changes={"threshold": 0.5},
+        extra={"rows": 4},
     )
-    on_disk = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert on_disk == written == read_manifest(tmp_path / "run")
-    assert list(on_disk["counts"])[: len(Reason)] == [r.value for r in Reason]
-    assert on_disk["counts"]["kept"] == 3 and on_disk["counts"]["too_large"] == 0
-    assert on_disk["counts"]["rows"] == 4
-    assert on_disk["inputs"] == [{"path": str(data), "bytes": os.path.getsize(data)}]
-    assert on_disk["packages"]["pyarrow"] == pa.__version__
-    assert set(on_disk["packages"]) >= {
-        "torch",
-        "transformers",
-        "apache-beam",
-        "faiss-cpu",
-        "pillow",
-        "numpy",
-        "capfilt-curation",
+    assert list(manifest["counts"]) == [r.value for r in Reason]
+    assert manifest["counts"]["kept"] == 3 and manifest["counts"]["too_large"] == 0
+    assert manifest["tables"]["decisions"] == {
+        "files": ["decisions/part-g-00000.parquet"],
+        "rows": 4,
     }
-    assert on_disk["models"]["filter"]["revision"] == "abc"
-    assert on_disk["config"] == {"threshold": 0.5, "seed": 0}
-    assert on_disk["timings"] == {"decode": 1.5}
-    assert on_disk["run_id"] == "r1"
-    assert on_disk["created_at"].endswith("+00:00")
-    assert on_disk["python"].count(".") == 2
-    assert not list((tmp_path / "run").glob(".*tmp"))
+    assert manifest["packages"]["pyarrow"] == pa.__version__
+    assert manifest["texts"]["web"] == {"kept": 2, "dropped": 1}
+    assert manifest["history"][0]["command"] == "run" and manifest["history"][0]["threshold"] == 0.5
+    assert manifest["created_at"].endswith("+00:00") and manifest["rows"] == 4
 
 
-def test_manifest_path_may_name_the_file(tmp_path: Path) -> None:
-    target = tmp_path / "custom.json"
-    write_manifest(target, config={}, inputs=[], counts={}, timings={})
-    assert read_manifest(target)["counts"] == dict.fromkeys(Reason, 0)
+def test_rebuilt_manifest_keeps_run_facts_and_extends_history() -> None:
+    first = build_manifest(
+        run_id="r1", generation="g1", command="run", config={"threshold": 0.5, "near_threshold": 0.9},
+        result=_result(), timings={"total": 1.5}, history=[], extra={"rows": 4, "models": {"f": 1}},
+    )  # fmt: skip
+    second = rebuild_manifest(
+        first, command="dedup", generation="g2", changes={"near_threshold": 0.8},
+        result=_result(), timings={"dedup": 0.2},
+    )  # fmt: skip
+    assert second["rows"] == 4 and second["models"] == {"f": 1} and second["run_id"] == "r1"
+    assert second["config"] == {"threshold": 0.5, "near_threshold": 0.8}
+    assert [h["command"] for h in second["history"]] == ["run", "dedup"]
+    assert second["timings"] == {"total": 1.5, "dedup": 0.2}
 
 
-def test_manifest_extra_cannot_overwrite_fixed_keys(tmp_path: Path) -> None:
+def test_manifest_extra_cannot_overwrite_fixed_keys() -> None:
     with pytest.raises(ValueError, match="counts"):
-        write_manifest(tmp_path, config={}, inputs=[], counts={}, timings={}, extra={"counts": {}})
+        build_manifest(
+            run_id="r", generation="g", command="run", config={}, result=_result(),
+            timings={}, history=[], extra={"counts": {}},
+        )  # fmt: skip
 
 
-def test_manifest_reads_versions_without_importing_torch(tmp_path: Path) -> None:
+def test_manifest_reads_versions_without_importing_torch() -> None:
     code = (
-        "import sys; from curation.manifest import write_manifest; "
-        f"m = write_manifest({str(tmp_path)!r}, config={{}}, inputs=[], counts={{}}, timings={{}}); "
-        "assert 'torch' not in sys.modules and 'apache_beam' not in sys.modules; "
-        "print(m['packages']['torch'])"
+        "import sys; from curation.manifest import package_versions; "
+        "v = package_versions(); "
+        "assert 'torch' not in sys.modules and 'apache_beam' not in sys.modules; print(v['torch'])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().startswith("2.")
@@ -94,7 +99,7 @@ def _pair() -> Pair:
 
 
 def test_rejection_row_fits_the_decisions_schema() -> None:
-    row = rejection_row(_pair(), Reason.DOWNLOAD_FAILED, "timeout", "run-1", 0.5)
+    row = rejection_row(Rejection(_pair(), Reason.DOWNLOAD_FAILED, "timeout"), "run-1", 0.5)
     assert list(row) == DECISIONS_SCHEMA.names
     assert row["decision"] == "dropped" and row["reason"] == "download_failed"
     assert row["text_origin"] == "web" and row["itm"] is None and row["itc"] is None
@@ -110,35 +115,17 @@ def test_rejection_row_fits_the_decisions_schema() -> None:
             assert table.column(field.name).null_count == 0, field.name
 
 
-def test_shard_writer_splits_rows_into_numbered_shards(tmp_path: Path) -> None:
-    rows = [rejection_row(_pair(), Reason.UNDECODABLE, f"row {i}", "run-1", None) for i in range(7)]
-    with ParquetShardWriter(
-        str(tmp_path / "decisions"), DECISIONS_SCHEMA, rows_per_shard=3
-    ) as writer:
-        writer.write(rows[:2])
-        assert writer.paths == []
-        writer.write(rows[2:])
-        assert len(writer.paths) == 2  # full shards appear as soon as they are full
-    names = sorted(p.name for p in (tmp_path / "decisions").iterdir())
-    assert names == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
-    tables = [pq.read_table(tmp_path / "decisions" / n) for n in names]
-    assert [t.num_rows for t in tables] == [3, 3, 1]
-    assert all(t.schema.equals(DECISIONS_SCHEMA) for t in tables)
-    details = [d for t in tables for d in t.column("detail").to_pylist()]
-    assert details == [f"row {i}" for i in range(7)]
-
-
-def test_shard_writer_prefix_start_and_empty_close(tmp_path: Path) -> None:
-    writer = ParquetShardWriter(str(tmp_path), DECISIONS_SCHEMA, 10, prefix="w3", start=5)
-    assert writer.close() == []
-    writer = ParquetShardWriter(str(tmp_path), DECISIONS_SCHEMA, 10, prefix="w3", start=5)
-    writer.write([rejection_row(_pair(), Reason.TOO_SMALL, None, "r", None)])
-    assert writer.close() == [str(tmp_path / "w3-00005.parquet")]
-    assert sorted(os.listdir(tmp_path)) == ["w3-00005.parquet"]
-
-
-def test_shard_writer_leaves_no_partial_shard_on_error(tmp_path: Path) -> None:
-    writer = ParquetShardWriter(str(tmp_path), DECISIONS_SCHEMA, 1)
+def test_shard_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    rows = [
+        rejection_row(Rejection(_pair(), Reason.UNDECODABLE, f"row {i}"), "run-1", None)
+        for i in range(7)
+    ]
+    shard = write_shard(Location(str(tmp_path)), rows, DECISIONS_SCHEMA)
+    assert shard.rows == 7 and Path(shard.url).parent == tmp_path
     with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError)):
-        writer.write([{"run_id": "r", "key": "k", "source_row": "not a number"}])
-    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".parquet")] == []
+        write_shard(
+            Location(str(tmp_path)),
+            [{"run_id": "r", "key": "k", "source_row": "x"}],
+            DECISIONS_SCHEMA,
+        )
+    assert [p.name for p in tmp_path.iterdir()] == [Path(shard.url).name]

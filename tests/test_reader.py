@@ -1,4 +1,4 @@
-"""Reading inputs: path resolution, layout detection, schema errors, keys and streaming."""
+"""Reading inputs: path resolution, layout detection, schema checks, keys, values, streaming."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import tracemalloc
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from images import (
     gradient,
@@ -16,16 +17,10 @@ from images import (
 )
 
 from curation.errors import InputError
-from curation.reader import (
-    Layout,
-    check_inputs,
-    detect_layout,
-    iter_pairs,
-    make_key,
-    read_row_group,
-    resolve_inputs,
-    row_groups,
-)
+from curation.inputs import InputFile, resolve_inputs
+from curation.layout import check_inputs, detect_layout
+from curation.reader import ImageFiles, derived_key, iter_pairs, read_row_group, row_group_sizes
+from curation.storage import Location
 
 
 @pytest.fixture(scope="module")
@@ -33,128 +28,186 @@ def jpegs() -> list[bytes]:
     return [jpeg_bytes(gradient(48, 40, seed)) for seed in range(6)]
 
 
+def _file(path: str | Path) -> InputFile:
+    [item] = resolve_inputs(str(path))
+    return item
+
+
+def _pairs(path: str | Path, **kw: object) -> list:
+    item = _file(path)
+    layout = check_inputs([item], **kw)
+    return list(iter_pairs(item, layout))
+
+
+def _urls(spec: str | list[str]) -> list[str]:
+    return [f.url for f in resolve_inputs(spec)]
+
+
 def test_img2dataset_layout_and_pairs(tmp_path: Path, jpegs: list[bytes]) -> None:
-    path = str(
-        write_img2dataset_parquet(
-            tmp_path / "00000.parquet", jpegs[:4], ["a cat", "lost", None, "x" * 5000], failed=[1]
-        )
+    path = write_img2dataset_parquet(
+        tmp_path / "00000.parquet", jpegs[:4], ["a cat", "lost", None, "x" * 5000], failed=[1]
     )
-    layout = detect_layout(path)
-    assert layout == Layout(
-        kind="img2dataset",
-        image_column="jpg",
-        text_column="caption",
-        key_column="key",
-        status_column="status",
-        error_column="error_message",
-        image_is_struct=False,
-        passthrough=(
-            "url",
-            "width",
-            "height",
-            "original_width",
-            "original_height",
-            "exif",
-            "sha256",
-        ),
+    layout = check_inputs([_file(path)])
+    assert (layout.kind, layout.image_column, layout.text_column, layout.key_column) == (
+        "img2dataset",
+        "jpg",
+        "caption",
+        "key",
     )
-    pairs = list(iter_pairs(path, layout))
+    assert (layout.status_column, layout.error_column) == ("status", "error_message")
+    assert layout.passthrough.names == [
+        "url", "width", "height", "original_width", "original_height", "exif", "sha256",
+    ]  # fmt: skip
+    # img2dataset's own width/height/sha256 keep their values under other names
+    assert dict(layout.renamed) == {
+        "width": "source_width", "height": "source_height", "sha256": "source_sha256",
+    }  # fmt: skip
+    pairs = _pairs(path)
     assert [p.key for p in pairs] == ["000000000", "000000001", "000000002", "000000003"]
     assert [p.source_row for p in pairs] == [0, 1, 2, 3]
-    assert all(p.source_file == path for p in pairs)
+    assert all(p.source_file == str(path) for p in pairs)
     assert pairs[0].image == jpegs[0] and pairs[0].text == "a cat"
     assert (pairs[1].status, pairs[1].error, pairs[1].image) == (
         "failed_to_download",
         "HTTP Error 404: Not Found",
         None,
     )
-    assert pairs[0].status == "success" and pairs[0].error is None
     assert pairs[2].text is None
     assert pairs[3].text == "x" * 5000  # long text kept as is
     assert pairs[0].extra["url"] == "https://example.com/0/0.jpg"
-    assert "jpg" not in pairs[0].extra and "caption" not in pairs[0].extra
+    assert pairs[0].extra["source_width"] == 0 and "width" not in pairs[0].extra
 
 
-def test_hf_datasets_struct_column(tmp_path: Path, jpegs: list[bytes]) -> None:
-    (tmp_path / "images").mkdir()
-    (tmp_path / "images" / "side.jpg").write_bytes(jpegs[3])
-    path = str(
-        write_hf_parquet(
-            tmp_path / "train-00000-of-00001.parquet",
-            [jpegs[0], None, None, None],
-            ["one", "two", "three", "four"],
-            paths=["a.jpg", "images/side.jpg", "images/gone.jpg", None],
-        )
+def test_hf_datasets_struct_column_and_image_paths(tmp_path: Path, jpegs: list[bytes]) -> None:
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "images" / "side.jpg").write_bytes(jpegs[3])
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "out.jpg").write_bytes(jpegs[4])
+    (tmp_path / "data" / "big.jpg").write_bytes(jpegs[5] + b"\0" * 5000)
+    paths = [
+        "a.jpg",  # bytes win over path
+        "images/side.jpg",  # relative to the parquet file: read
+        "images/gone.jpg",  # not there
+        None,
+        "../elsewhere/out.jpg",  # escapes the dataset folder
+        str(tmp_path / "elsewhere" / "out.jpg"),  # absolute, outside
+        "/dev/zero",  # not a regular file, outside anyway
+        "big.jpg",  # over the size bound
+    ]
+    path = write_hf_parquet(
+        tmp_path / "data" / "train-00000-of-00001.parquet",
+        [jpegs[0]] + [None] * 7,
+        [f"t{i}" for i in range(8)],
+        paths=paths,
     )
-    layout = detect_layout(path)
+    item = _file(path)
+    layout = check_inputs([item])
     assert (layout.kind, layout.image_column, layout.text_column) == (
         "hf_datasets",
         "image",
         "text",
     )
     assert layout.image_is_struct and layout.key_column is None
-    assert layout.passthrough == ("source",)
-    pairs = list(iter_pairs(path, layout))
-    assert pairs[0].image == jpegs[0]  # bytes win over path
-    assert pairs[1].image == jpegs[3]  # null bytes: read beside the parquet file
-    assert pairs[2].image is None and pairs[3].image is None
-    assert [p.key for p in pairs] == [f"train-00000-of-00001_{i:06d}" for i in range(4)]
-    assert pairs[2].extra == {"source": "hf-2"}
+    pairs = list(iter_pairs(item, layout, ImageFiles(max_bytes=4000)))
+    assert pairs[0].image == jpegs[0] and pairs[1].image == jpegs[3]
+    assert pairs[2].image is None and "not found" in pairs[2].image_issue[1]
+    assert pairs[3].image is None and pairs[3].image_issue is None
+    for refused in pairs[4:7]:
+        assert refused.image is None and "outside the dataset folder" in refused.image_issue[1]
+    assert pairs[7].image_issue[0] == "too_large"
+    assert [p.key for p in pairs[:2]] == [
+        "train-00000-of-00001_000000",
+        "train-00000-of-00001_000001",
+    ]
+    # an allowed root lets absolute paths in
+    allowed = list(iter_pairs(item, layout, ImageFiles(roots=(str(tmp_path / "elsewhere"),))))
+    assert allowed[4].image == jpegs[4] and allowed[5].image == jpegs[4]
+    assert allowed[6].image is None  # /dev/zero stays outside
 
 
 def test_mapped_layout_detected_by_column_names(tmp_path: Path, jpegs: list[bytes]) -> None:
     rows = [{"id": i, "image_bytes": jpegs[i], "alt_text": f"t{i}"} for i in range(3)]
-    path = str(write_pairs_parquet(tmp_path / "m.parquet", rows))
-    layout = detect_layout(path)
+    path = write_pairs_parquet(tmp_path / "m.parquet", rows)
+    layout = check_inputs([_file(path)])
     assert (layout.kind, layout.image_column, layout.text_column) == (
         "mapped",
         "image_bytes",
         "alt_text",
     )
-    assert layout.passthrough == ("id",)
-    assert [p.extra["id"] for p in iter_pairs(path, layout)] == [0, 1, 2]
+    assert layout.passthrough.names == ["id"]
+    assert [p.extra["id"] for p in _pairs(path)] == [0, 1, 2]
 
 
 def test_explicit_columns_override_detection(tmp_path: Path, jpegs: list[bytes]) -> None:
     rows = [
         {"blob": jpegs[i], "caption": "web", "title": f"t{i}", "uid": f"u{i}"} for i in range(2)
     ]
-    path = str(write_pairs_parquet(tmp_path / "m.parquet", rows))
-    assert detect_layout(path).text_column == "caption"
-    layout = detect_layout(path, image_column="blob", text_column="title", key_column="uid")
-    assert (layout.image_column, layout.text_column, layout.key_column) == ("blob", "title", "uid")
-    assert layout.passthrough == ("caption",)
-    pairs = list(iter_pairs(path, layout))
-    assert [(p.key, p.text) for p in pairs] == [("u0", "t0"), ("u1", "t1")]
+    path = write_pairs_parquet(tmp_path / "m.parquet", rows)
+    assert detect_layout(Location(str(path))).text_column == "caption"
+    pairs = _pairs(path, image_column="blob", text_column="title", key_column="uid")
+    assert [(p.key, p.text, p.extra) for p in pairs] == [
+        ("u0", "t0", {"caption": "web"}),
+        ("u1", "t1", {"caption": "web"}),
+    ]
+
+
+@pytest.mark.parametrize(
+    "key_type", [pa.int64(), pa.dictionary(pa.int32(), pa.string())], ids=["int64", "dictionary"]
+)
+def test_key_columns_of_integers_or_dictionaries_are_used_as_text(
+    tmp_path: Path, jpegs: list[bytes], key_type: pa.DataType
+) -> None:
+    keys = (
+        pa.array([17, 4], pa.int64())
+        if pa.types.is_integer(key_type)
+        else pa.array(["k1", "k2"]).dictionary_encode()
+    )
+    table = pa.table({"key": keys, "image": [jpegs[0], jpegs[1]], "text": ["a", "b"]})
+    pq.write_table(table, tmp_path / "k.parquet")
+    pairs = _pairs(tmp_path / "k.parquet")
+    assert [p.key for p in pairs] == (
+        ["17", "4"] if pa.types.is_integer(key_type) else ["k1", "k2"]
+    )
+
+
+def test_dictionary_text_and_invalid_utf8_are_read(tmp_path: Path, jpegs: list[bytes]) -> None:
+    texts = pa.array(["café", "plain"]).dictionary_encode()
+    pq.write_table(pa.table({"image": [jpegs[0], jpegs[1]], "text": texts}), tmp_path / "d.parquet")
+    assert [p.text for p in _pairs(tmp_path / "d.parquet")] == ["café", "plain"]
+    # a string column holding bytes that are not UTF-8 (as some writers produce)
+    raw = pa.array([b"ok", b"bad \xff\xfe bytes"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"image": [jpegs[0], jpegs[1]], "text": raw}), tmp_path / "u.parquet")
+    pairs = _pairs(tmp_path / "u.parquet")
+    assert pairs[0].text == "ok" and not pairs[0].text_repaired
+    assert pairs[1].text == "bad \ufffd\ufffd bytes" and pairs[1].text_repaired
 
 
 def test_missing_column_error_names_file_column_and_choices(
     tmp_path: Path, jpegs: list[bytes]
 ) -> None:
-    path = str(write_img2dataset_parquet(tmp_path / "s.parquet", jpegs[:1], ["t"]))
+    path = write_img2dataset_parquet(tmp_path / "s.parquet", jpegs[:1], ["t"])
     with pytest.raises(InputError) as caught:
-        detect_layout(path, text_column="alt")
+        detect_layout(Location(str(path)), text_column="alt")
     message = str(caught.value)
-    assert path in message and "'alt'" in message and "caption, key, status" in message
-
-    no_text = str(write_pairs_parquet(tmp_path / "n.parquet", [{"image": jpegs[0], "n": 1}]))
+    assert str(path) in message and "'alt'" in message and "caption, key, status" in message
+    no_text = write_pairs_parquet(tmp_path / "n.parquet", [{"image": jpegs[0], "n": 1}])
     with pytest.raises(InputError, match=r"no text column recognised.*image, n.*--text-column"):
-        detect_layout(no_text)
+        detect_layout(Location(str(no_text)))
 
 
 def test_wrong_column_type_is_refused(tmp_path: Path, jpegs: list[bytes]) -> None:
-    path = str(write_pairs_parquet(tmp_path / "w.parquet", [{"image": jpegs[0], "text": "t"}]))
+    path = write_pairs_parquet(tmp_path / "w.parquet", [{"image": jpegs[0], "text": "t"}])
     with pytest.raises(InputError, match="image column 'text' has type string"):
-        detect_layout(path, image_column="text")
+        detect_layout(Location(str(path)), image_column="text")
 
 
 def test_not_parquet_and_missing_file(tmp_path: Path) -> None:
     fake = tmp_path / "fake.parquet"
     fake.write_text("url,caption\nhttp://x,y\n")
     with pytest.raises(InputError, match=f"{fake}: not a Parquet file"):
-        detect_layout(str(fake))
+        detect_layout(Location(str(fake)))
     with pytest.raises(InputError, match="nothing.parquet"):
-        detect_layout(str(tmp_path / "nothing.parquet"))
+        resolve_inputs(str(tmp_path / "nothing.parquet"))
 
 
 def test_resolve_file_glob_folder_and_list(tmp_path: Path, jpegs: list[bytes]) -> None:
@@ -163,14 +216,39 @@ def test_resolve_file_glob_folder_and_list(tmp_path: Path, jpegs: list[bytes]) -
         for i, sub in ((2, "b"), (0, "a"), (1, "a/deep"))
     ]
     (tmp_path / "a" / "notes.txt").write_text("not an input")
+    write_pairs_parquet(tmp_path / "a" / "_cache" / "x.parquet", [{"n": 1}])  # hidden: not input
     a0, a1, b2 = str(paths[1]), str(paths[2]), str(paths[0])
-    assert resolve_inputs(a0) == [a0]
-    assert resolve_inputs(str(tmp_path)) == [a0, a1, b2]  # recursive, sorted
-    assert resolve_inputs(str(tmp_path / "*" / "*.parquet")) == [a0, b2]
-    assert resolve_inputs(str(tmp_path / "**" / "*.parquet")) == [a0, a1, b2]
-    assert resolve_inputs([b2, a0, b2]) == [b2, a0]  # order kept, duplicates dropped
-    assert resolve_inputs(f"file://{tmp_path}/a") == [f"file://{a0}", f"file://{a1}"]
-    assert resolve_inputs(f"file://{tmp_path}/*/0000?.parquet") == [f"file://{a0}", f"file://{b2}"]
+    assert _urls(a0) == [a0]
+    assert _urls(str(tmp_path)) == [a0, a1, b2]  # recursive, sorted
+    assert _urls(str(tmp_path / "*" / "*.parquet")) == [a0, b2]
+    assert _urls(str(tmp_path / "**" / "*.parquet")) == [a0, a1, b2]
+    assert _urls([b2, a0, b2]) == [b2, a0]  # order kept, duplicates dropped
+    assert _urls(f"file://{tmp_path}/a") == [a0, a1]
+    assert _urls(f"file://{tmp_path}/*/0000?.parquet") == [a0, b2]
+
+
+def test_folder_keys_follow_the_path_below_the_input_root(
+    tmp_path: Path, jpegs: list[bytes]
+) -> None:
+    """Hugging Face's converted layout: default/{train,test}/0000.parquet, no key column."""
+    for split in ("train", "test"):
+        write_pairs_parquet(
+            tmp_path / "default" / split / "0000.parquet", [{"image": jpegs[0], "text": "t"}]
+        )
+    files = resolve_inputs(str(tmp_path / "default"))
+    check_inputs(files)  # no collision although both files are named 0000.parquet
+    assert sorted(derived_key(f, 1) for f in files) == ["test/0000_000001", "train/0000_000001"]
+
+
+def test_folder_names_with_glob_characters_and_the_run_folder_excluded(
+    tmp_path: Path, jpegs: list[bytes]
+) -> None:
+    data = tmp_path / "shards[2024]"
+    write_pairs_parquet(data / "a.parquet", [{"image": jpegs[0], "text": "t"}])
+    write_pairs_parquet(data / "run" / "cache.parquet", [{"image": jpegs[0], "text": "t"}])
+    assert _urls(str(data)) == [str(data / "a.parquet"), str(data / "run" / "cache.parquet")]
+    kept = resolve_inputs(str(data), exclude=Location(str(data / "run")))
+    assert [f.url for f in kept] == [str(data / "a.parquet")]
 
 
 @pytest.mark.parametrize("entry", ["missing.parquet", "nomatch-*.parquet", "emptydir"])
@@ -180,48 +258,65 @@ def test_resolve_reports_the_entry_that_matches_nothing(tmp_path: Path, entry: s
         resolve_inputs(str(tmp_path / entry))
 
 
-def test_url_inputs_read_like_local_ones(tmp_path: Path, jpegs: list[bytes]) -> None:
-    local = str(write_img2dataset_parquet(tmp_path / "u.parquet", jpegs[:2], ["a", "b"]))
-    url = f"file://{local}"
-    layout = detect_layout(url)
-    assert [(p.image, p.text) for p in iter_pairs(url, layout)] == [
-        (p.image, p.text) for p in iter_pairs(local, detect_layout(local))
+def test_layouts_roles_must_agree(tmp_path: Path, jpegs: list[bytes]) -> None:
+    one = write_img2dataset_parquet(tmp_path / "1.parquet", jpegs[:1], ["t"])
+    two = write_pairs_parquet(tmp_path / "2.parquet", [{"image": jpegs[0], "text": "t"}])
+    with pytest.raises(InputError, match=r"2\.parquet: columns play other roles .*1\.parquet"):
+        check_inputs(resolve_inputs([str(one), str(two)]))
+
+
+def test_passthrough_columns_are_unified_across_files(tmp_path: Path, jpegs: list[bytes]) -> None:
+    a = write_pairs_parquet(
+        tmp_path / "a.parquet", [{"image": jpegs[0], "text": "t", "score": 1, "lang": "en"}]
+    )
+    b = write_pairs_parquet(  # other order, a float score, an extra column
+        tmp_path / "b.parquet",
+        [{"extra": "x", "score": 1.5, "text": "u", "image": jpegs[1], "lang": "fr"}],
+    )
+    files = resolve_inputs([str(a), str(b)])
+    layout = check_inputs(files)
+    assert dict(zip(layout.passthrough.names, map(str, layout.passthrough.types), strict=True)) == {
+        "score": "double", "lang": "string", "extra": "string",
+    }  # fmt: skip
+    rows = [p.extra for f in files for p in iter_pairs(f, layout)]
+    assert rows == [
+        {"score": 1.0, "lang": "en", "extra": None},
+        {"score": 1.5, "lang": "fr", "extra": "x"},  # 1.5 is not truncated
     ]
+    assert check_inputs(files, drop_columns=("extra",)).passthrough.names == ["score", "lang"]
 
 
-def test_check_inputs_requires_agreeing_layouts(tmp_path: Path, jpegs: list[bytes]) -> None:
-    one = str(write_img2dataset_parquet(tmp_path / "1.parquet", jpegs[:1], ["t"]))
-    two = str(write_pairs_parquet(tmp_path / "2.parquet", [{"image": jpegs[0], "text": "t"}]))
-    assert check_inputs([one]).kind == "img2dataset"
-    with pytest.raises(InputError, match=r"2\.parquet: layout differs from .*1\.parquet.*kind"):
-        check_inputs([one, two])
+def test_passthrough_types_that_cannot_be_combined_are_refused(
+    tmp_path: Path, jpegs: list[bytes]
+) -> None:
+    a = write_pairs_parquet(tmp_path / "a.parquet", [{"image": jpegs[0], "text": "t", "v": 1}])
+    b = write_pairs_parquet(tmp_path / "b.parquet", [{"image": jpegs[1], "text": "t", "v": "one"}])
+    with pytest.raises(InputError, match=r"'v'.*int64 in .*a\.parquet.*string in .*b\.parquet"):
+        check_inputs(resolve_inputs([str(a), str(b)]))
+    assert (
+        check_inputs(resolve_inputs([str(a), str(b)]), drop_columns=("v",)).passthrough.names == []
+    )
 
 
-def test_check_inputs_refuses_colliding_derived_keys(tmp_path: Path, jpegs: list[bytes]) -> None:
+def test_colliding_derived_keys_are_refused(tmp_path: Path, jpegs: list[bytes]) -> None:
     rows = [{"image": jpegs[0], "text": "t"}]
-    a = str(write_pairs_parquet(tmp_path / "x" / "part-0.parquet", rows))
-    b = str(write_pairs_parquet(tmp_path / "y" / "part-0.parquet", rows))
+    a = write_pairs_parquet(tmp_path / "x" / "part-0.parquet", rows)
+    b = write_pairs_parquet(tmp_path / "y" / "part-0.parquet", rows)
     with pytest.raises(InputError, match="--key-column"):
-        check_inputs([a, b])
-
-
-def test_make_key_is_stable_and_uses_the_file_name_only() -> None:
-    assert make_key("/data/run1/part-00000.parquet", 123) == "part-00000_000123"
-    assert make_key("gs://bucket/x/part-00000.parquet", 123) == "part-00000_000123"
-    assert make_key("part-00000.parquet", 1_234_567) == "part-00000_1234567"
+        check_inputs(resolve_inputs([str(a), str(b)]))
+    check_inputs(resolve_inputs(str(tmp_path)))  # their common folder gives x/part-0, y/part-0
 
 
 def test_row_groups_split_a_file_and_number_rows_within_it(
     tmp_path: Path, jpegs: list[bytes]
 ) -> None:
     rows = [{"image": jpegs[i % 6], "text": f"t{i}"} for i in range(10)]
-    path = str(write_pairs_parquet(tmp_path / "g.parquet", rows, row_group_size=4))
-    layout = detect_layout(path)
-    assert row_groups(path) == 3
-    groups = [read_row_group(path, layout, i) for i in range(3)]
-    assert [len(g) for g in groups] == [4, 4, 2]
+    item = _file(write_pairs_parquet(tmp_path / "g.parquet", rows, row_group_size=4))
+    layout = check_inputs([item])
+    assert row_group_sizes(item) == [4, 4, 2]
+    groups = [read_row_group(item, layout, i) for i in range(3)]
     assert [p.source_row for p in groups[1]] == [4, 5, 6, 7]
-    streamed = list(iter_pairs(path, layout))
+    streamed = list(iter_pairs(item, layout))
     assert [(p.key, p.text) for g in groups for p in g] == [(p.key, p.text) for p in streamed]
     assert streamed[7].key == "g_000007"
 
@@ -229,12 +324,12 @@ def test_row_groups_split_a_file_and_number_rows_within_it(
 def test_iter_pairs_streams_one_row_group_at_a_time(tmp_path: Path) -> None:
     blob = bytes(range(256)) * 400  # 100 kB per row, incompressible enough for the check
     rows = [{"image": blob[i:] + bytes([i]), "text": str(i)} for i in range(200)]
-    path = str(write_pairs_parquet(tmp_path / "big.parquet", rows, row_group_size=10))
+    item = _file(write_pairs_parquet(tmp_path / "big.parquet", rows, row_group_size=10))
     total = sum(len(r["image"]) for r in rows)
-    layout = detect_layout(path)
+    layout = check_inputs([item])
     tracemalloc.start()
     try:
-        count = sum(1 for _ in iter_pairs(path, layout))
+        count = sum(1 for _ in iter_pairs(item, layout))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -244,8 +339,8 @@ def test_iter_pairs_streams_one_row_group_at_a_time(tmp_path: Path) -> None:
 
 def test_text_column_may_be_all_null(tmp_path: Path, jpegs: list[bytes]) -> None:
     schema = pa.schema([("image", pa.binary()), ("text", pa.null())])
-    path = str(write_pairs_parquet(tmp_path / "t.parquet", [{"image": jpegs[0]}], schema=schema))
-    [pair] = iter_pairs(path, detect_layout(path))
+    path = write_pairs_parquet(tmp_path / "t.parquet", [{"image": jpegs[0]}], schema=schema)
+    [pair] = _pairs(path)
     assert pair.text is None and pair.image == jpegs[0]
 
 
@@ -253,12 +348,12 @@ def test_url_globs_keep_star_within_one_folder(tmp_path: Path, jpegs: list[bytes
     for name in ("a/part-0.parquet", "a/b/part-1.parquet", "a/part-x2.parquet"):
         write_img2dataset_parquet(tmp_path / name, jpegs[:1], ["t"])
     base = f"file://{tmp_path}"
-    assert resolve_inputs(f"{base}/a/*.parquet") == [
-        f"{base}/a/part-0.parquet",
-        f"{base}/a/part-x2.parquet",
+    assert _urls(f"{base}/a/*.parquet") == [
+        f"{tmp_path}/a/part-0.parquet",
+        f"{tmp_path}/a/part-x2.parquet",
     ]
-    assert resolve_inputs(f"{base}/a/part-[0-9].parquet") == [f"{base}/a/part-0.parquet"]
-    assert resolve_inputs(f"{base}/**/part-?.parquet") == [
-        f"{base}/a/b/part-1.parquet",
-        f"{base}/a/part-0.parquet",
+    assert _urls(f"{base}/a/part-[0-9].parquet") == [f"{tmp_path}/a/part-0.parquet"]
+    assert _urls(f"{base}/**/part-?.parquet") == [
+        f"{tmp_path}/a/b/part-1.parquet",
+        f"{tmp_path}/a/part-0.parquet",
     ]

@@ -114,7 +114,6 @@ def prepare_base(kind: str, base: str, texts: list[str], device: str = "auto") -
         revision=None,
         device=torch_device,
         dtype=torch.float32,
-        fingerprint="",
     )
 
 

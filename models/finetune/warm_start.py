@@ -76,4 +76,4 @@ def filter_from_captioner(captioner: LoadedModel) -> LoadedModel:
             f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
     model.to(device=captioner.device, dtype=captioner.dtype)
-    return dataclasses.replace(captioner, model=model, fingerprint="")
+    return dataclasses.replace(captioner, model=model)
