@@ -229,8 +229,8 @@ class Location:
     def create_exclusive(self, data: bytes) -> bool:
         """Create the file only if it does not exist; False when it already exists.
 
-        Locally ``O_EXCL``; on S3 a conditional put (``If-None-Match: *``); on GCS a
-        generation precondition (``ifGenerationMatch=0``).
+        Locally ``O_EXCL``; on object stores fsspec's exclusive ``create`` mode (S3's
+        ``If-None-Match: *``, GCS's ``ifGenerationMatch=0``).
         """
         if self.is_local:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -241,10 +241,8 @@ class Location:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
             return True
-        protocol = self.url.split("://", 1)[0]
-        condition = {"IfNoneMatch": "*"} if protocol == "s3" else {"ifGenerationMatch": 0}
         try:
-            self.fs.pipe_file(self.path, data, **condition)
+            self.fs.pipe_file(self.path, data, mode="create")
         except FileExistsError:
             return False
         except OSError as err:

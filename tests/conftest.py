@@ -47,3 +47,64 @@ def tiny_filter_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) ->
 
     folder = tmp_path_factory.mktemp("models") / "tiny-filter"
     return save_model_folder("filter", folder, "tiny", tiny_tokenizer, seed=1)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_bucket():
+    """An S3 bucket on a moto server started on loopback; the standard AWS variables
+    (``AWS_ENDPOINT_URL`` included) point every client of the process and its children at it.
+    Yields the bucket's URL."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+    )
+    boto3.client("s3").create_bucket(Bucket="curation-tests")
+    try:
+        yield "s3://curation-tests"
+    finally:
+        server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket():
+    """A bucket on a Google Cloud Storage emulator on loopback (``STORAGE_EMULATOR_HOST``
+    points gcsfs at it). The emulator does not enforce write preconditions, so the run lock's
+    exclusive create is checked on S3 only. Yields the bucket's URL."""
+    from gcp_storage_emulator.server import create_server
+
+    port = _free_port()
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="curation-tests")
+    server.start()
+    saved = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    try:
+        yield "gs://curation-tests"
+    finally:
+        server.stop()
+        if saved is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = saved

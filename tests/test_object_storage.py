@@ -1,0 +1,152 @@
+"""Runs whose inputs and outputs live on object storage (an S3 server on loopback), and a run
+on Beam's portable runner that reaches its data through the storage layer only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import fsspec
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from images import jpeg_bytes, photo, write_pairs_parquet
+
+from app.cli import main
+from curation.config import build_config
+from curation.run_folder import RunFolder
+from pipelines.runner import run_pipeline
+
+PHOTOS = ["astronaut", "coffee", "chelsea", "rocket"]
+
+
+def _upload(local: Path, url: str) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.put_file(str(local), path)
+
+
+def _read(url: str):
+    fs, path = fsspec.core.url_to_fs(url)
+    with fs.open(path, "rb") as handle:
+        return pq.read_table(handle)
+
+
+def _table(run_url: str, name: str):
+    run = RunFolder.at(run_url)
+    files = run.table_files(name)
+    tables = [_read(f.url) for f in files]
+    return tables[0] if len(tables) == 1 else __import__("pyarrow").concat_tables(tables)
+
+
+def _decisions(run_url: str) -> list[tuple]:
+    rows = _table(run_url, "decisions").to_pylist()
+    return sorted(
+        (r["key"], r["text_origin"], r["caption_index"], r["text"], r["reason"]) for r in rows
+    )
+
+
+@pytest.fixture(scope="module")
+def s3_input(s3_bucket: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    folder = tmp_path_factory.mktemp("s3in")
+    rows = [
+        {"key": name, "image": jpeg_bytes(photo(name)), "text": f"a photo of {name}"}
+        for name in PHOTOS
+    ]
+    rows.append({"key": "copy", "image": rows[0]["image"], "text": "the same photo"})
+    write_pairs_parquet(folder / "part-0.parquet", rows[:3])
+    write_pairs_parquet(folder / "part-1.parquet", rows[3:])
+    for name in ("part-0.parquet", "part-1.parquet"):
+        _upload(folder / name, f"{s3_bucket}/input/{name}")
+    return f"{s3_bucket}/input"
+
+
+def _config(input_url: str, out: str, captioner: Path, filter_: Path, **kw: object):
+    return build_config(
+        input=(input_url,), out=out, captioner=str(captioner), filter=str(filter_),
+        captions_per_image=1, batch_size=2, progress=False, **kw,
+    )  # fmt: skip
+
+
+def test_run_resume_dedup_and_next_round_on_s3(
+    s3_bucket, s3_input, tiny_captioner_dir, tiny_filter_dir, tmp_path
+) -> None:
+    out = f"{s3_bucket}/runs/r1"
+    first = run_pipeline(_config(s3_input, out, tiny_captioner_dir, tiny_filter_dir))
+    assert first.out_dir == out and first.rows == 5
+    before = _decisions(out)
+    web = [d for d in before if d[1] == "web"]
+    assert sorted(d[0] for d in web) == sorted([*PHOTOS, "copy"])
+    manifest = json.loads(fsspec.open(f"{out}/manifest.json").open().read())
+    assert manifest["inputs"][0]["path"].startswith(f"{s3_bucket}/input/")
+    assert manifest["images"]["scored"] == len(PHOTOS)
+    # Plain pyarrow reads the documented table folder on S3 directly.
+    fs, path = fsspec.core.url_to_fs(f"{out}/clean")
+    assert pq.read_table(path, filesystem=fs).num_rows == first.manifest["tables"]["clean"]["rows"]
+
+    again = run_pipeline(_config(s3_input, out, tiny_captioner_dir, tiny_filter_dir))
+    assert again.counters.get("images_scored", 0) == 0
+    assert again.counters["images_cached"] == len(PHOTOS)
+    assert _decisions(out) == before
+
+    strict = CliRunner().invoke(main, ["dedup", out, "--near-threshold", "0.999"])
+    assert strict.exit_code == 0, strict.output
+
+    round2 = f"{s3_bucket}/runs/r2"
+    run_pipeline(
+        _config(
+            s3_input, round2, tiny_captioner_dir, tiny_filter_dir,
+            dedup_against=f"{out}/index", near_threshold=0.999,
+        )
+    )  # fmt: skip
+    dups = {r["key"]: r for r in _table(round2, "duplicates").to_pylist()}
+    previous_round = {k for k, r in dups.items() if r["kind"] == "previous-round"}
+    assert previous_round  # the same images again: found in the previous round's index
+
+
+def test_portable_runner_gives_the_in_process_decisions(
+    s3_bucket, s3_input, tiny_captioner_dir, tiny_filter_dir
+) -> None:
+    local = f"{s3_bucket}/runs/inproc"
+    portable = f"{s3_bucket}/runs/portable"
+    run_pipeline(_config(s3_input, local, tiny_captioner_dir, tiny_filter_dir))
+    beam_args = (
+        "--runner=PortableRunner",
+        "--job_endpoint=embed",
+        "--environment_type=LOOPBACK",
+    )
+    result = run_pipeline(
+        _config(s3_input, portable, tiny_captioner_dir, tiny_filter_dir, beam_args=beam_args)
+    )
+    assert result.manifest["runner"] == "PortableRunner"
+    assert _decisions(portable) == _decisions(local)
+    assert result.counters["rows_read"] == 5  # counts come from the portable job's metrics
+
+
+def test_a_second_run_into_the_same_folder_is_refused(
+    s3_bucket, s3_input, tiny_captioner_dir, tiny_filter_dir
+) -> None:
+    run = RunFolder.at(f"{s3_bucket}/runs/locked")
+    lock = run.lock("run")
+    lock.acquire()
+    try:
+        refused = CliRunner().invoke(
+            main,
+            ["run", s3_input, "--out", run.url, "--captioner", str(tiny_captioner_dir),
+             "--filter", str(tiny_filter_dir), "--no-progress"],
+        )  # fmt: skip
+        assert refused.exit_code == 2 and "in use by another command" in refused.stderr
+    finally:
+        lock.release()
+    assert not (run.root / "_lock.json").exists()
+
+
+def test_run_on_google_cloud_storage_emulator(
+    gcs_bucket, tiny_captioner_dir, tiny_filter_dir, tmp_path: Path
+) -> None:
+    rows = [{"key": n, "image": jpeg_bytes(photo(n)), "text": f"a {n}"} for n in PHOTOS[:2]]
+    write_pairs_parquet(tmp_path / "in.parquet", rows)
+    _upload(tmp_path / "in.parquet", f"{gcs_bucket}/in/in.parquet")
+    out = f"{gcs_bucket}/runs/r1"
+    result = run_pipeline(_config(f"{gcs_bucket}/in", out, tiny_captioner_dir, tiny_filter_dir))
+    assert result.rows == 2
+    assert sorted(d[0] for d in _decisions(out) if d[1] == "web") == sorted(PHOTOS[:2])
