@@ -10,7 +10,9 @@ and exits 130; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 
 import click
 
@@ -43,6 +45,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _interrupted() -> None:
+    click.echo("\ninterrupted; re-run the same command to resume", err=True)
+    sys.exit(INTERRUPTED_EXIT)
+
+
 class LazyGroup(click.Group):
     """A click group that imports a command's module only when the command is used."""
 
@@ -57,14 +64,27 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module_name), attr)
 
     def invoke(self, ctx: click.Context) -> object:
+        interrupted = threading.Event()
+
+        def on_interrupt(signum: int, frame: object) -> None:
+            interrupted.set()
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
         try:
             return super().invoke(ctx)
         except UsageError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(err.exit_code)
+        except Exception:
+            if not interrupted.is_set():
+                raise
+            # a stage wrapped the interrupt in its own error (Beam does): still an interrupt
+            _interrupted()
         except KeyboardInterrupt:
-            click.echo("\ninterrupted; re-run the same command to resume", err=True)
-            sys.exit(INTERRUPTED_EXIT)
+            _interrupted()
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, summary) for name, (_, summary) in COMMANDS.items()]

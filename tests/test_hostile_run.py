@@ -1,0 +1,421 @@
+"""No single row can stop a run: data-dependent problems are decisions or fail before the
+models, and a stage that fails on one element records ``error`` decisions for its rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from images import bomb_png, gradient, jpeg_bytes, photo, png_bytes, truncated, write_pairs_parquet
+from runs import manifest as read_manifest
+
+from app.cli import main
+from curation.config import InputSettings, build_config
+from curation.inspect import inspect_input
+from pipelines.runner import run_pipeline
+
+
+def _config(data: Path | str, out: Path, captioner: Path, filter_: Path, **kw: object):
+    values: dict = dict(
+        input=(str(data),), out=str(out), captioner=str(captioner), filter=str(filter_),
+        captions_per_image=1, batch_size=2, progress=False,
+    )  # fmt: skip
+    values.update(kw)
+    return build_config(**values)
+
+
+def _web(out: Path) -> dict[str, list[dict]]:
+    rows: dict[str, list[dict]] = {}
+    for row in pq.read_table(out / "decisions").to_pylist():
+        if row["text_origin"] == "web":
+            rows.setdefault(row["key"], []).append(row)
+    return rows
+
+
+def _cli_run(*args: str) -> list[str]:
+    return ["run", *args, "--no-progress"]
+
+
+def test_repeated_keys_keep_the_first_row_and_the_run_finishes(
+    tmp_path: Path, tiny_captioner_dir, tiny_filter_dir
+) -> None:
+    a = [jpeg_bytes(gradient(64, 48, seed=s)) for s in range(4)]
+    write_pairs_parquet(
+        tmp_path / "in" / "0.parquet",
+        [
+            {"key": "x", "image": a[0], "text": "first"},
+            {"key": "x", "image": a[1], "text": "again"},
+        ],
+    )
+    write_pairs_parquet(
+        tmp_path / "in" / "1.parquet",
+        [
+            {"key": "x", "image": a[2], "text": "later"},
+            {"key": "y", "image": a[3], "text": "other"},
+        ],
+    )
+    out = tmp_path / "out"
+    result = run_pipeline(_config(tmp_path / "in", out, tiny_captioner_dir, tiny_filter_dir))
+    decisions = pq.read_table(out / "decisions").to_pylist()
+    web = [d for d in decisions if d["text_origin"] == "web"]
+    assert len(web) == 4  # one web decision per input row
+    first = [
+        d
+        for d in web
+        if d["key"] == "x" and d["source_row"] == 0 and "0.parquet" in d["source_file"]
+    ]
+    assert first[0]["reason"] != "duplicate_key"
+    later = [d for d in web if d["reason"] == "duplicate_key"]
+    assert len(later) == 2 and all("already used by" in d["detail"] for d in later)
+    assert result.manifest["counts"]["duplicate_key"] == 2
+    assert (
+        inspect_input(InputSettings(input=(str(tmp_path / "in"),)), progress=False).counts[
+            "duplicate_key"
+        ]
+        == 2
+    )
+
+
+def test_a_new_image_sharing_a_key_with_the_previous_round_is_kept(
+    tmp_path: Path, tiny_captioner_dir, tiny_filter_dir
+) -> None:
+    write_pairs_parquet(
+        tmp_path / "r1.parquet", [{"key": "k", "image": jpeg_bytes(photo("coffee")), "text": "a"}]
+    )
+    write_pairs_parquet(
+        tmp_path / "r2.parquet", [{"key": "k", "image": jpeg_bytes(photo("rocket")), "text": "b"}]
+    )
+    run_pipeline(
+        _config(
+            tmp_path / "r1.parquet",
+            tmp_path / "r1",
+            tiny_captioner_dir,
+            tiny_filter_dir,
+            threshold=0.0,
+        )
+    )
+    run_pipeline(
+        _config(
+            tmp_path / "r2.parquet", tmp_path / "r2", tiny_captioner_dir, tiny_filter_dir,
+            threshold=0.0, near_threshold=0.9999, dedup_against=str(tmp_path / "r1" / "index"),
+        )
+    )  # fmt: skip
+    [decision] = _web(tmp_path / "r2")["k"]
+    assert decision["reason"] == "kept"
+
+
+def test_passthrough_columns_of_differing_types_are_combined_or_refused_before_work(
+    tmp_path: Path, tiny_captioner_dir, tiny_filter_dir
+) -> None:
+    img = jpeg_bytes(gradient(64, 48))
+    write_pairs_parquet(tmp_path / "num" / "a.parquet", [{"image": img, "text": "a", "score": 1}])
+    write_pairs_parquet(
+        tmp_path / "num" / "b.parquet", [{"image": img, "text": "b", "score": 1.5, "lang": "en"}]
+    )
+    out = tmp_path / "out"
+    run_pipeline(_config(tmp_path / "num", out, tiny_captioner_dir, tiny_filter_dir, threshold=0.0))
+    clean = pq.read_table(out / "clean")
+    assert clean.schema.field("score").type == pa.float64()
+    assert sorted(clean.column("score").to_pylist()) == [1.0, 1.5]  # 1.5 is not truncated
+    write_pairs_parquet(tmp_path / "mixed" / "a.parquet", [{"image": img, "text": "a", "v": 1}])
+    write_pairs_parquet(tmp_path / "mixed" / "b.parquet", [{"image": img, "text": "b", "v": "x"}])
+    started = time.monotonic()
+    refused = CliRunner().invoke(
+        main,
+        _cli_run(str(tmp_path / "mixed"), "--out", str(tmp_path / "o2"), "--captioner",
+                 str(tiny_captioner_dir), "--filter", str(tiny_filter_dir)),
+    )  # fmt: skip
+    assert refused.exit_code == 2 and "'v'" in refused.stderr and "b.parquet" in refused.stderr
+    assert time.monotonic() - started < 30 and not (tmp_path / "o2" / "_stage").exists()
+
+
+def test_an_empty_round_writes_an_index_the_next_round_can_use(
+    tmp_path: Path, tiny_captioner_dir, tiny_filter_dir
+) -> None:
+    write_pairs_parquet(tmp_path / "empty.parquet", [{"image": None, "text": "x"}, {"image": b"junk", "text": "y"}],
+                        schema=pa.schema([("image", pa.binary()), ("text", pa.string())]))  # fmt: skip
+    run_pipeline(
+        _config(tmp_path / "empty.parquet", tmp_path / "r1", tiny_captioner_dir, tiny_filter_dir)
+    )
+    info = json.loads((tmp_path / "r1" / "index" / "index.json").read_text())
+    assert (
+        info["count"] == 0
+        and info["dimension"] == read_manifest(tmp_path / "r1")["index"]["dimension"] > 1
+    )
+    write_pairs_parquet(
+        tmp_path / "good.parquet", [{"image": jpeg_bytes(photo("coffee")), "text": "c"}]
+    )
+    result = run_pipeline(
+        _config(tmp_path / "good.parquet", tmp_path / "r2", tiny_captioner_dir, tiny_filter_dir,
+                dedup_against=str(tmp_path / "r1" / "index"), threshold=0.0)
+    )  # fmt: skip
+    assert result.manifest["images"]["index_total"] == 1
+
+
+def test_texts_with_nul_control_characters_invalid_utf8_and_huge_length(
+    tmp_path: Path, tiny_captioner_dir, tiny_filter_dir
+) -> None:
+    img = [jpeg_bytes(gradient(64, 48, seed=s)) for s in range(4)]
+    texts = pa.array(
+        [
+            b"nul\x00inside",
+            b"bell\x07 and\x1b escapes",
+            b"bad \xff bytes",
+            ("long " * 30_000).encode(),
+        ],
+        pa.binary(),
+    ).view(pa.string())
+    keys = pa.array(["nul", "control", "utf8", "long"])
+    pq.write_table(pa.table({"key": keys, "image": img, "text": texts}), tmp_path / "t.parquet")
+    out = tmp_path / "out"
+    run_pipeline(
+        _config(tmp_path / "t.parquet", out, tiny_captioner_dir, tiny_filter_dir, threshold=0.0,
+                near_threshold=1.0)
+    )  # fmt: skip
+    web = {k: v[0] for k, v in _web(out).items()}
+    assert set(web) == {"nul", "control", "utf8", "long"}
+    assert all(d["reason"] in ("kept", "low_itm") for d in web.values()), web
+    assert web["nul"]["text"] == "nul\x00inside"  # stored as it came
+    assert web["utf8"]["text"] == "bad \ufffd bytes" and "UTF-8" in web["utf8"]["detail"]
+    assert len(web["long"]["text"]) == len("long " * 30_000)
+
+
+def test_settings_the_models_cannot_honour_are_refused_before_work(
+    tmp_path: Path, tiny_captioner_dir, tiny_filter_dir
+) -> None:
+    write_pairs_parquet(
+        tmp_path / "in.parquet", [{"image": jpeg_bytes(photo("coffee")), "text": "t"}]
+    )
+    base = _cli_run(str(tmp_path / "in.parquet"), "--out", str(tmp_path / "o"), "--captioner",
+                    str(tiny_captioner_dir), "--filter", str(tiny_filter_dir))  # fmt: skip
+    too_long = CliRunner().invoke(main, [*base, "--max-length", "500", "--min-length", "10"])
+    assert too_long.exit_code == 2 and "max_length 500" in too_long.stderr
+    fp16 = CliRunner().invoke(main, [*base, "--device", "cpu", "--dtype", "fp16"])
+    assert fp16.exit_code == 2 and "fp16" in fp16.stderr
+    import torch
+
+    if not torch.cuda.is_available():
+        cuda = CliRunner().invoke(main, [*base, "--device", "cuda"])
+        assert cuda.exit_code == 2 and "CUDA is not available" in cuda.stderr
+    dataflow = CliRunner().invoke(main, [*base, "--beam-arg=--runner=DataflowRunner"])
+    assert dataflow.exit_code == 2
+    assert all(f"--{k}" in dataflow.stderr for k in ("project", "region", "temp_location"))
+
+
+def test_flag_errors_appear_before_torch_and_beam_are_imported() -> None:
+    code = (
+        "import sys\n"
+        "from app.cli import main\n"
+        "try:\n"
+        "    main(['run', 'x.parquet', '--out', 'o', '--threshold', '2'])\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 2, exit.code\n"
+        "assert 'torch' not in sys.modules and 'apache_beam' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "threshold" in done.stderr
+
+
+def test_a_failing_stage_records_error_decisions_and_the_run_finishes(
+    tmp_path: Path, tiny_captioner_dir, tiny_filter_dir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faults injected into two real stages: decoding at the models' size for one image,
+    deciding for another. Their rows get ``error`` decisions naming the stage."""
+    import pipelines.decide
+    import pipelines.inference
+
+    images = {f"k{i}": jpeg_bytes(gradient(64, 48, seed=i)) for i in range(6)}
+    write_pairs_parquet(
+        tmp_path / "in.parquet",
+        [{"key": k, "image": v, "text": f"t {k}"} for k, v in images.items()],
+    )
+    decode, decide = pipelines.inference.decode_image, pipelines.decide.decide_group
+
+    def failing_decode(data, size=None, **kw):  # noqa: ANN001, ANN202
+        if data == images["k1"]:
+            raise MemoryError("no room for this one")
+        return decode(data, size, **kw)
+
+    def failing_decide(group, scores, **kw):  # noqa: ANN001, ANN202
+        if group.key == "k4":
+            raise ValueError("cannot decide k4")
+        return decide(group, scores, **kw)
+
+    monkeypatch.setattr(pipelines.inference, "decode_image", failing_decode)
+    monkeypatch.setattr(pipelines.decide, "decide_group", failing_decide)
+    out = tmp_path / "out"
+    result = run_pipeline(
+        _config(
+            tmp_path / "in.parquet", out, tiny_captioner_dir, tiny_filter_dir, max_error_rate=0.5
+        )
+    )
+    web = {k: v for k, v in _web(out).items()}
+    assert sorted(web) == sorted(images) and all(len(v) == 1 for v in web.values())
+    assert web["k1"][0]["reason"] == "error"
+    assert web["k1"][0]["detail"] == "pixels: MemoryError: no room for this one"
+    assert web["k4"][0]["detail"] == "decide: ValueError: cannot decide k4"
+    assert not [
+        d
+        for d in pq.read_table(out / "decisions").to_pylist()
+        if d["image_key"] == "k4" and d["text_origin"] == "synthetic"
+    ]
+    manifest = result.manifest
+    assert manifest["counts"]["error"] == 2 == manifest["errors"]["count"]
+    assert {e["key"] for e in manifest["errors"]["examples"]} == {"k1", "k4"}
+    strict = CliRunner().invoke(
+        main,
+        _cli_run(str(tmp_path / "in.parquet"), "--out", str(tmp_path / "strict"), "--captioner",
+                 str(tiny_captioner_dir), "--filter", str(tiny_filter_dir), "--max-error-rate", "0.1"),
+    )  # fmt: skip
+    assert strict.exit_code == 3 and "--max-error-rate" in strict.stderr
+    assert "errors: 2 rows" in strict.stdout and (tmp_path / "strict" / "manifest.json").exists()
+
+
+def test_a_model_batch_that_fails_is_retried_in_halves(tiny_filter_dir) -> None:
+    from curation.config import RunConfig
+    from curation.grouping import build_group
+    from curation.records import HashedPair, Pair
+    from pipelines.inference import Failure, ModelInput, ScoreHandler
+
+    class OneBadImage(ScoreHandler):
+        calls: list[int] = []
+
+        def infer(self, batch, model):  # noqa: ANN001, ANN202
+            self.calls.append(len(batch))
+            if any(item.group.key == "bad" for item in batch):
+                raise RuntimeError("CUDA out of memory")
+            return super().infer(batch, model)
+
+    config = RunConfig(input=("x",), out="o", filter=str(tiny_filter_dir), device="cpu")
+    handler = OneBadImage(config, batch_size=8)
+    model = handler.load_model()
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    batch = []
+    for i in range(8):
+        key = "bad" if i == 5 else f"k{i}"
+        pair = Pair(key=key, source_file="f", source_row=i, image=None, text="a red circle")
+        group = build_group([(HashedPair(pair, f"s{i}", 0, 32, 32), None, 1.0)])
+        batch.append(ModelInput(group, None, pixels))
+    results = list(handler.run_inference(batch, model))
+    assert [r.example for r in results] == batch
+    failed = [r.example.group.key for r in results if isinstance(r.inference, Failure)]
+    assert failed == ["bad"] and "CUDA out of memory" in results[5].inference.detail
+    assert results[5].inference.detail.startswith("score: RuntimeError")
+    assert handler.calls == [8, 4, 4, 2, 1, 1, 2]  # halves down to the one bad image
+
+
+def test_changed_weights_never_reuse_cached_outputs(
+    tmp_path: Path, tiny_captioner_dir, tiny_filter_dir
+) -> None:
+    write_pairs_parquet(
+        tmp_path / "in.parquet", [{"image": jpeg_bytes(photo("coffee")), "text": "t"}]
+    )
+    out = tmp_path / "out"
+    first = run_pipeline(_config(tmp_path / "in.parquet", out, tiny_captioner_dir, tiny_filter_dir))
+    edited = Path(shutil.copytree(tiny_filter_dir, tmp_path / "filter-edited"))
+    weights = bytearray((edited / "model.safetensors").read_bytes())
+    weights[len(weights) // 2] ^= 0x01  # same size, same header, other weights
+    (edited / "model.safetensors").write_bytes(bytes(weights))
+    again = run_pipeline(_config(tmp_path / "in.parquet", out, tiny_captioner_dir, edited))
+    assert again.counters.get("images_cached", 0) == 0 and again.counters["images_scored"] == 1
+    before, after = first.manifest["models"]["filter"], again.manifest["models"]["filter"]
+    assert (
+        before["sha256"] != after["sha256"] and again.manifest["cache"] != first.manifest["cache"]
+    )
+    rerun = run_pipeline(_config(tmp_path / "in.parquet", out, tiny_captioner_dir, edited))
+    assert rerun.counters["images_cached"] == 1  # the same weights again: reused
+
+
+def test_an_unreadable_cache_file_is_set_aside_and_recomputed(
+    tmp_path: Path, tiny_captioner_dir, tiny_filter_dir
+) -> None:
+    write_pairs_parquet(
+        tmp_path / "in.parquet", [{"image": jpeg_bytes(photo("coffee")), "text": "t"}]
+    )
+    out = tmp_path / "out"
+    run_pipeline(_config(tmp_path / "in.parquet", out, tiny_captioner_dir, tiny_filter_dir))
+    [cache_file] = [p for p in (out / "_cache").glob("*/part-*.parquet")]
+    cache_file.write_bytes(cache_file.read_bytes()[:100])  # a truncated upload
+    import io
+
+    stream = io.StringIO()
+    result = run_pipeline(
+        _config(tmp_path / "in.parquet", out, tiny_captioner_dir, tiny_filter_dir), stream
+    )
+    assert "is unreadable" in stream.getvalue() and cache_file.name in stream.getvalue()
+    assert result.counters["images_scored"] == 1
+    assert list((cache_file.parent / "_bad").iterdir())
+
+
+def test_inspect_and_run_agree_on_every_pre_model_reason(
+    tmp_path: Path, tiny_captioner_dir, tiny_filter_dir
+) -> None:
+    good = [jpeg_bytes(gradient(90, 70, seed=s)) for s in range(3)]
+    import io
+
+    from PIL import Image
+
+    pcx = io.BytesIO()
+    Image.new("RGB", (40, 40)).save(pcx, "PCX")
+    rows = [
+        {"key": "ok", "image": good[0], "text": "fine"},
+        {"key": "small", "image": png_bytes(gradient(30, 30)), "text": "small"},  # < min_side 40
+        {"key": "big", "image": jpeg_bytes(gradient(200, 200)), "text": "big"},  # > max_pixels
+        {"key": "bomb", "image": bomb_png(), "text": "bomb"},
+        {"key": "cut", "image": truncated(good[1]), "text": "cut"},
+        {"key": "junk", "image": b"\x00" * 100, "text": "junk"},
+        {"key": "pcx", "image": pcx.getvalue(), "text": "pcx"},
+        {"key": "none", "image": None, "text": "none"},
+        {"key": "ok", "image": good[2], "text": "repeated key"},
+        {"key": "blank", "image": good[2], "text": "  "},
+    ]
+    write_pairs_parquet(tmp_path / "in.parquet", rows)
+    settings = dict(min_side=40, max_pixels=20_000)
+    report = inspect_input(
+        InputSettings(input=(str(tmp_path / "in.parquet"),), **settings), progress=False
+    )
+    out = tmp_path / "out"
+    run_pipeline(
+        _config(tmp_path / "in.parquet", out, tiny_captioner_dir, tiny_filter_dir, **settings)
+    )
+    counts = read_manifest(out)["counts"]
+    for reason, n in report.counts.items():
+        if reason != "ok":
+            assert counts[reason] == n, reason
+    assert report.counts["too_small"] == 1 and report.counts["too_large"] == 2
+    assert report.counts["unsupported_format"] == 1 and report.counts["duplicate_key"] == 1
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(
+    tmp_path: Path, tiny_captioner_dir, tiny_filter_dir
+) -> None:
+    rows = [
+        {"key": f"g{i}", "image": jpeg_bytes(gradient(96, 80, seed=i)), "text": "x"}
+        for i in range(80)
+    ]
+    write_pairs_parquet(tmp_path / "in.parquet", rows, row_group_size=4)
+    args = [sys.executable, "-m", "app.cli", *_cli_run(str(tmp_path / "in.parquet"), "--out", str(tmp_path / "o"),
+            "--captioner", str(tiny_captioner_dir), "--filter", str(tiny_filter_dir), "--batch-size", "1")]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (tmp_path / "o" / "_lock.json").exists():
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted; re-run the same command to resume" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 3
+    assert not (tmp_path / "o" / "_lock.json").exists()

@@ -1,0 +1,232 @@
+"""Atomic publish: a command killed at any point leaves the previous complete state or the new
+one; the next command repairs the rest. The run lock; checks of --out before work."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from images import gradient, jpeg_bytes, photo, write_pairs_parquet
+
+from app.cli import main
+from app.dedup import rededup
+from curation.config import build_config
+from curation.reasons import Reason
+from curation.run_folder import FINAL_TABLES, RunFolder
+from curation.storage import Location
+from pipelines.runner import run_pipeline
+
+
+class Killed(BaseException):
+    """Stands for the process being killed at this point."""
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_captioner_dir, tiny_filter_dir) -> Path:
+    folder = tmp_path_factory.mktemp("publish")
+    rows = [
+        {"key": f"k{i}", "image": jpeg_bytes(gradient(64, 48, seed=i)), "text": f"text {i}"}
+        for i in range(6)
+    ]
+    rows.append({"key": "copy", "image": rows[0]["image"], "text": "a copy"})
+    write_pairs_parquet(folder / "in.parquet", rows)
+    out = folder / "run"
+    run_pipeline(
+        build_config(
+            input=(str(folder / "in.parquet"),), out=str(out), captioner=str(tiny_captioner_dir),
+            filter=str(tiny_filter_dir), captions_per_image=2, batch_size=2, threshold=0.3,
+            progress=False,
+        )
+    )  # fmt: skip
+    return out
+
+
+def _committed_state_is_whole(run_dir: Path) -> dict:
+    """Everything the manifest lists exists and agrees with it; returns the manifest."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    run = RunFolder.at(str(run_dir))
+    for name in FINAL_TABLES:
+        tables = [pq.read_table(f.path) for f in run.table_files(name, manifest)]
+        assert sum(t.num_rows for t in tables) == manifest["tables"][name]["rows"], name
+        if name == "decisions":
+            reasons = [r for t in tables for r in t.column("reason").to_pylist()]
+            for reason in Reason:
+                assert reasons.count(reason.value) == manifest["counts"][reason.value]
+    for file in manifest["index"]["files"].values():
+        assert (run_dir / "index" / file).is_file()
+    return manifest
+
+
+def _folders_hold_exactly_the_manifest(run_dir: Path) -> None:
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    for name in FINAL_TABLES:
+        on_disk = sorted(p.relative_to(run_dir).as_posix() for p in (run_dir / name).iterdir())
+        assert on_disk == sorted(manifest["tables"][name]["files"]), name
+    assert json.loads((run_dir / "index" / "index.json").read_text()) == manifest["index"]
+    listed = set(manifest["index"]["files"].values()) | {"index.json"}
+    assert {p.name for p in (run_dir / "index").iterdir()} == listed
+
+
+def _count_operations(monkeypatch: pytest.MonkeyPatch, kill_at: int | None) -> list[str]:
+    """Count (and, at ``kill_at``, interrupt) every write and delete of the storage layer."""
+    done: list[str] = []
+    write_with, remove = Location.write_with, Location.remove
+
+    def step(kind: str, location: Location) -> None:
+        if kill_at is not None and len(done) == kill_at:
+            raise Killed(f"{kind} {location.url}")
+        done.append(f"{kind} {location.url}")
+
+    def counted_write(self: Location, write) -> None:  # noqa: ANN001
+        step("write", self)
+        write_with(self, write)
+
+    def counted_remove(self: Location) -> None:
+        step("remove", self)
+        remove(self)
+
+    monkeypatch.setattr(Location, "write_with", counted_write)
+    monkeypatch.setattr(Location, "remove", counted_remove)
+    return done
+
+
+def test_a_command_killed_at_any_write_or_delete_leaves_a_whole_state(
+    finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = _committed_state_is_whole(finished_run)
+    probe = tmp_path / "probe"
+    shutil.copytree(finished_run, probe)
+    with monkeypatch.context() as patch:
+        operations = _count_operations(patch, None)
+        rededup(str(probe), near_threshold=0.01)
+    after = _committed_state_is_whole(probe)
+    assert after["generation"] != before["generation"] and len(operations) > 8
+    for kill_at in range(len(operations)):
+        target = tmp_path / f"killed-{kill_at}"
+        shutil.copytree(finished_run, target)
+        with monkeypatch.context() as patch:
+            _count_operations(patch, kill_at)
+            with pytest.raises(Killed):
+                rededup(str(target), near_threshold=0.01)
+        seen = _committed_state_is_whole(target)  # readers see the old state or the new one
+        assert seen["generation"] == before["generation"] or (
+            seen["config"]["near_threshold"] == 0.01 and seen["counts"] == after["counts"]
+        ), operations[kill_at]
+        (target / "_lock.json").unlink(missing_ok=True)  # the killed process is gone
+        rededup(str(target))  # the next command repairs and publishes again
+        _committed_state_is_whole(target)
+        _folders_hold_exactly_the_manifest(target)
+
+
+def test_an_interrupted_rerun_leaves_the_finished_run_usable(
+    finished_run: Path, tmp_path: Path, tiny_captioner_dir, tiny_filter_dir
+) -> None:
+    rows = [
+        {"key": f"g{i:03d}", "image": jpeg_bytes(gradient(96, 80, seed=i)), "text": f"picture {i}"}
+        for i in range(60)
+    ]
+    data = tmp_path / "many.parquet"
+    write_pairs_parquet(data, rows, row_group_size=5)
+    run = tmp_path / "run"
+    args = [
+        sys.executable, "-m", "app.cli", "run", str(data), "--out", str(run), "--captioner",
+        str(tiny_captioner_dir), "--filter", str(tiny_filter_dir), "-k", "2", "--batch-size", "1",
+        "--no-progress",
+    ]  # fmt: skip
+    subprocess.run(args, check=True, capture_output=True)
+    before = _committed_state_is_whole(run)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((run / "_stage").glob("2*/decisions/*.parquet")):
+        time.sleep(0.02)
+    stage_files = list((run / "_stage").glob("*/*/*.parquet"))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert stage_files, "the re-run was killed before it wrote staged tables"
+    result = CliRunner().invoke(main, ["dedup", str(run)])  # takes over the stale lock
+    assert result.exit_code == 0, result.output
+    after = _committed_state_is_whole(run)
+    assert after["tables"]["decisions"]["rows"] == before["tables"]["decisions"]["rows"] > 60
+    assert after["counts"] == before["counts"]
+    _folders_hold_exactly_the_manifest(run)
+    assert [p.name for p in (run / "_stage").iterdir() if p.is_dir()] == [
+        json.loads((run / "_stage" / "stage.json").read_text())["generation"]
+    ]  # the incomplete staged tables are gone
+
+
+def test_run_lock_refuses_a_second_command_and_takes_over_a_dead_ones(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    run = RunFolder.at(str(run_dir))
+    with run.lock("run"):
+        busy = CliRunner().invoke(main, ["dedup", str(run_dir)])
+        assert busy.exit_code == 2 and "in use by another command ('run'" in busy.stderr
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    holder = {"token": "x", "command": "run", "host": os.uname().nodename, "pid": dead.pid}
+    (run_dir / "_lock.json").write_text(json.dumps({**holder, "heartbeat": time.time()}))
+    assert CliRunner().invoke(main, ["dedup", str(run_dir)]).exit_code == 0
+    assert not (run_dir / "_lock.json").exists()
+
+
+def test_unusable_output_folders_are_refused_before_work(
+    tmp_path: Path, tiny_captioner_dir, tiny_filter_dir
+) -> None:
+    write_pairs_parquet(
+        tmp_path / "in.parquet", [{"image": jpeg_bytes(photo("coffee")), "text": "t"}]
+    )
+    (tmp_path / "a_file").write_text("x")
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    base = ["run", str(tmp_path / "in.parquet"), "--captioner", str(tiny_captioner_dir),
+            "--filter", str(tiny_filter_dir), "--no-progress", "--out"]  # fmt: skip
+    try:
+        for out, message in (
+            (tmp_path / "a_file", "is a file"),
+            (tmp_path / "a_file" / "run", "is a file"),
+            (read_only / "run", "cannot be written"),
+        ):
+            if message == "cannot be written" and os.geteuid() == 0:
+                continue  # root writes anywhere
+            result = CliRunner().invoke(main, [*base, str(out)])
+            assert result.exit_code == 2 and message in result.stderr, result.output
+            assert "Traceback" not in result.output
+    finally:
+        read_only.chmod(0o700)
+
+
+def test_the_runs_own_index_is_refused_as_previous_round(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    own = CliRunner().invoke(
+        main, ["dedup", str(run_dir), "--dedup-against", str(run_dir / "index")]
+    )
+    assert own.exit_code == 2 and "own index" in own.stderr
+    cleared = CliRunner().invoke(main, ["dedup", str(run_dir), "--dedup-against", ""])
+    assert cleared.exit_code == 0, cleared.output
+    assert json.loads((run_dir / "manifest.json").read_text())["config"]["dedup_against"] is None
+
+
+def test_tables_load_in_hugging_face_datasets_and_pyarrow(finished_run: Path) -> None:
+    import datasets
+
+    for name in FINAL_TABLES:
+        folder = finished_run / name
+        table = pq.read_table(folder)
+        loaded = datasets.load_dataset("parquet", data_dir=str(folder), split="train")
+        assert loaded.num_rows == table.num_rows, name
+        assert all(pq.read_metadata(p).num_rows for p in folder.iterdir()) or table.num_rows == 0
