@@ -8,7 +8,7 @@ with a fixed bound and needs a minimum number of rows, so a tiny run does not wa
 - most scored texts of an origin below the ITM threshold;
 - one reason other than ``kept``, ``low_itm`` and ``duplicate`` taking a large share of
   the input rows (a failed download, a wrong image column, an over-strict size limit);
-- an input file whose drop rate differs from the rest of the run by much more than chance.
+- an input file that drops many more of its rows than the rest of the run, beyond chance.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ LOW_ITM_SHARE = 0.8
 #: Share of input rows one pre-model reason may take before it is unusual.
 REASON_SHARE = 0.25
 #: A source stands out when its drop rate differs from the other rows' by at least this
-#: much and by more than SOURCE_SIGMAS binomial standard errors.
+#: much and by more than SOURCE_SIGMAS standard errors of the difference.
 SOURCE_RATE_GAP = 0.25
 SOURCE_SIGMAS = 3.0
 #: Sources named in warnings; the rest are counted.
@@ -114,13 +114,19 @@ def _reason_shares(stats: RunStats) -> list[AuditWarning]:
 
 
 def _unusual_source(source: SourceStats, total_rows: int, total_dropped: int) -> float | None:
-    """The other rows' drop rate when ``source`` stands out from it, else None."""
+    """The other rows' drop rate when ``source`` drops unusually many rows, else None.
+
+    Two-proportion test: the excess must exceed SOURCE_SIGMAS standard errors under the
+    pooled drop rate, and SOURCE_RATE_GAP. Only higher drop rates count: with two inputs,
+    the good one would otherwise be flagged as well.
+    """
     rest_rows = total_rows - source.rows
     if source.rows < MIN_ROWS or rest_rows < MIN_ROWS:
         return None
     rest_rate = (total_dropped - source.dropped) / rest_rows
-    gap = abs(source.drop_rate - rest_rate)
-    spread = math.sqrt(max(rest_rate * (1 - rest_rate), 1e-9) / source.rows)
+    pooled = total_dropped / total_rows
+    gap = source.drop_rate - rest_rate
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / source.rows + 1 / rest_rows))
     return rest_rate if gap >= SOURCE_RATE_GAP and gap > SOURCE_SIGMAS * spread else None
 
 
@@ -131,7 +137,7 @@ def _sources(stats: RunStats) -> list[AuditWarning]:
     for source in stats.sources:
         rest = _unusual_source(source, total_rows, total_dropped)
         if rest is not None:
-            flagged.append((abs(source.drop_rate - rest), source, rest))
+            flagged.append((source.drop_rate - rest, source, rest))
     flagged.sort(key=lambda item: (-item[0], item[1].source))
     out = []
     for _, source, rest in flagged[:MAX_SOURCE_WARNINGS]:
@@ -165,7 +171,7 @@ def compute_warnings(stats: RunStats) -> list[AuditWarning]:
 
 
 def unusual_sources(stats: RunStats) -> set[str]:
-    """Input files whose drop rate stands out (the report highlights them)."""
+    """Input files whose drop rate is unusually high (the report highlights them)."""
     total_rows = sum(s.rows for s in stats.sources)
     total_dropped = sum(s.dropped for s in stats.sources)
     return {

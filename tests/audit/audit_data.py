@@ -1,0 +1,89 @@
+"""The hostile dataset of the audit tests, and what its two runs are.
+
+The dataset has real photos, exact and perceptual copies, images that are near duplicates
+for the filter, rows rejected before the models, and script-injection payloads in texts,
+keys and an input file name. Run A keeps every scored text (threshold 0); run B uses the
+median ITM of run A as its threshold, so the two runs differ in known ways. Both runs
+then redo near-duplicate removal with a threshold just below the most similar pair of
+distinct images, so that near duplicates exist whatever the random filter's weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from images import gradient, jpeg_bytes, photo
+from PIL import Image
+
+#: Payloads that would run script, add an element, restyle the page or load a remote
+#: resource if they reached the page unescaped.
+PAYLOAD_TEXTS = (
+    '<script>window.__pwned = "text"</script>',
+    '"><img src=x onerror="window.__pwned=\'attribute\'">',
+    '<div id="injected">injected element</div>',
+    "</textarea><svg onload=window.__pwned='svg'>",
+    "<style>body{display:none}</style>",
+    "<iframe src=\"https://example.com/\"></iframe><img src='https://example.com/x.png'>",
+    "<meta http-equiv=refresh content='0;url=https://example.com/'>",
+)
+PAYLOAD_KEY = "<img src=x onerror=window.__pwned='key'>"
+PAYLOAD_FILE = "evil\"><img src=x onerror=window.__pwned='file'>.parquet"
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera")
+BAD_ROWS = 10  # undecodable rows of the payload-named file
+
+
+@dataclass(frozen=True)
+class AuditRuns:
+    """Run folders and what the dataset holds."""
+
+    a: Path
+    b: Path
+    inputs: tuple[Path, Path]
+    threshold_b: float
+    near_threshold: float
+
+
+def main_rows() -> list[dict]:
+    rows = [
+        {"key": f"p{i}", "image": jpeg_bytes(photo(name)), "text": f"a photo of {name}"}
+        for i, name in enumerate(PHOTOS)
+    ]
+    astronaut = photo("astronaut")
+    half = Image.fromarray(astronaut).resize((256, 256), Image.BICUBIC)
+    rows += [
+        {"key": "copy_exact", "image": rows[0]["image"], "text": "an astronaut in a suit"},
+        {"key": "copy_resized", "image": jpeg_bytes(np.asarray(half), quality=60),
+         "text": "astronaut portrait"},
+        {"key": "no_image", "image": None, "text": "where is it"},
+        {"key": "no_text", "image": jpeg_bytes(gradient(64, 48, seed=3)), "text": "  "},
+    ]  # fmt: skip
+    for i in range(6):
+        rows.append(
+            {
+                "key": f"g{i}",
+                "image": jpeg_bytes(gradient(96, 80, seed=10 + i)),
+                "text": PAYLOAD_TEXTS[i % len(PAYLOAD_TEXTS)] if i % 2 else f"a gradient {i}",
+            }
+        )
+    rows.append(
+        {"key": "p_payload", "image": jpeg_bytes(gradient(80, 96, seed=40)),
+         "text": PAYLOAD_TEXTS[-1]}
+    )  # fmt: skip
+    return rows
+
+
+def payload_rows() -> list[dict]:
+    rows = [
+        {
+            "key": PAYLOAD_KEY,
+            "image": jpeg_bytes(gradient(72, 72, seed=50)),
+            "text": PAYLOAD_TEXTS[0],
+        }
+    ]
+    rows += [
+        {"key": f"bad{i}", "image": b"not an image " + bytes([i]), "text": PAYLOAD_TEXTS[i % 7]}
+        for i in range(BAD_ROWS)
+    ]
+    return rows
