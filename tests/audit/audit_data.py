@@ -87,3 +87,54 @@ def payload_rows() -> list[dict]:
         for i in range(BAD_ROWS)
     ]
     return rows
+
+
+def decision(
+    key: str,
+    reason: str,
+    *,
+    origin: str = "web",
+    itm: float | None = None,
+    source: str = "a.parquet",
+    row: int = 0,
+    image_key: str | None = None,
+    caption_index: int | None = None,
+    threshold: float = 0.5,
+    text: str = "a text",
+) -> dict:
+    """One row of a decisions table (``curation.schemas.DECISIONS_SCHEMA``)."""
+    return {
+        "run_id": "test",
+        "key": key,
+        "source_file": source,
+        "source_row": row,
+        "image_key": image_key if image_key is not None else (key if itm is not None else None),
+        "text_origin": origin,
+        "caption_index": caption_index,
+        "text": text,
+        "itm": itm,
+        "itc": None if itm is None else itm / 2,
+        "decision": "kept" if reason == "kept" else "dropped",
+        "reason": reason,
+        "detail": None,
+        "threshold": threshold,
+    }
+
+
+def write_run(folder: Path, decisions: list[dict], duplicates: list[dict] = ()) -> Path:
+    """A run folder holding only decisions/ and duplicates/ tables, in several shards."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curation.schemas import DECISIONS_SCHEMA, DUPLICATES_SCHEMA
+
+    for name, rows, schema in (
+        ("decisions", decisions, DECISIONS_SCHEMA),
+        ("duplicates", list(duplicates), DUPLICATES_SCHEMA),
+    ):
+        (folder / name).mkdir(parents=True)
+        half = len(rows) // 2
+        for index, part in enumerate((rows[:half], rows[half:])):
+            table = pa.Table.from_pylist(part, schema=schema)
+            pq.write_table(table, folder / name / f"part-{index:05d}.parquet")
+    return folder
