@@ -22,6 +22,8 @@ from curation.filesystems import filesystem_for, join
 MANIFEST = "manifest.json"
 #: Rows per streamed batch of the narrow (no image bytes) audit scans.
 SCAN_ROWS = 65_536
+#: Batches read ahead of the one being processed (bounds memory on wide scans).
+READAHEAD = 2
 
 
 class RunTables:
@@ -94,7 +96,13 @@ class RunTables:
                 f"{self.location(name)}: column(s) {', '.join(missing)} missing; "
                 f"it has {', '.join(dataset.schema.names)}"
             )
-        yield from dataset.to_batches(columns=columns, filter=where, batch_size=batch_size)
+        yield from dataset.to_batches(
+            columns=columns,
+            filter=where,
+            batch_size=batch_size,
+            batch_readahead=READAHEAD,
+            fragment_readahead=1,
+        )
 
     def write_text(self, name: str, text: str) -> str:
         """Write a text file into the run folder (atomically where the filesystem allows)."""
