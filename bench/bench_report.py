@@ -91,9 +91,9 @@ def generate(folder: Path, rows: int) -> Path:
     rng = np.random.default_rng(0)
     images = pa.array(_jpegs(), pa.binary())
     vocabulary = _texts(rng)
-    n = -(
-        -rows * 100 // round(100 * (2 - REJECTED))
-    )  # one web decision per input row, one caption per scored image
+    # one web decision per input row, one caption per scored image: about 2 - REJECTED
+    # decisions per input row; a little margin so that the table holds at least ``rows``
+    n = -(-rows * 100 // 195)
     per_shard = -(-n // SHARDS)
     inputs = folder / "input"
     inputs.mkdir(parents=True)
