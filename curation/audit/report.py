@@ -374,7 +374,10 @@ def _samples_section(data: ReportInputs) -> Markup:
         label = ORIGIN_LABELS[origin]
         threshold = data.samples.threshold.get(origin)
         parts += [
-            tag("h3", f"{label}: kept just above the threshold {threshold:g} (up to +{BAND:g})"),
+            tag(
+                "h3",
+                f"{label}: kept just above the threshold {_number(threshold, 3)} (up to +{BAND:g})",
+            ),
             _cards(groups[f"{origin}:above"], data.thumbnails),
             tag("h3", f"{label}: dropped just below the threshold (down to -{BAND:g})"),
             _cards(groups[f"{origin}:below"], data.thumbnails),

@@ -88,7 +88,7 @@ def _below_threshold(stats: RunStats) -> list[AuditWarning]:
                 AuditWarning(
                     f"low_itm_{origin.value}",
                     f"{_percent(below, data.scored)} of scored {label} ({below} of {data.scored}) "
-                    f"are below the ITM threshold {data.threshold:g}; check the threshold, the "
+                    f"are below the ITM threshold {data.threshold or 0:g}; check the threshold, the "
                     "filter, or that texts and images belong together",
                 )
             )

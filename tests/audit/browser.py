@@ -40,7 +40,7 @@ def ensure_chromium() -> Path:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
     subprocess.run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"],
+        ["apt-get", "install", "-y", "-q", "chromium"],
         check=True,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -180,3 +180,15 @@ def test_tables_read_projected_columns_and_check_them(tmp_path: Path) -> None:
         list(tables.batches("decisions", ["nope"]))
     pq.write_table(pa.table({"x": [1]}), tmp_path / "decisions" / "part-00009.parquet")
     assert tables.manifest() == {}
+
+
+def test_an_empty_run_renders_diffs_and_does_not_warn(tmp_path: Path) -> None:
+    from curation.audit.diff import diff_runs
+    from curation.audit.warnings import run_warnings
+
+    write_run(tmp_path, [])
+    page = Path(write_report(str(tmp_path))).read_text()
+    assert "No text was scored." in page and "No image was removed as a duplicate." in page
+    assert run_warnings(str(tmp_path)) == []
+    diff = diff_runs(RunTables(str(tmp_path)), RunTables(str(tmp_path)))
+    assert diff["changes"]["web"]["kept_to_dropped"] == 0 and diff["counts"]["web"] == {}
