@@ -34,6 +34,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "app.dedup:dedup_command",
         "Re-run near-duplicate removal over a finished run, without models.",
     ),
+    "report": (
+        "app.report:report_command",
+        "Write an offline HTML report of a finished run (plots, samples, warnings).",
+    ),
+    "explain": (
+        "app.explain:explain_command",
+        "Everything a run recorded about one input key, without models.",
+    ),
+    "diff": (
+        "app.diff:diff_command",
+        "Compare two runs: counts per reason and decisions that changed.",
+    ),
     "finetune": (
         "app.finetune:finetune_command",
         "Finetune a BLIP captioner or filter on clean pairs.",

@@ -8,6 +8,7 @@ from typing import Any, TextIO
 import click
 
 from app.options import settings_options
+from curation.audit.warnings import run_warnings
 from curation.config import RunConfig, build_config
 from curation.errors import DATA_CHECK_FAILED
 
@@ -42,6 +43,8 @@ def print_summary(result: Any, stream: TextIO | None = None) -> None:
         f"  {'index/':<20} {images['index_total']:>10} images"
         f" ({images['indexed_this_round']} added by this round)\n"
     )
+    for warning in run_warnings(result.out_dir):
+        write(f"  warning: {warning.message}\n")
     errors = m["errors"]
     if errors["count"]:
         write(f"  errors: {errors['count']} rows; for example:\n")

@@ -122,7 +122,8 @@ class ParquetInput:
 def read_images(
     item: InputFile, layout: Layout, index: int, rows: set[int], images: ImageFiles | None = None
 ) -> dict[int, bytes | None]:
-    """The image bytes of some rows (numbered within the file) of row group ``index``."""
+    """The image bytes of some rows (numbered within the file) of row group ``index``; rows
+    outside the row group are left out."""
     policy = images or ImageFiles()
     with ParquetInput(item) as source:
         table = source.parquet.read_row_group(index, columns=[layout.image_column])
@@ -130,7 +131,8 @@ def read_images(
     cells = _ImageCells(table.column(layout.image_column), layout)
     out: dict[int, bytes | None] = {}
     for row in rows:
-        out[row] = cells.image(row - first, item.location, policy)[0]
+        if 0 <= row - first < len(cells.blobs):
+            out[row] = cells.image(row - first, item.location, policy)[0]
     return out
 
 

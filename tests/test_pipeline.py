@@ -162,6 +162,10 @@ def test_progress_line_and_summary(
     print_summary(result, summary)
     text = summary.getvalue()
     assert "undecodable" in text and "clean/" in text
+    from curation.audit.warnings import run_warnings
+
+    expected = run_warnings(result.out_dir)
+    assert all(f"warning: {w.message}" in text for w in expected)
     web = result.manifest["texts"]["web"]
     assert f"web texts        kept {web['kept']:>8}  dropped {web['dropped']:>8}" in text
 
