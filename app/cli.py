@@ -46,6 +46,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "app.diff:diff_command",
         "Compare two runs: counts per reason and decisions that changed.",
     ),
+    "rethreshold": (
+        "app.rethreshold:rethreshold_command",
+        "Decide every scored text again at another threshold, without models.",
+    ),
     "finetune": (
         "app.finetune:finetune_command",
         "Finetune a BLIP captioner or filter on clean pairs.",

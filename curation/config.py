@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from curation.caption_settings import CaptionSettings
 from curation.errors import ConfigError
+from curation.thresholds import Thresholds
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 DEFAULT_FILTER = "Salesforce/blip-itm-base-coco"
@@ -111,6 +112,12 @@ class RunConfig(InputSettings):
     threshold: float = flag(
         "Keep a text when its ITM probability >= this.", default=0.5, ge=0, le=1
     )
+    synthetic_threshold: float | None = flag(
+        "Threshold of synthetic captions (none: the same as --threshold).",
+        default=None,
+        ge=0,
+        le=1,
+    )
     first_token: Literal["enc", "cls"] = flag("Token at ITM position 0.", default="enc")
     prompt: str = flag("Caption prompt (stripped from the captions).", default=_CAPTION.prompt)
     sample: bool = flag("Nucleus sampling (else beam search).", default=_CAPTION.sample)
@@ -171,6 +178,10 @@ class RunConfig(InputSettings):
         if self.dtype == "fp16" and self.device == "cpu":
             raise ValueError("dtype fp16 is not supported on CPU; use bf16 or fp32 there")
         return self
+
+    def thresholds(self) -> Thresholds:
+        """The ITM thresholds of web texts and synthetic captions."""
+        return Thresholds.of(self.threshold, self.synthetic_threshold)
 
     def caption_settings(self) -> CaptionSettings:
         """The captioner's decoding settings of this run (raises ``ValueError`` if invalid)."""

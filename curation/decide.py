@@ -1,9 +1,14 @@
 """Decide: turn rows and scores into the rows of every output table.
 
 The rule (salesforce/BLIP issue #46): keep a text when its ITM match probability is at
-least the threshold, for web texts and synthetic captions alike. Empty web texts and
-repeats of an identical (image, text) pair are dropped without a score. Each output row
-shape has one constructor here, tied to its schema in :mod:`curation.schemas`.
+least the threshold, for web texts and synthetic captions alike (:func:`curation.thresholds.keeps`). Empty web
+texts and repeats of an identical (image, text) pair are dropped without a score. Each
+output row shape has one constructor here, tied to its schema in :mod:`curation.schemas`.
+
+A group's outcome holds a clean row for every scored web text and a synthetic row for every
+caption, kept or not (the staged candidates): finalize keeps those the threshold keeps, so
+another threshold can be applied later from the staged tables alone (``curation
+rethreshold``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from curation.grouping import text_identity
 from curation.reasons import Decision, DuplicateKind, Reason, TextOrigin, decision_of
 from curation.records import GroupScores, ImageGroup, Pair
 from curation.screen import Rejection
+from curation.thresholds import keeps
 
 Row = dict[str, Any]
 REPAIRED_TEXT = "invalid UTF-8 in the text was replaced"
@@ -22,7 +28,7 @@ REPAIRED_TEXT = "invalid UTF-8 in the text was replaced"
 
 @dataclass(frozen=True)
 class GroupOutcome:
-    """Every output row that one image group produces."""
+    """Every output row that one image group produces (clean and synthetic: candidates)."""
 
     decisions: tuple[Row, ...]
     clean: tuple[Row, ...]
@@ -148,9 +154,18 @@ def image_row(group: ImageGroup, scores: GroupScores, kept_texts: int) -> Row:
 
 
 def decide_group(
-    group: ImageGroup, scores: GroupScores, *, threshold: float, run_id: str
+    group: ImageGroup,
+    scores: GroupScores,
+    *,
+    threshold: float,
+    run_id: str,
+    synthetic_threshold: float | None = None,
 ) -> GroupOutcome:
-    """All rows for one scored image group; every member pair gets exactly one web decision."""
+    """All rows for one scored image group; every member pair gets exactly one web decision.
+
+    ``synthetic_threshold`` (default ``threshold``) decides the captions.
+    """
+    caption_threshold = threshold if synthetic_threshold is None else synthetic_threshold
     image_key = group.key
     text_scores = {
         text_identity(text): (itm, itc)
@@ -175,21 +190,20 @@ def decide_group(
             continue
         first_with_text[ident] = pair.key
         itm, itc = text_scores[ident]
-        reason = Reason.KEPT if itm >= threshold else Reason.LOW_ITM
+        reason = Reason.KEPT if keeps(itm, threshold) else Reason.LOW_ITM
         decisions.append(decision_row(pair, reason=reason, itm=itm, itc=itc, **common))
-        if reason is Reason.KEPT:
-            clean.append(clean_row(pair, group, itm, itc))
+        clean.append(clean_row(pair, group, itm, itc))
     synthetic: list[Row] = []
     for index, (caption, itm, itc) in enumerate(
         zip(scores.captions, scores.caption_itm, scores.caption_itc, strict=True)
     ):
-        reason = Reason.KEPT if itm >= threshold else Reason.LOW_ITM
+        reason = Reason.KEPT if keeps(itm, caption_threshold) else Reason.LOW_ITM
         decisions.append(
             decision_row(
                 group.rep.pair,
                 run_id=run_id,
                 reason=reason,
-                threshold=threshold,
+                threshold=caption_threshold,
                 text=caption,
                 origin=TextOrigin.SYNTHETIC,
                 image_key=image_key,
@@ -198,8 +212,7 @@ def decide_group(
                 itc=itc,
             )
         )
-        if reason is Reason.KEPT:
-            synthetic.append(synthetic_row(group, index, caption, itm, itc))
+        synthetic.append(synthetic_row(group, index, caption, itm, itc))
     kept = sum(1 for row in decisions if row["decision"] == Decision.KEPT.value)
     return GroupOutcome(
         decisions=tuple(decisions),

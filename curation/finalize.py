@@ -7,15 +7,18 @@ the staged tables are kept, ``curation dedup`` can re-run this step with other s
 without any model. Tables are streamed batch by batch; only the image embeddings (one
 vector per unique image) are held in memory.
 
-The steps: :func:`load_images` -> :func:`find_removals` -> :func:`rewrite_tables` (counts
-as it streams) -> :func:`write_round_index`.
+Texts are decided here, from their stored scores, at the thresholds given (the staged
+clean and synthetic tables hold every scored candidate), so ``curation rethreshold`` gives
+what a fresh run at that threshold gives. The steps: :func:`load_images` ->
+:func:`count_kept_texts` -> :func:`find_removals` -> :func:`rewrite_tables` (counts as it
+streams) -> :func:`write_round_index`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -25,11 +28,12 @@ import pyarrow.parquet as pq
 
 from curation.decide import duplicate_row
 from curation.errors import UsageError
-from curation.reasons import Decision, DuplicateKind, Reason
+from curation.reasons import Decision, DuplicateKind, Reason, TextOrigin
 from curation.run_folder import FINAL_TABLES, RunFolder
 from curation.schemas import DUPLICATES_SCHEMA
 from curation.shards import ROW_GROUP_ROWS, iter_batches
 from curation.storage import Location
+from curation.thresholds import Thresholds, keeps_all
 
 #: ``error`` decisions quoted in the manifest and summary.
 ERROR_EXAMPLES = 5
@@ -133,6 +137,44 @@ def find_removals(
 
 
 Transform = Callable[[pa.RecordBatch], pa.RecordBatch]
+_SCORED = pa.array([Reason.KEPT.value, Reason.LOW_ITM.value])
+
+
+def redecide(batch: pa.RecordBatch, thresholds: Thresholds) -> pa.RecordBatch:
+    """Decisions of scored texts made again at ``thresholds``; every row gets its origin's
+    threshold. Rows dropped for other reasons keep them."""
+    origin = batch.column("text_origin")
+    threshold = pc.if_else(
+        pc.equal(origin, TextOrigin.WEB.value), thresholds.web, thresholds.synthetic
+    )
+    scored = pc.and_(
+        pc.is_in(batch.column("reason"), value_set=_SCORED), pc.is_valid(batch.column("itm"))
+    )
+    kept = pc.fill_null(keeps_all(batch.column("itm"), threshold), False)
+    reason = pc.if_else(
+        scored, pc.if_else(kept, Reason.KEPT.value, Reason.LOW_ITM.value), batch.column("reason")
+    )
+    decision = pc.if_else(
+        pc.equal(reason, Reason.KEPT.value), Decision.KEPT.value, Decision.DROPPED.value
+    )
+    columns = dict(zip(batch.schema.names, batch.columns, strict=True))
+    columns.update(reason=reason, decision=decision, threshold=threshold.cast(pa.float32()))
+    return pa.RecordBatch.from_arrays([columns[n] for n in batch.schema.names], schema=batch.schema)
+
+
+def count_kept_texts(decision_urls: list[str], thresholds: Thresholds) -> dict[str, int]:
+    """Texts kept per image key at ``thresholds`` (before duplicate removal)."""
+    counts: dict[str, int] = {}
+    for batch in iter_batches(
+        decision_urls,
+        ["image_key", "text_origin", "itm", "reason", "detail", "decision", "threshold"],
+        batch_rows=65_536,
+    ):
+        decided = redecide(batch, thresholds)
+        kept = decided.filter(pc.equal(decided.column("decision"), Decision.KEPT.value))
+        for key in kept.column("image_key").to_pylist():
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _write_table(
@@ -188,13 +230,15 @@ def _mark_duplicates(batch: pa.RecordBatch, removed: dict[str, Removal]) -> pa.R
     return pa.RecordBatch.from_pylist(rows, schema=batch.schema)
 
 
-def _keep_images(column: str, removed: dict[str, Removal]) -> Transform:
+def _keep_kept(column: str, removed: dict[str, Removal], threshold: float) -> Transform:
+    """Candidates the threshold keeps whose image was not removed."""
     dropped = pa.array(sorted(removed), pa.string())
 
     def step(batch: pa.RecordBatch) -> pa.RecordBatch:
-        if not removed:
-            return batch
-        return batch.filter(pc.invert(pc.is_in(batch.column(column), value_set=dropped)))
+        mask = pc.fill_null(keeps_all(batch.column("itm"), threshold), False)
+        if removed:
+            mask = pc.and_(mask, pc.invert(pc.is_in(batch.column(column), value_set=dropped)))
+        return batch.filter(mask)
 
     return step
 
@@ -205,6 +249,7 @@ def rewrite_tables(
     removed: dict[str, Removal],
     generation: str,
     schemas: dict[str, pa.Schema],
+    thresholds: Thresholds,
 ) -> FinalizeResult:
     """Write the final tables from the staged ones, counting decisions as they stream."""
     result = FinalizeResult()
@@ -213,7 +258,7 @@ def rewrite_tables(
     dup_counts: Counter[str] = Counter()
 
     def decisions(batch: pa.RecordBatch) -> pa.RecordBatch:
-        out = _mark_duplicates(batch, removed)
+        out = _mark_duplicates(redecide(batch, thresholds), removed)
         reasons.update(out.column("reason").to_pylist())
         texts.update(
             zip(
@@ -238,8 +283,8 @@ def rewrite_tables(
 
     steps: dict[str, Transform] = {
         "decisions": decisions,
-        "clean": _keep_images("image_key", removed),
-        "synthetic": _keep_images("key", removed),
+        "clean": _keep_kept("image_key", removed, thresholds.web),
+        "synthetic": _keep_kept("key", removed, thresholds.synthetic),
         "duplicates": duplicates,
     }
     for name in FINAL_TABLES:
@@ -305,6 +350,7 @@ def write_round_index(
 def finalize_run(
     run: RunFolder,
     *,
+    thresholds: Thresholds,
     near_threshold: float,
     dedup_against: str | None,
     run_id: str,
@@ -317,6 +363,8 @@ def finalize_run(
 
     listing = run.read_stage_listing()
     images = load_images(run.stage_files("images", listing))
+    kept = count_kept_texts(run.stage_files("decisions", listing), thresholds)
+    images = replace(images, kept_texts=np.asarray([kept.get(k, 0) for k in images.keys], np.int64))
     previous = load_index(dedup_against) if dedup_against else None
     if previous is not None and previous.index.ntotal and previous.index.d != dimension:
         raise UsageError(
@@ -324,7 +372,7 @@ def finalize_run(
             f"run's filter gives {dimension}-d; dedup against an index of the same filter"
         )
     removed = find_removals(images, near_threshold=near_threshold, previous=previous)
-    result = rewrite_tables(run, listing, removed, generation, schemas)
+    result = rewrite_tables(run, listing, removed, generation, schemas, thresholds)
     result.index = write_round_index(
         run,
         images,

@@ -12,6 +12,7 @@ from apache_beam.pvalue import TaggedOutput
 
 from curation.decide import decide_group
 from curation.records import GroupScores, ImageGroup, Pair
+from curation.thresholds import Thresholds
 from pipelines.guarded import NAMESPACE, GuardedDoFn, Stage
 
 TABLES = ("decisions", "clean", "synthetic", "duplicates", "images")
@@ -33,13 +34,20 @@ class DecideFn(GuardedDoFn):
 
     stage = Stage.DECIDE
 
-    def __init__(self, schemas: dict[str, pa.Schema], run_id: str, threshold: float) -> None:
-        super().__init__(run_id, threshold)
+    def __init__(self, schemas: dict[str, pa.Schema], run_id: str, thresholds: Thresholds) -> None:
+        super().__init__(run_id, thresholds.web)
         self._schemas = schemas
+        self._thresholds = thresholds
 
     def apply(self, element: tuple[ImageGroup, GroupScores]) -> Iterator[Any]:
         group, scores = element
-        outcome = decide_group(group, scores, threshold=self._threshold, run_id=self._run_id)
+        outcome = decide_group(
+            group,
+            scores,
+            threshold=self._thresholds.web,
+            synthetic_threshold=self._thresholds.synthetic,
+            run_id=self._run_id,
+        )
         tables = {
             "decisions": outcome.decisions,
             "clean": outcome.clean,

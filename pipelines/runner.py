@@ -231,7 +231,7 @@ def build_pipeline(
     shards = []
     for branch, scored in (("Scored", fresh), ("Cached", reused)):
         decided = scored | f"Decide{branch}" >> beam.ParDo(
-            DecideFn(plan.schemas, run_id, c.threshold)
+            DecideFn(plan.schemas, run_id, c.thresholds())
         ).with_outputs(*TABLES, ERRORS)
         for name in TABLES:
             shards.append(
@@ -350,6 +350,7 @@ def run_pipeline(config: RunConfig, stream: TextIO | None = None) -> RunResult:
         t1 = time.monotonic()
         result = finalize_run(
             run,
+            thresholds=config.thresholds(),
             near_threshold=config.near_threshold,
             dedup_against=config.dedup_against,
             run_id=run_id,
@@ -367,7 +368,11 @@ def run_pipeline(config: RunConfig, stream: TextIO | None = None) -> RunResult:
             result=result,
             timings={"total": seconds, "pipeline": pipeline_seconds, "finalize": finalize_seconds},
             history=list(previous.get("history", [])),
-            changes={"threshold": config.threshold, "near_threshold": config.near_threshold},
+            changes={
+                "threshold": config.threshold,
+                "synthetic_threshold": config.thresholds().synthetic,
+                "near_threshold": config.near_threshold,
+            },
             extra=_run_facts(plan, counters, result),
         )
         run.publish(manifest)

@@ -66,9 +66,13 @@ def test_decide_applies_threshold_to_web_and_synthetic() -> None:
     assert web["d"]["reason"] == "empty_text" and web["d"]["itm"] is None
     syn = [d for d in out.decisions if d["text_origin"] == "synthetic"]
     assert [(d["caption_index"], d["decision"]) for d in syn] == [(0, "kept"), (1, "dropped")]
-    assert [r["key"] for r in out.clean] == ["a"] and out.clean[0]["lang"] == "en"
-    assert out.clean[0]["image"] == b"img"
-    assert [(r["key"], r["caption"]) for r in out.synthetic] == [("a", "a dog on grass")]
+    # clean and synthetic rows are the scored candidates: finalize keeps what the threshold keeps
+    assert [(r["key"], r["itm"]) for r in out.clean] == [("a", 0.9), ("c", 0.2)]
+    assert out.clean[0]["lang"] == "en" and out.clean[0]["image"] == b"img"
+    assert [(r["key"], r["caption"]) for r in out.synthetic] == [
+        ("a", "a dog on grass"),
+        ("a", "a blue car"),
+    ]
     assert {(r["key"], r["kind"]) for r in out.duplicates} == {
         ("b", "perceptual"),
         ("c", "exact"),
@@ -90,7 +94,20 @@ def test_copy_text_is_scored_against_the_kept_image() -> None:
     group = replace(group, image=b"img")
     scores = GroupScores((), (0.1, 0.8), (0.0, 0.5), (), (), (0.0, 1.0))
     out = decide_group(group, scores, threshold=0.5, run_id="r")
-    assert [(r["key"], r["image_key"], r["image"]) for r in out.clean] == [("b", "a", b"img")]
+    kept = [r for r in out.clean if r["itm"] >= 0.5]
+    assert [(r["key"], r["image_key"], r["image"]) for r in kept] == [("b", "a", b"img")]
+
+
+def test_captions_may_have_their_own_threshold() -> None:
+    group = _group()
+    scores = GroupScores(("c0", "c1"), (0.9, 0.2), (0.0, 0.0), (0.7, 0.6), (0.0, 0.0), (1.0,))
+    out = decide_group(group, scores, threshold=0.5, synthetic_threshold=0.65, run_id="r")
+    syn = [
+        (d["caption_index"], d["reason"], d["threshold"])
+        for d in out.decisions
+        if d["text_origin"] == "synthetic"
+    ]
+    assert syn == [(0, "kept", 0.65), (1, "low_itm", 0.65)]
 
 
 def test_repaired_text_is_noted_in_the_decision() -> None:

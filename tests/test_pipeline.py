@@ -198,6 +198,13 @@ def test_threshold_extremes_change_decisions(
     assert keep_all.counts["low_itm"] == 0 and keep_all.counts["kept"] > 0
     assert keep_none.counts["kept"] == 0
     assert _table(tmp_path / "b" / "clean").num_rows == 0
+    import io
+
+    from app.run import print_summary
+
+    summary = io.StringIO()
+    print_summary(keep_none, summary)
+    assert "warning: " in summary.getvalue() and "threshold" in summary.getvalue()
 
 
 def test_multiprocess_runner_gives_same_decisions(

@@ -18,9 +18,9 @@ from click.testing import CliRunner
 from images import gradient, jpeg_bytes, photo, write_pairs_parquet
 
 from app.cli import main
-from app.dedup import rededup
 from curation.config import build_config
 from curation.reasons import Reason
+from curation.republish import republish
 from curation.run_folder import FINAL_TABLES, RunFolder
 from curation.storage import Location
 from pipelines.runner import run_pipeline
@@ -107,7 +107,7 @@ def test_a_command_killed_at_any_write_or_delete_leaves_a_whole_state(
     shutil.copytree(finished_run, probe)
     with monkeypatch.context() as patch:
         operations = _count_operations(patch, None)
-        rededup(str(probe), near_threshold=0.01)
+        republish(str(probe), "dedup", near_threshold=0.01)
     after = _committed_state_is_whole(probe)
     assert after["generation"] != before["generation"] and len(operations) > 8
     for kill_at in range(len(operations)):
@@ -116,13 +116,13 @@ def test_a_command_killed_at_any_write_or_delete_leaves_a_whole_state(
         with monkeypatch.context() as patch:
             _count_operations(patch, kill_at)
             with pytest.raises(Killed):
-                rededup(str(target), near_threshold=0.01)
+                republish(str(target), "dedup", near_threshold=0.01)
         seen = _committed_state_is_whole(target)  # readers see the old state or the new one
         assert seen["generation"] == before["generation"] or (
             seen["config"]["near_threshold"] == 0.01 and seen["counts"] == after["counts"]
         ), operations[kill_at]
         (target / "_lock.json").unlink(missing_ok=True)  # the killed process is gone
-        rededup(str(target))  # the next command repairs and publishes again
+        republish(str(target), "dedup")  # the next command repairs and publishes again
         _committed_state_is_whole(target)
         _folders_hold_exactly_the_manifest(target)
 
@@ -230,3 +230,74 @@ def test_tables_load_in_hugging_face_datasets_and_pyarrow(finished_run: Path) ->
         loaded = datasets.load_dataset("parquet", data_dir=str(folder), split="train")
         assert loaded.num_rows == table.num_rows, name
         assert all(pq.read_metadata(p).num_rows for p in folder.iterdir()) or table.num_rows == 0
+
+
+def _rows(run_dir: Path, name: str) -> list[tuple]:
+    table = pq.read_table(run_dir / name)
+    columns = [c for c in table.column_names if c != "run_id"]
+    return sorted(tuple(row[c] for c in columns) for row in table.select(columns).to_pylist())
+
+
+def test_rethreshold_equals_a_fresh_run_at_that_threshold(
+    tmp_path: Path, tiny_captioner_dir, distinct_filter: Path
+) -> None:
+    rows = [
+        {"key": f"k{i}", "image": jpeg_bytes(photo(name)), "text": f"a photo {i}", "lang": "en"}
+        for i, name in enumerate(["astronaut", "coffee", "chelsea", "rocket", "camera", "horse"])
+    ]
+    rows.append({"key": "copy", "image": rows[0]["image"], "text": "another text"})
+    rows.append({"key": "near", "image": jpeg_bytes(photo("coffee"), quality=30), "text": "x"})
+    write_pairs_parquet(tmp_path / "in.parquet", rows)
+
+    def config(out: Path, threshold: float, synthetic: float | None):
+        return build_config(
+            input=(str(tmp_path / "in.parquet"),), out=str(out), captioner=str(tiny_captioner_dir),
+            filter=str(distinct_filter), captions_per_image=3, batch_size=3, threshold=threshold,
+            synthetic_threshold=synthetic, near_threshold=0.97, phash_distance=-1, progress=False,
+        )  # fmt: skip
+
+    first = run_pipeline(config(tmp_path / "a", 0.5, None))
+    itm = sorted(
+        r["itm"]
+        for r in pq.read_table(tmp_path / "a" / "decisions").to_pylist()
+        if r["itm"] is not None
+    )
+    web_t, syn_t = itm[len(itm) // 3], itm[2 * len(itm) // 3]  # thresholds between scores
+    result = CliRunner().invoke(
+        main,
+        ["rethreshold", str(tmp_path / "a"), "--threshold", str(web_t),
+         "--synthetic-threshold", str(syn_t)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    run_pipeline(config(tmp_path / "fresh", web_t, syn_t))
+    for name in FINAL_TABLES:
+        assert _rows(tmp_path / "a", name) == _rows(tmp_path / "fresh", name), name
+    after = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    fresh = json.loads((tmp_path / "fresh" / "manifest.json").read_text())
+    assert after["counts"] == fresh["counts"] and after["texts"] == fresh["texts"]
+    assert after["index"]["count"] == fresh["index"]["count"]
+    assert [(h["command"], h["threshold"]) for h in after["history"]] == [
+        ("run", 0.5),
+        ("rethreshold", web_t),
+    ]
+    assert after["config"]["synthetic_threshold"] == syn_t
+    assert first.manifest["texts"] != after["texts"]  # the thresholds did change decisions
+
+
+@pytest.fixture(scope="module")
+def distinct_filter(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A tiny random filter whose embeddings and scores differ between images."""
+    import torch
+    from transformers import BlipForImageTextRetrieval, BlipProcessor
+
+    from models.presets import blip_config, image_processor
+
+    config = blip_config("tiny", tiny_tokenizer)
+    config.vision_config.initializer_range = 0.3
+    torch.manual_seed(3)
+    folder = tmp_path_factory.mktemp("models") / "distinct"
+    BlipForImageTextRetrieval(config).save_pretrained(folder)
+    BlipProcessor(image_processor=image_processor(32), tokenizer=tiny_tokenizer).save_pretrained(
+        folder
+    )
+    return folder

@@ -312,7 +312,16 @@ def _manifest_sections(manifest: Mapping[str, Any]) -> list[Markup]:
         )
     about = [
         (k, _plain(manifest[k]))
-        for k in ("run_id", "created_at", "rows", "runner", "device", "layout", "python", "platform")
+        for k in (
+            "run_id",
+            "created_at",
+            "rows",
+            "runner",
+            "device",
+            "layout",
+            "python",
+            "platform",
+        )
         if k in manifest
     ]
     packages = [(k, v or "not installed") for k, v in manifest.get("packages", {}).items()]

@@ -17,9 +17,9 @@ from typing import Any
 
 from PIL import Image
 
+from curation.config import DEFAULT_MAX_IMAGE_BYTES
 from curation.decode import DecodeError, decode_image
 from curation.errors import InputError
-from curation.config import DEFAULT_MAX_IMAGE_BYTES
 from curation.inputs import InputFile
 from curation.layout import Layout, detect_layout
 from curation.reader import ImageFiles, read_images, row_group_sizes

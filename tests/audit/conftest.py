@@ -42,8 +42,8 @@ def _closest_pair_threshold(run: Path) -> float:
 
 @pytest.fixture(scope="session")
 def audit_runs(tmp_path_factory, tiny_captioner_dir, audit_filter_dir) -> AuditRuns:
-    from app.dedup import rededup
     from curation.config import build_config
+    from curation.republish import republish
     from pipelines.runner import run_pipeline
 
     folder = tmp_path_factory.mktemp("audit")
@@ -65,9 +65,9 @@ def audit_runs(tmp_path_factory, tiny_captioner_dir, audit_filter_dir) -> AuditR
 
     a = run(folder / "run-a", 0.0)
     near = _closest_pair_threshold(a)
-    rededup(str(a), near_threshold=near)
+    republish(str(a), "dedup", near_threshold=near)
     scores = pq.read_table(a / "decisions", columns=["itm"]).column("itm").drop_null()
     threshold_b = float(np.median(scores.to_numpy()))
     b = run(folder / "run-b", threshold_b)
-    rededup(str(b), near_threshold=near)
+    republish(str(b), "dedup", near_threshold=near)
     return AuditRuns(a, b, (main_input, payload_input), threshold_b, near)

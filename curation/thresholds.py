@@ -1,0 +1,41 @@
+"""The CapFilt keep rule and the thresholds it applies, defined once.
+
+A text is kept when its ITM match probability is at least the threshold (salesforce/BLIP
+issue #46), for web texts and synthetic captions alike; the two may have their own
+thresholds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curation.reasons import TextOrigin
+
+
+def keeps(itm: float, threshold: float) -> bool:
+    """The CapFilt rule: a text is kept when its ITM probability is at least the threshold."""
+    return itm >= threshold
+
+
+def keeps_all(itm: pa.Array | pa.ChunkedArray, threshold: pa.Array | float) -> pa.Array:
+    """:func:`keeps` over an Arrow column of ITM probabilities (null where not scored),
+    compared in double precision as Python compares them."""
+    return pc.greater_equal(pc.cast(itm, pa.float64()), threshold)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The ITM thresholds of web texts and synthetic captions."""
+
+    web: float
+    synthetic: float
+
+    @classmethod
+    def of(cls, threshold: float, synthetic: float | None = None) -> Thresholds:
+        return cls(threshold, threshold if synthetic is None else synthetic)
+
+    def for_origin(self, origin: TextOrigin) -> float:
+        return self.web if origin is TextOrigin.WEB else self.synthetic
