@@ -128,12 +128,16 @@ def test_truncated_file_is_refused_not_padded(encoder) -> None:
         assert caught.value.reason is Reason.TRUNCATED
 
 
-def test_png_with_a_corrupted_chunk_is_refused() -> None:
+def test_png_with_a_corrupted_chunk_is_refused_and_the_detail_says_so() -> None:
     data = bytearray(png_bytes(photo("chelsea")))
     data[len(data) // 2] ^= 0xFF  # inside the IDAT payload: the chunk CRC no longer matches
     with pytest.raises(DecodeError) as caught:
         decode_image(bytes(data), 64)
-    assert caught.value.reason in (Reason.UNDECODABLE, Reason.TRUNCATED)
+    assert caught.value.reason is Reason.UNDECODABLE
+    assert str(caught.value) == (
+        "PNG: SyntaxError while checking chunk checksums: "
+        "broken PNG file (bad header checksum in b'IDAT')"
+    )
 
 
 @pytest.mark.parametrize("side", [50_000, 10_000])
