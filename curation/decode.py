@@ -237,6 +237,8 @@ def _mode_bytes(mode: str) -> int:
 
 def _failure(fmt: str, step: str, err: BaseException) -> DecodeError:
     """The decision for an exception raised while ``step`` of a ``fmt`` file."""
+    if isinstance(err, SyntaxError) and isinstance(err.__cause__, Exception):
+        err = err.__cause__  # PIL wraps a plugin's IndexError, EOFError, ... in SyntaxError
     message = " ".join(str(err).split()) or type(err).__name__  # one line
     detail = f"{fmt}: {type(err).__name__} while {step}: {message}"
     lowered = message.lower()

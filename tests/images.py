@@ -10,7 +10,7 @@ Image bytes:
     png_bytes(image, mode=None) PNG of an array or PIL image (optionally converted to mode)
     encode(image, fmt, **save_kwargs)
     truncated(data, keep=0.6)   the first part of an encoded file
-    bomb_png(width=50_000, height=50_000)  a tiny PNG whose header declares a huge image
+    bomb_png(width=50_000, height=50_000, color_type=2)  a tiny PNG declaring a huge image
     animated_gif(frames)        GIF of several RGB arrays
     format_samples()            small valid files of every web format variant, by name
     dds_unimplemented_pixel_format()  a DDS header PIL refuses with NotImplementedError
@@ -107,14 +107,15 @@ def truncated(data: bytes, keep: float = 0.6) -> bytes:
     return data[: int(len(data) * keep)]
 
 
-def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
-    """A valid-looking PNG of a few hundred bytes whose header declares width x height pixels."""
+def bomb_png(width: int = 50_000, height: int = 50_000, color_type: int = 2) -> bytes:
+    """A valid-looking PNG of a few hundred bytes whose header declares width x height pixels
+    (colour type 2: RGB, 6: RGBA)."""
 
     def chunk(kind: bytes, payload: bytes) -> bytes:
         body = kind + payload
         return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
     compressor = zlib.compressobj()
     idat = compressor.compress(b"\x00" * 4096) + compressor.flush()
     return (
