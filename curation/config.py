@@ -15,14 +15,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curation.caption_settings import CaptionSettings
+from curation.decode import DEFAULT_MAX_PIXELS
 from curation.errors import ConfigError
+from curation.image_formats import WEB_FORMATS, normalise_formats
 from curation.thresholds import Thresholds
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 DEFAULT_FILTER = "Salesforce/blip-itm-base-coco"
-DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default budget (about 0.25 GiB at 3 bytes/pixel)
 DEFAULT_MAX_IMAGE_BYTES = 64 * 2**20
-DEFAULT_IMAGE_FORMATS = ("jpeg", "png", "webp", "gif", "bmp", "tiff", "avif", "heif")
 _CAPTION = CaptionSettings()
 
 
@@ -59,7 +59,7 @@ class InputSettings(Settings):
     )
     image_formats: tuple[str, ...] = flag(
         "Accepted image format (repeatable); other formats are refused as unsupported_format.",
-        default=DEFAULT_IMAGE_FORMATS,
+        default=WEB_FORMATS,
     )
     image_roots: tuple[str, ...] = flag(
         "Folder that Hugging Face image paths may point into, besides the dataset's own "
@@ -84,9 +84,12 @@ class InputSettings(Settings):
     @field_validator("image_formats")
     @classmethod
     def _formats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from curation.decode import normalise_formats
-
-        return tuple(sorted(normalise_formats(value)))
+        if value == WEB_FORMATS:
+            return value
+        try:
+            return normalise_formats(value)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
 
 
 class RunConfig(InputSettings):

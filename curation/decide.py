@@ -20,6 +20,7 @@ from curation.grouping import text_identity
 from curation.reasons import Decision, DuplicateKind, Reason, TextOrigin, decision_of
 from curation.records import GroupScores, ImageGroup, Pair
 from curation.screen import Rejection
+from curation.texts import model_text
 from curation.thresholds import keeps
 
 Row = dict[str, Any]
@@ -54,8 +55,10 @@ def decision_row(
     """One row of the decisions table (``curation.schemas.DECISIONS_SCHEMA``)."""
     if origin is TextOrigin.WEB:
         text = pair.text
-        if pair.text_repaired:
-            detail = f"{detail}; {REPAIRED_TEXT}" if detail else REPAIRED_TEXT
+        notes = [REPAIRED_TEXT] if pair.text_repaired else []
+        if reason in (Reason.KEPT, Reason.LOW_ITM) and (note := model_text(text).note):
+            notes.append(note)
+        detail = "; ".join([detail, *notes] if detail else notes) or None
     return {
         "run_id": run_id,
         "key": pair.key,

@@ -1,15 +1,27 @@
 """Image bytes -> validated RGB pixels at the model resolution, with exact and perceptual hashes.
 
-A bad image raises :class:`DecodeError` carrying a :class:`~curation.reasons.Reason`; it is
-never replaced by a placeholder. Guards, in order:
+Every image ends as a :class:`DecodedImage` or a :class:`DecodeError` carrying a
+:class:`~curation.reasons.Reason`; no other exception leaves :func:`decode_image`, and a bad
+image is never replaced by a placeholder. Rules, in order:
 
 - empty input -> ``missing_image``;
-- header dimensions checked BEFORE any pixel is allocated: more than ``max_pixels`` ->
-  ``too_large`` (decompression bombs), a side below ``min_side`` -> ``too_small``; PIL's
-  own ``Image.MAX_IMAGE_PIXELS`` guard still refuses above twice its limit, and its warning
-  never escapes;
-- the whole file is decoded (PIL's ``LOAD_TRUNCATED_IMAGES`` is never set): a file that ends
-  early -> ``truncated``, anything else PIL cannot read -> ``undecodable``.
+- format: only formats of ``formats`` (default :data:`~curation.image_formats.WEB_FORMATS`)
+  reach a decoder. Any other -> ``unsupported_format``, the detail naming the format found from
+  its signature alone (its decoder never sees the bytes); bytes matching no image signature ->
+  ``undecodable``, the detail saying so;
+- budgets, from the header, BEFORE any pixel is allocated: more than ``max_pixels`` ->
+  ``too_large`` (decompression bombs); an estimated peak memory of the decode (the first frame
+  in its decoded mode plus the copies made for orientation and RGB conversion) above
+  ``max_bytes`` -> ``too_large``; a side below ``min_side`` -> ``too_small``. PIL's own
+  ``Image.MAX_IMAGE_PIXELS`` guard still refuses above twice its limit; no PIL warning escapes;
+- frames: only the first frame of an animated or multi-page file (GIF, APNG, WebP, TIFF, MPO,
+  AVIF, HEIF) is decoded. Frames are never counted, walked or seeked, so the frame count a
+  header declares costs nothing and is not a budget;
+- the whole first frame is decoded (PIL's ``LOAD_TRUNCATED_IMAGES`` is never set) and PNG chunk
+  checksums are verified: a file that ends early -> ``truncated``; any other failure while
+  reading the header, decoding, converting, hashing or resizing -> ``undecodable`` with the
+  detail ``"<FORMAT>: <ExceptionType> while <step>: <message>"``; running out of memory ->
+  ``too_large``.
 
 JPEGs are decoded at a reduced DCT scale (``Image.draft``) when the target is at most half
 the image side, then squash-resized with bicubic filtering like BLIP's preprocessing.
@@ -19,76 +31,47 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageMode, UnidentifiedImageError
 
 from curation.hashing import HASH_SIDE, phash64, sha256_hex
+from curation.image_formats import (
+    WEB_FORMATS,
+    accepted,
+    claiming_format,
+    describe_unknown,
+    detect_format,
+    missing_decoder,
+)
 from curation.reasons import Reason
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default budget (about 0.25 GiB at 3 bytes/pixel)
+DEFAULT_MAX_BYTES = 1 << 30  # estimated peak memory of decoding one image
 _HASH_DRAFT = 128  # reduced-scale decode target when only hashes are needed
+_JPEG_FORMATS = ("JPEG", "MPO")  # formats Image.draft can decode at a reduced scale
+_TRANSPOSE = {  # EXIF orientation -> the transposition that displays the image upright
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _ROTATING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 _WHITE = (255, 255, 255)
-
-
-#: Format names a user may give -> the canonical name.
-FORMAT_ALIASES = {
-    "jpeg": "jpeg",
-    "jpg": "jpeg",
-    "png": "png",
-    "webp": "webp",
-    "gif": "gif",
-    "bmp": "bmp",
-    "tiff": "tiff",
-    "tif": "tiff",
-    "avif": "avif",
-    "heif": "heif",
-    "heic": "heif",
-}
-
-
-#: Canonical format names -> Pillow format ids.
-_PILLOW_IDS = {
-    "jpeg": ("JPEG", "MPO"),
-    "png": ("PNG",),
-    "webp": ("WEBP",),
-    "gif": ("GIF",),
-    "bmp": ("BMP",),
-    "tiff": ("TIFF",),
-    "avif": ("AVIF",),
-    "heif": ("HEIF",),
-}
-DEFAULT_FORMATS = frozenset(_PILLOW_IDS)
-
-
-def _sniff(data: bytes) -> str | None:
-    """The Pillow format whose signature check accepts ``data``'s first bytes, if any."""
-    Image.init()
-    prefix = data[:16]
-    for name, (_, accept) in Image.OPEN.items():
-        try:
-            if accept and accept(prefix):
-                return name
-        except Exception:
-            continue
-    return None
-
-
-def normalise_formats(names: tuple[str, ...] | list[str]) -> frozenset[str]:
-    """Canonical names of user-given formats (``jpg`` -> ``jpeg``); ValueError on others."""
-    out = set()
-    for name in names:
-        canonical = FORMAT_ALIASES.get(name.strip().lower())
-        if canonical is None:
-            raise ValueError(
-                f"unknown image format {name!r}; choose from {', '.join(sorted(set(FORMAT_ALIASES.values())))}"
-            )
-        out.add(canonical)
-    if not out:
-        raise ValueError("at least one image format must be accepted")
-    return frozenset(out)
+_INT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# Bytes per pixel of the working copies each RGB conversion makes (see _to_rgb), on top of the
+# decoded frame, an oriented RGB copy (4) and the grayscale copy hashed (1).
+_CONVERSION_BYTES = {"none": 0, "plain": 4, "alpha": 16, "int": 14, "float": 30}
+_STEP_BYTES = 5
+# words of decoder messages: a decoder's own resource limit (libheif), a file that ends early
+_LIMIT_WORDS = ("security limit",)
+_TRUNCATION_WORDS = ("truncated", "ended prematurely", "unexpected end", "end of file")
 
 
 @dataclass
@@ -100,7 +83,7 @@ class DecodedImage:
     height: int  # original height, after EXIF rotation
     sha256: str  # of the encoded bytes
     phash: int  # 64-bit perceptual hash of the oriented image
-    format: str  # PIL format name: JPEG, PNG, GIF, WEBP, ...
+    format: str  # PIL format name: JPEG, MPO, PNG, GIF, WEBP, ...
 
 
 class DecodeError(Exception):
@@ -117,132 +100,195 @@ def decode_image(
     *,
     min_side: int = 8,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    formats: frozenset[str] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    formats: Iterable[str] = WEB_FORMATS,
 ) -> DecodedImage:
     """Validate and decode ``data``; with ``size``, also return ``size x size`` RGB pixels.
 
     ``size=None`` validates and hashes only (still decoding at a reduced scale where the
-    format allows). Raises :class:`DecodeError` for any image that cannot be used.
+    format allows). ``formats`` are Pillow format names (see
+    :func:`~curation.image_formats.normalise_formats`). Raises :class:`DecodeError` for any
+    image that cannot be used, and no other exception.
     """
     if not data:
         raise DecodeError(Reason.MISSING_IMAGE, "no image bytes")
-    image = _open(data, max_pixels, _pillow_ids(formats or DEFAULT_FORMATS))
-    width, height = image.size
-    if _orientation(image) in _ROTATING_ORIENTATIONS:
-        width, height = height, width
-    if min(width, height) < min_side:
-        raise DecodeError(
-            Reason.TOO_SMALL, f"{width}x{height} has a side below min_side={min_side}"
-        )
-    fmt = image.format or "unknown"
-    if fmt == "JPEG":
-        target = size if size is not None else _HASH_DRAFT
-        image.draft("RGB", (target, target))
-    rgb = _to_rgb(_load_oriented(image))
-    gray = rgb.convert("L").resize((HASH_SIDE, HASH_SIDE), Image.Resampling.LANCZOS)
-    pixels = None
-    if size is not None:
-        resized = (
-            rgb if rgb.size == (size, size) else rgb.resize((size, size), Image.Resampling.BICUBIC)
-        )
-        pixels = np.asarray(resized, dtype=np.uint8)
+    fmt, step = "image", "reading the header"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL warns on odd metadata and large images
+            image = _open(data, tuple(formats))
+            fmt = image.format or "unknown"
+            width, height = image.size
+            _check_pixels(width, height, min_side, max_pixels)
+            if fmt == "PNG":
+                step = "checking chunk checksums"
+                Image.open(io.BytesIO(data), formats=("PNG",)).verify()
+            if fmt in _JPEG_FORMATS:
+                step = "reading the header"
+                target = size if size is not None else _HASH_DRAFT
+                image.draft("RGB", (target, target))
+            _check_memory(image, max_bytes)
+            step = "decoding pixels"
+            image.load()
+            step = "converting to RGB"
+            orientation = _orientation(image)
+            rgb = _to_rgb(image)
+            if orientation in _TRANSPOSE:
+                rgb = rgb.transpose(_TRANSPOSE[orientation])
+            if orientation in _ROTATING_ORIENTATIONS:
+                width, height = height, width
+            step = "hashing"
+            gray = rgb.convert("L").resize((HASH_SIDE, HASH_SIDE), Image.Resampling.LANCZOS)
+            phash = phash64(np.asarray(gray))
+            digest = sha256_hex(data)
+            pixels = None
+            if size is not None:
+                step = "resizing"
+                if rgb.size != (size, size):
+                    rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
+                pixels = np.asarray(rgb, dtype=np.uint8)
+    except DecodeError:
+        raise
+    except Exception as err:
+        raise _failure(fmt, step, err) from None
     return DecodedImage(
-        pixels=pixels,
-        width=width,
-        height=height,
-        sha256=sha256_hex(data),
-        phash=phash64(np.asarray(gray)),
-        format=fmt,
+        pixels=pixels, width=width, height=height, sha256=digest, phash=phash, format=fmt
     )
 
 
-def _pillow_ids(formats: frozenset[str]) -> list[str]:
-    """Pillow ids of the formats whose plugin is available here."""
-    Image.init()
-    return sorted({pid for name in formats for pid in _PILLOW_IDS[name] if pid in Image.OPEN})
-
-
-def _open(data: bytes, max_pixels: int, pillow_ids: list[str]) -> Image.Image:
-    """Open lazily (header only) and refuse images above the pixel budget before decoding."""
-    pil_limit = Image.MAX_IMAGE_PIXELS
-    # PIL's process-wide guard warns above MAX_IMAGE_PIXELS and raises above twice that;
-    # the warning is silenced when this call's own budget is larger, else it means too_large.
-    quiet = pil_limit is not None and max_pixels > pil_limit
+def _open(data: bytes, formats: tuple[str, ...]) -> Image.Image:
+    """Open lazily (header only) with the accepted formats' decoders, else say what it is."""
+    names, openers = accepted(formats)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore" if quiet else "error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=pillow_ids)
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
-        raise DecodeError(Reason.TOO_LARGE, str(err)) from None
+        return Image.open(io.BytesIO(data), formats=openers)
     except UnidentifiedImageError:
-        other = _sniff(data)
-        if other is not None and other not in pillow_ids:
-            raise DecodeError(
-                Reason.UNSUPPORTED_FORMAT, f"{other} is not an accepted format"
-            ) from None
-        raise DecodeError(Reason.UNDECODABLE, "not a recognised image format") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise _load_error(err) from None
-    width, height = image.size
+        pass
+    except Exception as err:
+        fmt = claiming_format(data, openers) or "image"
+        raise _failure(fmt, "reading the header", err) from None
+    claimed = claiming_format(data, names)
+    if claimed is not None and claimed not in openers:
+        raise DecodeError(
+            Reason.UNSUPPORTED_FORMAT,
+            f"{claimed} is accepted but this machine has no decoder for it "
+            f"(needs {missing_decoder(claimed)})",
+        )
+    if claimed is not None:
+        raise _header_failure(data, claimed)
+    found = detect_format(data)
+    if found is not None:
+        raise DecodeError(
+            Reason.UNSUPPORTED_FORMAT,
+            f"{found} is not an accepted image format (accepted: {', '.join(names)})",
+        )
+    raise DecodeError(Reason.UNDECODABLE, describe_unknown(data))
+
+
+def _header_failure(data: bytes, fmt: str) -> DecodeError:
+    """Why the decoder of an accepted format that recognised the signature refused the header.
+
+    PIL swallows that error while trying formats; the same decoder runs again to name it.
+    """
+    factory = Image.OPEN[fmt][0]
+    try:
+        factory(io.BytesIO(data), "")
+    except Exception as err:
+        return _failure(fmt, "reading the header", err)
+    return DecodeError(Reason.UNDECODABLE, f"{fmt}: the header could not be read")
+
+
+def _check_pixels(width: int, height: int, min_side: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise DecodeError(
             Reason.TOO_LARGE,
             f"{width}x{height} = {width * height} pixels > max_pixels={max_pixels}",
         )
-    if image.format == "PNG":
-        _verify(data)
-    return image
+    if min(width, height) < min_side:
+        raise DecodeError(
+            Reason.TOO_SMALL, f"{width}x{height} has a side below min_side={min_side}"
+        )
 
 
-def _verify(data: bytes) -> None:
-    """Check PNG chunk checksums, which decoding alone does not."""
+def _check_memory(image: Image.Image, max_bytes: int) -> None:
+    """Refuse before decoding when the decode's estimated peak memory exceeds ``max_bytes``."""
+    width, height = image.size
+    per_pixel = (
+        _mode_bytes(image.mode)
+        + _CONVERSION_BYTES[_conversion(image.mode, image.info)]
+        + _STEP_BYTES
+    )
+    needed = width * height * per_pixel
+    if needed > max_bytes:
+        raise DecodeError(
+            Reason.TOO_LARGE,
+            f"{width}x{height} {image.mode} needs about {needed / 2**20:.0f} MiB to decode "
+            f"> max_bytes={max_bytes}",
+        )
+
+
+def _mode_bytes(mode: str) -> int:
+    """Bytes per pixel PIL stores for ``mode`` (multi-band modes take 4)."""
     try:
-        Image.open(io.BytesIO(data)).verify()
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise _load_error(err) from None
+        described = ImageMode.getmode(mode)
+    except KeyError:
+        return 4
+    return 4 if len(described.bands) > 1 else max(1, int(described.typestr[2:]))
+
+
+def _failure(fmt: str, step: str, err: BaseException) -> DecodeError:
+    """The decision for an exception raised while ``step`` of a ``fmt`` file."""
+    if isinstance(err, SyntaxError) and isinstance(err.__cause__, Exception):
+        err = err.__cause__  # PIL wraps a plugin's IndexError, EOFError, ... in SyntaxError
+    message = " ".join(str(err).split()) or type(err).__name__  # one line
+    detail = f"{fmt}: {type(err).__name__} while {step}: {message}"
+    lowered = message.lower()
+    if isinstance(err, MemoryError | Image.DecompressionBombError) or any(
+        words in lowered for words in _LIMIT_WORDS
+    ):
+        return DecodeError(Reason.TOO_LARGE, detail)
+    if isinstance(err, EOFError) or any(words in lowered for words in _TRUNCATION_WORDS):
+        return DecodeError(Reason.TRUNCATED, detail)
+    return DecodeError(Reason.UNDECODABLE, detail)
 
 
 def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1 to 8); unreadable or absent EXIF means upright (1)."""
     try:
-        return int(image.getexif().get(0x0112, 1))
-    except (OSError, SyntaxError, ValueError, TypeError):
+        value = int(image.getexif().get(0x0112, 1))
+    except Exception:  # corrupt EXIF is common and does not make the pixels unusable
         return 1
+    return value if 1 <= value <= 8 else 1
 
 
-def _load_oriented(image: Image.Image) -> Image.Image:
-    """Decode every pixel of the first frame and apply the EXIF orientation."""
-    try:
-        image.load()
-        return ImageOps.exif_transpose(image) or image
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError) as err:
-        raise _load_error(err) from None
-
-
-def _load_error(err: BaseException) -> DecodeError:
-    message = str(err) or type(err).__name__
-    lowered = message.lower()
-    if isinstance(err, EOFError) or "truncated" in lowered or "ended prematurely" in lowered:
-        return DecodeError(Reason.TRUNCATED, message)
-    return DecodeError(Reason.UNDECODABLE, message)
+def _conversion(mode: str, info: dict) -> str:
+    """Which RGB conversion ``_to_rgb`` applies to an image of ``mode`` with ``info``."""
+    if mode == "RGB":
+        return "none"
+    if mode in _INT_MODES:
+        return "int"
+    if mode == "F":
+        return "float"
+    if mode in _ALPHA_MODES or "transparency" in info:
+        return "alpha"
+    return "plain"
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """RGB for every PIL mode: transparency composited on white, high bit depths scaled."""
-    mode = image.mode
-    if mode == "RGB":
+    kind = _conversion(image.mode, image.info)
+    if kind == "none":
         return image
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if kind == "int":
         values = np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257.0
         return Image.fromarray(np.round(values).astype(np.uint8), "L").convert("RGB")
-    if mode == "F":
+    if kind == "float":
         values = np.nan_to_num(np.asarray(image, dtype=np.float64))
         if values.max(initial=0.0) <= 1.0:
             values = values * 255.0
         return Image.fromarray(np.round(np.clip(values, 0, 255)).astype(np.uint8), "L").convert(
             "RGB"
         )
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if has_alpha:
+    if kind == "alpha":
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, _WHITE + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")

@@ -5,8 +5,9 @@ input size. Values are taken as they are, with these rules:
 
 - keys: a key column of strings or integers is used as text; a null or empty key gets the
   derived key ``<prefix>_<row>`` (:mod:`curation.inputs`);
-- texts (and every other string): bytes that are not valid UTF-8 are replaced (U+FFFD) and
-  the row's text note says so, instead of failing the whole file;
+- texts (and every other string) are stored as they came, but for bytes that are not valid
+  UTF-8 (:func:`curation.texts.stored_text`); the row is marked so its decision says so,
+  instead of failing the whole file;
 - passthrough columns are cast to the layout's unified types (null where a file lacks one);
 - Hugging Face image structs with no bytes but a ``path``: the file is read when the path
   resolves inside the Parquet file's own folder or an allowed image root, is a regular file
@@ -32,7 +33,7 @@ from curation.layout import Layout
 from curation.reasons import Reason
 from curation.records import Pair
 from curation.storage import Location, is_url
-from curation.texts import decode_utf8
+from curation.texts import stored_text
 
 #: Default size bound of an image file read through a Hugging Face image struct's path.
 DEFAULT_MAX_IMAGE_BYTES = 64 * 2**20
@@ -171,11 +172,11 @@ def _strings(column: pa.ChunkedArray) -> tuple[list[str | None], list[bool]]:
     if pa.types.is_integer(column.type):
         return [None if v is None else str(v) for v in column.to_pylist()], [False] * len(column)
     raw = pc.cast(column, pa.large_binary()).to_pylist()
-    values, repaired = [], []
-    for blob in raw:
-        text, changed = (None, False) if blob is None else decode_utf8(blob)
-        values.append(text)
-        repaired.append(changed)
+    values = [stored_text(blob) for blob in raw]
+    repaired = [
+        blob is not None and text.encode("utf-8") != blob
+        for blob, text in zip(raw, values, strict=True)
+    ]
     return values, repaired
 
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from curation.config import InputSettings
-from curation.decode import DecodeError, decode_image, normalise_formats
+from curation.decode import DecodeError, decode_image
 from curation.reasons import Reason
 from curation.records import HashedPair, Pair
 
@@ -36,15 +36,11 @@ class ScreenSettings:
 
     min_side: int
     max_pixels: int
-    formats: frozenset[str]
+    formats: tuple[str, ...]  # Pillow format names
 
     @classmethod
     def of(cls, settings: InputSettings) -> ScreenSettings:
-        return cls(
-            min_side=settings.min_side,
-            max_pixels=settings.max_pixels,
-            formats=normalise_formats(settings.image_formats),
-        )
+        return cls(settings.min_side, settings.max_pixels, tuple(settings.image_formats))
 
 
 @dataclass(frozen=True)
@@ -82,8 +78,10 @@ def _light(pair: Pair) -> Pair:
 
 
 def has_text(text: str | None) -> bool:
-    """False for a null or blank web text (rule 4)."""
-    return bool(text and text.strip())
+    """False for a null web text, or one with nothing left for the models (rule 4)."""
+    from curation.grouping import text_identity
+
+    return bool(text_identity(text))
 
 
 def row_order(pair: Pair, file_order: Mapping[str, int]) -> tuple[int, int]:

@@ -10,8 +10,11 @@ Image bytes:
     png_bytes(image, mode=None) PNG of an array or PIL image (optionally converted to mode)
     encode(image, fmt, **save_kwargs)
     truncated(data, keep=0.6)   the first part of an encoded file
-    bomb_png(width=50_000, height=50_000)  a tiny PNG whose header declares a huge image
+    bomb_png(width=50_000, height=50_000, color_type=2)  a tiny PNG declaring a huge image
     animated_gif(frames)        GIF of several RGB arrays
+    format_samples()            small valid files of every web format variant, by name
+    dds_unimplemented_pixel_format()  a DDS header PIL refuses with NotImplementedError
+    eps_bytes()                 a minimal EPS file (loading it would run Ghostscript)
 
 Parquet inputs:
     write_pairs_parquet(path, rows, row_group_size=None, schema=None)
@@ -34,6 +37,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+
+from curation.image_formats import registered_formats
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
 
@@ -102,14 +107,15 @@ def truncated(data: bytes, keep: float = 0.6) -> bytes:
     return data[: int(len(data) * keep)]
 
 
-def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
-    """A valid-looking PNG of a few hundred bytes whose header declares width x height pixels."""
+def bomb_png(width: int = 50_000, height: int = 50_000, color_type: int = 2) -> bytes:
+    """A valid-looking PNG of a few hundred bytes whose header declares width x height pixels
+    (colour type 2: RGB, 6: RGBA)."""
 
     def chunk(kind: bytes, payload: bytes) -> bytes:
         body = kind + payload
         return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
     compressor = zlib.compressobj()
     idat = compressor.compress(b"\x00" * 4096) + compressor.flush()
     return (
@@ -122,6 +128,93 @@ def animated_gif(frames: Sequence[np.ndarray], duration_ms: int = 100) -> bytes:
     images = [Image.fromarray(frame) for frame in frames]
     return encode(
         images[0], "GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0
+    )
+
+
+def format_samples(width: int = 40, height: int = 30) -> dict[str, bytes]:
+    """Small valid files of every variant of the web formats, keyed ``FORMAT-variant``.
+
+    JPEG (baseline, progressive, grayscale, CMYK, EXIF-rotated, MPO), PNG (RGB, palette with
+    transparency, RGBA, 16-bit, interlaced, APNG), WebP (lossy, lossless, animated), GIF
+    (still, animated), BMP (24-bit, palette, 32-bit), TIFF (raw, LZW, deflate, PackBits,
+    JPEG-compressed, multi-page, 16-bit), AVIF (still, animated) and HEIF when a plugin can
+    write them.
+    """
+    registered_formats()  # HEIF's plugin, when installed
+    # saving stores encoder settings on the image, so every file gets fresh images
+    first, second = gradient(width, height), gradient(width, height, seed=1)
+
+    def rgb() -> Image.Image:
+        return Image.fromarray(first)
+
+    def other() -> Image.Image:
+        return Image.fromarray(second)
+
+    def alpha() -> Image.Image:
+        image = rgb().convert("RGBA")
+        image.putalpha(Image.fromarray(gradient(width, height, seed=2)[..., 0]))
+        return image
+
+    def palette() -> Image.Image:
+        return rgb().convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+
+    def deep() -> Image.Image:
+        return Image.fromarray(first[..., 1].astype(np.uint16) * 257)
+
+    out = {
+        "JPEG-baseline": jpeg_bytes(rgb()),
+        "JPEG-progressive": jpeg_bytes(rgb(), progressive=True),
+        "JPEG-gray": jpeg_bytes(rgb(), mode="L"),
+        "JPEG-cmyk": jpeg_bytes(rgb(), mode="CMYK"),
+        "JPEG-exif-rotated": jpeg_bytes(rgb(), exif_orientation=6),
+        "JPEG-mpo": encode(rgb(), "MPO", save_all=True, append_images=[other()]),
+        "PNG-rgb": png_bytes(rgb()),
+        "PNG-palette-transparency": encode(palette(), "PNG", transparency=0),
+        "PNG-rgba": png_bytes(alpha()),
+        "PNG-16bit": png_bytes(deep()),
+        "PNG-interlaced": png_bytes(rgb(), interlace=1),
+        "PNG-apng": encode(rgb(), "PNG", save_all=True, append_images=[other()], duration=100),
+        "WEBP-lossy": encode(rgb(), "WEBP", quality=80),
+        "WEBP-lossless": encode(alpha(), "WEBP", lossless=True),
+        "WEBP-animated": encode(
+            rgb(), "WEBP", save_all=True, append_images=[other()], duration=100
+        ),
+        "GIF-still": encode(palette(), "GIF"),
+        "GIF-animated": animated_gif([first, second]),
+        "BMP-24bit": encode(rgb(), "BMP"),
+        "BMP-palette": encode(palette(), "BMP"),
+        "BMP-32bit": encode(alpha(), "BMP"),
+        "TIFF-raw": encode(rgb(), "TIFF"),
+        "TIFF-lzw": encode(rgb(), "TIFF", compression="tiff_lzw"),
+        "TIFF-deflate": encode(alpha(), "TIFF", compression="tiff_adobe_deflate"),
+        "TIFF-packbits": encode(palette(), "TIFF", compression="packbits"),
+        "TIFF-jpeg": encode(rgb(), "TIFF", compression="jpeg"),
+        "TIFF-multipage": encode(rgb(), "TIFF", save_all=True, append_images=[other()]),
+        "TIFF-16bit": encode(deep(), "TIFF"),
+    }
+    if "AVIF" in Image.SAVE:
+        out["AVIF-still"] = encode(rgb(), "AVIF", quality=60)
+        out["AVIF-animated"] = encode(rgb(), "AVIF", save_all=True, append_images=[other()])
+    if "HEIF" in Image.SAVE:
+        out["HEIF-still"] = encode(rgb(), "HEIF", quality=60)
+    return out
+
+
+def dds_unimplemented_pixel_format(width: int = 16, height: int = 16) -> bytes:
+    """A DDS file whose pixel format says FourCC but whose FourCC is 0: PIL raises
+    ``NotImplementedError: Unimplemented pixel format 0`` while opening it (seen in the wild)."""
+    header = struct.pack(
+        "<7I44x8I5I", 124, 0x1007, height, width, width * 4, 0, 0,
+        32, 4, 0, 0, 0, 0, 0, 0, 0x1000, 0, 0, 0, 0,
+    )  # fmt: skip
+    return b"DDS " + header + b"\x00" * (width * height * 4)
+
+
+def eps_bytes() -> bytes:
+    """A minimal Encapsulated PostScript file with a bounding box."""
+    return (
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 40 30\n%%EndComments\n"
+        b"newpath 0 0 moveto 40 30 lineto stroke\nshowpage\n%%EOF\n"
     )
 
 

@@ -118,4 +118,6 @@ def test_repaired_text_is_noted_in_the_decision() -> None:
     out = decide_group(
         group, GroupScores((), (0.9,), (0.1,), (), (), (1.0,)), threshold=0.5, run_id="r"
     )
-    assert out.decisions[0]["detail"] == "invalid UTF-8 in the text was replaced"
+    assert out.decisions[0]["detail"] == (
+        "invalid UTF-8 in the text was replaced; 1 invalid character (U+FFFD) removed"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import struct
 import tracemalloc
 import warnings
 
@@ -15,14 +16,25 @@ from images import (
     animated_gif,
     bomb_png,
     encode,
+    format_samples,
     gradient,
     jpeg_bytes,
     photo,
     png_bytes,
     truncated,
 )
-from PIL import Image
+from mutations import Field, fix_png_crcs, set_field
+from PIL import (
+    GifImagePlugin,
+    Image,
+    ImageFile,
+    MpoImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
 
+from curation import decode as decode_module
 from curation.decode import DecodedImage, DecodeError, decode_image
 from curation.hashing import hamming, phash64, phash_to_bytes, sha256_hex
 from curation.reasons import Reason
@@ -128,12 +140,16 @@ def test_truncated_file_is_refused_not_padded(encoder) -> None:
         assert caught.value.reason is Reason.TRUNCATED
 
 
-def test_png_with_a_corrupted_chunk_is_refused() -> None:
+def test_png_with_a_corrupted_chunk_is_refused_and_the_detail_says_so() -> None:
     data = bytearray(png_bytes(photo("chelsea")))
     data[len(data) // 2] ^= 0xFF  # inside the IDAT payload: the chunk CRC no longer matches
     with pytest.raises(DecodeError) as caught:
         decode_image(bytes(data), 64)
-    assert caught.value.reason in (Reason.UNDECODABLE, Reason.TRUNCATED)
+    assert caught.value.reason is Reason.UNDECODABLE
+    assert str(caught.value) == (
+        "PNG: SyntaxError while checking chunk checksums: "
+        "broken PNG file (bad header checksum in b'IDAT')"
+    )
 
 
 @pytest.mark.parametrize("side", [50_000, 10_000])
@@ -274,3 +290,208 @@ def test_pil_global_pixel_guard_becomes_too_large_without_warnings(monkeypatch) 
         with pytest.raises(DecodeError) as caught:
             decode_image(error_range, 32, max_pixels=50_000)
         assert caught.value.reason is Reason.TOO_LARGE
+
+
+# --- no exception escapes: every failure of one image is a decision ----------------------
+
+SAMPLES = format_samples()
+
+
+def decode_error(data: bytes, size: int | None = 32, **kwargs) -> DecodeError:
+    with pytest.raises(DecodeError) as caught:
+        decode_image(data, size, **kwargs)
+    return caught.value
+
+
+def raising(exc: BaseException):
+    def fail(*args, **kwargs):
+        raise exc
+
+    return fail
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (NotImplementedError("Unimplemented pixel format 0"), Reason.UNDECODABLE),
+        (IndexError("list index out of range"), Reason.UNDECODABLE),
+        (ZeroDivisionError("division by zero"), Reason.UNDECODABLE),
+        (RuntimeError("Failed to decode image: Not implemented"), Reason.UNDECODABLE),
+        (KeyError(0x0112), Reason.UNDECODABLE),
+        (struct.error("unpack requires a buffer of 4 bytes"), Reason.UNDECODABLE),
+        (TypeError("function takes at most 3 arguments (4 given)"), Reason.UNDECODABLE),
+        (EOFError(), Reason.TRUNCATED),
+        (OSError("image file is truncated (3 bytes not processed)"), Reason.TRUNCATED),
+        (MemoryError(), Reason.TOO_LARGE),
+        (Image.DecompressionBombError("Image size exceeds limit"), Reason.TOO_LARGE),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else None,
+)
+@pytest.mark.parametrize(
+    ("target", "step"),
+    [
+        ((PngImagePlugin.PngImageFile, "_open"), "reading the header"),
+        ((PngImagePlugin.PngImageFile, "verify"), "checking chunk checksums"),
+        ((ImageFile.ImageFile, "load"), "decoding pixels"),
+        ((Image.Image, "convert"), "converting to RGB"),
+        ((decode_module, "phash64"), "hashing"),
+        ((Image.Image, "resize"), "resizing"),  # only the resize to the model size fails
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+def test_any_exception_of_a_decoder_becomes_a_decision(
+    monkeypatch, exc: BaseException, reason: Reason, target, step: str
+) -> None:
+    data = png_bytes(gradient(40, 30, seed=3), mode="LA")  # LA: converted, so convert runs
+    fail = raising(exc)
+    if step == "resizing":
+        resize = Image.Image.resize
+
+        def fail(self, size, *args, **kwargs):
+            if size == (24, 24):
+                raise exc
+            return resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(*target, fail)
+    error = decode_error(data, 24)
+    assert error.reason is reason
+    name = type(exc).__name__
+    assert str(error) == f"PNG: {name} while {step}: {' '.join(str(exc).split()) or name}"
+
+
+def test_an_interrupt_is_not_swallowed(monkeypatch) -> None:
+    monkeypatch.setattr(ImageFile.ImageFile, "load", raising(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        decode_image(png_bytes(gradient(40, 30)), 32)
+
+
+def test_png_without_image_data_is_refused_not_an_index_error() -> None:
+    data = fix_png_crcs(SAMPLES["PNG-rgb"].replace(b"IDAT", b"IDAU"))
+    with pytest.raises(IndexError):  # what escaped before
+        Image.open(io.BytesIO(data)).verify()
+    error = decode_error(data)
+    assert error.reason is Reason.UNDECODABLE
+    assert str(error).startswith("PNG: IndexError while checking chunk checksums")
+
+
+def test_png_with_a_broken_header_names_the_chunk() -> None:
+    data = bytearray(SAMPLES["PNG-rgb"])
+    data[29] ^= 0x01  # the IHDR CRC
+    error = decode_error(bytes(data))
+    assert error.reason is Reason.UNDECODABLE
+    assert str(error) == (
+        "PNG: SyntaxError while reading the header: "
+        "broken PNG file (bad header checksum in b'IHDR')"
+    )
+
+
+def test_png_with_broken_pixel_data_is_refused_not_decoded_blank() -> None:
+    source = SAMPLES["PNG-rgb"]
+    data = fix_png_crcs(source[:60] + b"\xff" * 8 + source[68:])  # valid CRCs, bad zlib data
+    error = decode_error(data)
+    assert error.reason is Reason.UNDECODABLE
+    assert str(error) == (
+        "PNG: OSError while decoding pixels: broken data stream when reading image file"
+    )
+
+
+@pytest.mark.parametrize(
+    ("sample", "field", "value", "escaped", "reason"),
+    [
+        ("AVIF-animated", Field(575, 1, True), 0, ZeroDivisionError, Reason.UNDECODABLE),
+        ("AVIF-still", Field(81, 1, True), 0, RuntimeError, Reason.UNDECODABLE),
+        ("HEIF-still", Field(320, 4, True), 2**31 - 1, RuntimeError, Reason.TOO_LARGE),
+    ],
+)
+def test_decoder_errors_seen_in_fuzzing_are_decisions(
+    sample: str, field: Field, value: int, escaped: type, reason: Reason
+) -> None:
+    if sample not in SAMPLES:
+        pytest.skip(f"no {sample.split('-')[0]} writer here")
+    data = set_field(SAMPLES[sample], field, value)
+    try:
+        Image.open(io.BytesIO(data)).load()
+    except escaped:
+        pass
+    else:
+        pytest.skip("this encoder's file does not reproduce the error")
+    error = decode_error(data)
+    assert error.reason is reason
+    assert str(error).startswith(f"{sample.split('-')[0]}: {escaped.__name__} while ")
+
+
+def test_corrupt_exif_means_upright_not_refused() -> None:
+    good = jpeg_bytes(gradient(40, 30))
+    app1 = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff" + b"\x01" * 16  # 65535 IFD entries
+    data = good[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + good[2:]
+    decoded = decode_image(data, 16)
+    assert (decoded.width, decoded.height) == (40, 30)
+    assert np.array_equal(decoded.pixels, decode_image(good, 16).pixels)
+
+
+def test_no_pil_warning_escapes() -> None:
+    data = SAMPLES["TIFF-raw"][:2000]  # TIFF warns "Truncated File Read" for cut metadata
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert decode_error(data).reason is Reason.TRUNCATED
+        assert decode_error(bomb_png(20_000, 20_000)).reason is Reason.TOO_LARGE
+
+
+# --- resource budgets: memory and frames ----------------------------------------------------
+
+
+def test_memory_budget_is_checked_before_any_pixel_is_decoded(monkeypatch) -> None:
+    monkeypatch.setattr(ImageFile.ImageFile, "load", raising(AssertionError("decoding ran")))
+    error = decode_error(bomb_png(12_000, 12_000, color_type=6), max_pixels=10**9)
+    assert error.reason is Reason.TOO_LARGE
+    assert str(error) == ("12000x12000 RGBA needs about 3433 MiB to decode > max_bytes=1073741824")
+
+
+def test_max_bytes_is_a_per_call_budget() -> None:
+    rgba = png_bytes(gradient(40, 30), mode="RGBA")  # 1,200 pixels x 25 bytes at the peak
+    assert decode_error(rgba, max_bytes=29_999).reason is Reason.TOO_LARGE
+    assert decode_image(rgba, 32, max_bytes=30_000).width == 40
+    rgb = png_bytes(gradient(40, 30))  # no alpha to composite: 1,200 pixels x 9 bytes
+    assert decode_image(rgb, 32, max_bytes=10_800).width == 40
+
+
+def test_reduced_scale_jpeg_needs_only_its_reduced_size() -> None:
+    big = jpeg_bytes(np.asarray(Image.fromarray(photo("coffee")).resize((1600, 1200))))
+    budget = 800 * 600 * 9  # the 1/2-scale decode that size=384 needs
+    assert decode_image(big, 384, max_bytes=budget).width == 1600
+    assert decode_image(big, None, max_bytes=budget).width == 1600  # 1/8 scale
+    assert decode_error(png_bytes(Image.open(io.BytesIO(big))), max_bytes=budget).reason is (
+        Reason.TOO_LARGE
+    )
+
+
+def test_only_the_first_frame_is_decoded_and_frames_are_never_walked(monkeypatch) -> None:
+    classes = [
+        GifImagePlugin.GifImageFile,
+        PngImagePlugin.PngImageFile,
+        WebPImagePlugin.WebPImageFile,
+        TiffImagePlugin.TiffImageFile,
+        MpoImagePlugin.MpoImageFile,
+    ]
+    classes += [Image.OPEN[fmt][0] for fmt in ("AVIF", "HEIF") if fmt in Image.OPEN]
+    for cls in classes:
+        original = cls.seek
+
+        def first_only(self, frame, _original=original):
+            assert frame == 0, f"frame {frame} sought"
+            return _original(self, frame)
+
+        monkeypatch.setattr(cls, "seek", first_only)
+    counted = property(raising(AssertionError("frames counted")))  # these walk the file
+    monkeypatch.setattr(GifImagePlugin.GifImageFile, "n_frames", counted)
+    monkeypatch.setattr(GifImagePlugin.GifImageFile, "is_animated", counted)
+    monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "n_frames", counted)
+    red, blue = np.zeros((30, 40, 3), np.uint8), np.zeros((30, 40, 3), np.uint8)
+    red[..., 0], blue[..., 2] = 255, 255
+    many = animated_gif([red, blue] * 1500)  # 3,000 frames
+    assert decode_image(many, 16).pixels[8, 8].tolist() == [255, 0, 0]
+    for name in ("JPEG-mpo", "PNG-apng", "WEBP-animated", "GIF-animated", "TIFF-multipage"):
+        first = decode_image(SAMPLES[name], 16)
+        assert first.width == 40, name
+    if "AVIF-animated" in SAMPLES:
+        assert decode_image(SAMPLES["AVIF-animated"], 16).width == 40

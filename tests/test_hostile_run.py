@@ -189,6 +189,8 @@ def test_texts_with_nul_control_characters_invalid_utf8_and_huge_length(
     assert web["nul"]["text"] == "nul\x00inside"  # stored as it came
     assert web["utf8"]["text"] == "bad \ufffd bytes" and "UTF-8" in web["utf8"]["detail"]
     assert len(web["long"]["text"]) == len("long " * 30_000)
+    assert "text cut to 2048 of" in web["long"]["detail"]  # what the models saw is bounded
+    assert "control or invisible characters removed" in web["control"]["detail"]
 
 
 def test_settings_the_models_cannot_honour_are_refused_before_work(
