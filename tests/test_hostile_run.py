@@ -421,3 +421,45 @@ def test_ctrl_c_prints_one_line_and_exits_130(
     assert "interrupted; re-run the same command to resume" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 3
     assert not (tmp_path / "o" / "_lock.json").exists()
+
+
+def test_a_run_over_mutated_and_random_images_decides_every_row_once(
+    tmp_path: Path, tiny_captioner_dir, tiny_filter_dir
+) -> None:
+    """Fuzzing through the whole run: mutations of every web format (cuts, extreme header
+    fields, flipped bits, reordered units) and random bytes; no row fails the job."""
+    import random
+
+    from images import format_samples
+    from mutations import cut_points, extremes, flip_bits, layout, reorder, set_field
+
+    rng = random.Random(20261130)
+    rows = []
+    for name, data in sorted(format_samples(64, 48).items()):
+        shape = layout(data)
+        variants = [data[: rng.choice(cut_points(data))]]
+        if shape.fields:
+            target = rng.choice(shape.fields)
+            variants.append(set_field(data, target, rng.choice(extremes(target.width))))
+        variants.append(flip_bits(data, [rng.randrange(len(data) * 8) for _ in range(8)]))
+        if len(shape.units) > 1:
+            order = list(range(len(shape.units)))
+            rng.shuffle(order)
+            variants.append(reorder(data, order))
+        rows += [
+            {"key": f"{name}-{i}", "image": v, "text": f"a {name}"} for i, v in enumerate(variants)
+        ]
+    rows += [
+        {"key": f"random-{i}", "image": rng.randbytes(rng.randrange(1, 4000)), "text": "x"}
+        for i in range(10)
+    ]
+    write_pairs_parquet(tmp_path / "fuzz.parquet", rows, row_group_size=16)
+    out = tmp_path / "out"
+    result = run_pipeline(
+        _config(tmp_path / "fuzz.parquet", out, tiny_captioner_dir, tiny_filter_dir)
+    )
+    web = _web(out)
+    assert sorted(web) == sorted(r["key"] for r in rows)
+    assert all(len(decisions) == 1 for decisions in web.values())
+    assert result.manifest["counts"]["error"] == 0  # every bad image is a decoder decision
+    assert sum(result.manifest["counts"].values()) == result.manifest["tables"]["decisions"]["rows"]
