@@ -121,9 +121,7 @@ def _load(
 ) -> LoadedModel:
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    local = Path(name).is_dir()
-    if local:
-        _check_local_weights(Path(name), allow_pickle)
+    local = _check_source(name, allow_pickle)
     options: dict[str, Any] = {
         "revision": revision,
         "trust_remote_code": False,
@@ -182,11 +180,7 @@ def check_model(
     """
     from transformers import AutoConfig
 
-    local = Path(name_or_path).is_dir()
-    if local:
-        _check_local_weights(Path(name_or_path), allow_pickle)
-    elif _looks_like_folder(name_or_path):
-        raise ModelLoadError(f"model folder {name_or_path!r} does not exist")
+    local = _check_source(name_or_path, allow_pickle)
     try:
         config = AutoConfig.from_pretrained(
             name_or_path,
@@ -209,6 +203,17 @@ def check_model(
         max_positions=int(text.max_position_embeddings),
         embedding_dim=int(getattr(config, "image_text_hidden_size", config.projection_dim)),
     )
+
+
+def _check_source(name: str, allow_pickle: bool) -> bool:
+    """True for a local folder (whose weights are checked); a name that is meant as a folder
+    but does not exist is refused as such, not looked up on the hub."""
+    if Path(name).is_dir():
+        _check_local_weights(Path(name), allow_pickle)
+        return True
+    if _looks_like_folder(name):
+        raise ModelLoadError(f"model folder {name!r} does not exist")
+    return False
 
 
 def _looks_like_folder(name: str) -> bool:

@@ -8,6 +8,8 @@ whose workers do not share this machine's disk needs input and output on object 
 
 from __future__ import annotations
 
+import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,11 +52,23 @@ def choose_runner(config: RunConfig) -> RunnerChoice:
     name = _runner_name(args)
     if name is None:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+        from apache_beam.transforms.environments import SubprocessSDKEnvironment
 
         direct = options.view_as(DirectOptions)
-        direct.direct_running_mode = "multi_processing" if config.workers > 1 else "in_memory"
         direct.direct_num_workers = config.workers
-        return RunnerChoice(options, FnApiRunner(), "local", local=True)
+        if config.workers == 1:
+            direct.direct_running_mode = "in_memory"
+            return RunnerChoice(options, FnApiRunner(), "local", local=True)
+        # worker processes of our own entry point (pipelines.worker): Beam's harness, quiet
+        direct.direct_running_mode = None
+        command = f"{sys.executable} -m pipelines.worker"
+        runner = FnApiRunner(
+            default_environment=SubprocessSDKEnvironment.from_command_string(command)
+        )
+        logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(
+            logging.ERROR
+        )
+        return RunnerChoice(options, runner, "local", local=True)
     short = name.rsplit(".", 1)[-1]
     if short in ("DataflowRunner", "TestDataflowRunner"):
         missing = [k for k in DATAFLOW_REQUIRED if not values.get(k)]

@@ -322,3 +322,31 @@ def test_bad_config_and_inputs_fail_before_work(
     no_model = CliRunner().invoke(main, [*base[:3], str(path), "--filter", str(tmp_path / "nope")])
     assert no_model.exit_code == 2
     assert not (tmp_path / "x" / "decisions").exists()
+
+
+def test_worker_processes_print_no_start_up_chatter(
+    dataset, tiny_captioner_dir, tiny_filter_dir, tmp_path: Path
+) -> None:
+    path, _ = dataset
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "run", str(path), "--out", str(tmp_path / "o"),
+         "--captioner", str(tiny_captioner_dir), "--filter", str(tiny_filter_dir), "-k", "1",
+         "--workers", "2", "--no-progress"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for noise in ("INFO:", "swigfaiss", "apitools", "semi_persistent_directory"):
+        assert noise not in done.stderr, done.stderr
+    assert "decisions per reason" in done.stdout
+
+
+def test_finetune_errors_exit_2_with_a_message(tmp_path: Path) -> None:
+    from curation.shapes import make_clean_split
+
+    data = make_clean_split(8, 1, tmp_path / "clean.parquet")
+    base = ["finetune", "filter", "--train", str(data), "--out", str(tmp_path / "m")]
+    wrong_column = CliRunner().invoke(main, [*base, "--base", "tiny", "--image-column", "nope"])
+    assert wrong_column.exit_code == 2 and "nope" in wrong_column.stderr
+    assert "Traceback" not in wrong_column.output
+    bad_base = CliRunner().invoke(main, [*base, "--base", str(tmp_path / "no-such-model")])
+    assert bad_base.exit_code == 2 and "does not exist" in bad_base.stderr
