@@ -82,7 +82,7 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> object:
         interrupted = threading.Event()
 
-        def on_interrupt(signum: int, frame: object) -> None:
+        def on_interrupt(_signum: int, _frame: object) -> None:
             interrupted.set()
             raise KeyboardInterrupt
 

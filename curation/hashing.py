@@ -8,7 +8,6 @@ resizing and recompression, so copies of one image land within a few bits of eac
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -47,16 +46,3 @@ def phash64(gray: np.ndarray) -> int:
     coeffs = (_DCT @ x @ _DCT.T)[:_LOW, :_LOW].ravel()
     bits = (coeffs > np.median(coeffs)).astype(np.uint64)
     return int((bits * _WEIGHTS).sum())
-
-
-def phash_to_bytes(hashes: Sequence[int]) -> np.ndarray:
-    """N x 8 uint8 array (big-endian bytes of each hash), the layout of FAISS binary indexes."""
-    out = np.empty((len(hashes), 8), dtype=np.uint8)
-    for row, value in enumerate(hashes):
-        out[row] = np.frombuffer(int(value).to_bytes(8, "big"), dtype=np.uint8)
-    return out
-
-
-def hamming(a: int, b: int) -> int:
-    """Number of differing bits between two hashes."""
-    return (a ^ b).bit_count()

@@ -44,7 +44,6 @@ INDEX_INFO = "index.json"
 STAGE = "_stage"
 STAGE_LISTING = "stage.json"
 CACHE = "_cache"
-CACHE_LISTING = "cache.json"
 LOCK = "_lock.json"
 #: A lock whose heartbeat is older than this belongs to a command that is gone.
 LOCK_STALE_SECONDS = 600.0

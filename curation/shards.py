@@ -68,14 +68,6 @@ class ShardBuffer:
         return rows
 
 
-def read_rows(
-    url: str, columns: list[str] | None = None, batch_rows: int = 1024
-) -> Iterator[dict[str, Any]]:
-    """Every row of a shard as a dict."""
-    for batch in iter_batches([url], columns, batch_rows):
-        yield from batch.to_pylist()
-
-
 def iter_batches(
     urls: Iterable[str], columns: list[str] | None = None, batch_rows: int = 64
 ) -> Iterator[pa.RecordBatch]:

@@ -251,10 +251,6 @@ class Location:
             raise
         return True
 
-    def make_dirs(self) -> None:
-        """Create this folder (and parents); a no-op on object stores without folders."""
-        self.fs.makedirs(self.path, exist_ok=True)
-
     def remove(self) -> None:
         """Delete this file or folder (recursively); nothing when it does not exist."""
         if not self.exists():

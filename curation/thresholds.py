@@ -12,8 +12,6 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.reasons import TextOrigin
-
 
 def keeps(itm: float, threshold: float) -> bool:
     """The CapFilt rule: a text is kept when its ITM probability is at least the threshold."""
@@ -36,6 +34,3 @@ class Thresholds:
     @classmethod
     def of(cls, threshold: float, synthetic: float | None = None) -> Thresholds:
         return cls(threshold, threshold if synthetic is None else synthetic)
-
-    def for_origin(self, origin: TextOrigin) -> float:
-        return self.web if origin is TextOrigin.WEB else self.synthetic

@@ -50,7 +50,7 @@ class SharedCrossAttention:
         self,
         kind: type[BaseException] | None,
         error: BaseException | None,
-        trace: TracebackType | None,
+        _trace: TracebackType | None,
     ) -> None:
         for handle in self._handles:
             handle.remove()

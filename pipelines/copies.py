@@ -31,9 +31,9 @@ def _link_all(
 ) -> Iterator[tuple[str, tuple[str, DuplicateKind | None, float]]]:
     from curation.dedup.copies import group_copies
 
+    kinds = {"self": None, "exact": DuplicateKind.EXACT, "perceptual": DuplicateKind.PERCEPTUAL}
     for key, link in group_copies(candidates, max_hamming=max_hamming).items():
-        kind = None if link.kind == "self" else DuplicateKind(link.kind)
-        yield key, (link.rep_key, kind, link.similarity)
+        yield key, (link.rep_key, kinds[link.kind], link.similarity)
 
 
 def _to_rep(
