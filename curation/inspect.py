@@ -11,12 +11,14 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any
+
+from tqdm import tqdm
 
 from curation.config import InputSettings
 from curation.inputs import resolve_inputs
 from curation.layout import Layout, check_inputs
-from curation.reader import ImageFiles, iter_pairs
+from curation.reader import ImageFiles, iter_pairs, row_group_sizes
 from curation.reasons import Reason
 from curation.screen import KeyRegistry, Rejection, ScreenSettings, has_text, screen_pair
 
@@ -72,31 +74,6 @@ class InspectReport:
         }
 
 
-class _Progress:
-    """Rows read and rate on stderr, at most every few seconds, only for long inputs."""
-
-    def __init__(self, enabled: bool, stream: TextIO) -> None:
-        self.enabled = enabled
-        self.stream = stream
-        self.start = time.monotonic()
-        self.last = self.start
-        self.shown = False
-
-    def update(self, rows: int) -> None:
-        now = time.monotonic()
-        if self.enabled and now - self.last >= _PROGRESS_EVERY_S:
-            rate = rows / max(now - self.start, 1e-9)
-            self.stream.write(f"\rread {rows} rows ({rate:.0f} rows/s)")
-            self.stream.flush()
-            self.last, self.shown = now, True
-
-    def done(self, rows: int) -> None:
-        if self.shown:
-            elapsed = time.monotonic() - self.start
-            self.stream.write(f"\rread {rows} rows in {elapsed:.1f} s\n")
-            self.stream.flush()
-
-
 def inspect_input(
     settings: InputSettings, *, progress: bool = True, exclude: Sequence[str] = ()
 ) -> InspectReport:
@@ -120,7 +97,16 @@ def inspect_input(
     screening = ScreenSettings.of(settings)
     images = ImageFiles(tuple(settings.image_roots), settings.max_image_bytes)
     keys = KeyRegistry()
-    meter = _Progress(progress, sys.stderr)
+    total = sum(sum(row_group_sizes(item)) for item in files)
+    meter = tqdm(
+        total=total,
+        unit=" rows",
+        desc="inspect",
+        file=sys.stderr,
+        disable=not progress,
+        mininterval=_PROGRESS_EVERY_S,
+        leave=True,
+    )
     start = time.monotonic()
     for item in files:
         report.file_rows[item.url] = 0
@@ -138,8 +124,8 @@ def inspect_input(
             examples = report.examples.setdefault(name, []) if name != OK else None
             if examples is not None and len(examples) < EXAMPLES_PER_REASON:
                 examples.append({"key": pair.key, "detail": detail or ""})
-            meter.update(report.rows)
-    meter.done(report.rows)
+            meter.update()
+    meter.close()
     report.seconds = time.monotonic() - start
     return report
 
