@@ -18,6 +18,7 @@ from curation.caption_settings import CaptionSettings
 from curation.decode import DEFAULT_MAX_PIXELS
 from curation.errors import ConfigError
 from curation.image_formats import WEB_FORMATS, normalise_formats
+from curation.storage import Location
 from curation.thresholds import Thresholds
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
@@ -207,11 +208,11 @@ def load_yaml(path: str | Path, model: type[Settings] = RunConfig) -> dict[str, 
     """Read a YAML config file into a dict of known keys (dashes allowed for underscores)."""
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
+    location = Location(str(path))
+    if not location.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(location.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):

@@ -17,9 +17,6 @@ input size. Values are taken as they are, with these rules:
 
 from __future__ import annotations
 
-import os
-import posixpath
-import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -49,20 +46,22 @@ class ImageFiles:
     def read(self, path: str, parquet: Location) -> tuple[bytes | None, tuple[Reason, str] | None]:
         """The bytes of the image at ``path`` (relative to the Parquet file's folder), or
         ``None`` and the reason and detail of the rule that refused it."""
-        target = _resolve(path, parquet)
+        local_path = not is_url(path) and path.startswith("/")
+        # a remote dataset naming a local path never reads this machine's files
+        target = None if local_path and not parquet.is_local else parquet.parent.join_relative(path)
         folders = [parquet.parent, *(Location(r) for r in self.roots)]
-        if target is None or not any(_inside(folder, target) for folder in folders):
+        if target is None or not any(folder.inside(target) for folder in folders):
             allowed = " or an --image-root" if not self.roots else ", nor under an --image-root"
             return None, (
                 Reason.MISSING_IMAGE,
                 f"image path {path!r} is outside the dataset folder {parquet.parent.url}{allowed}",
             )
-        try:
-            if target.is_local and not stat.S_ISREG(os.stat(target.path).st_mode):
-                return None, (Reason.MISSING_IMAGE, f"image path {path!r} is not a regular file")
-            data = target.read_bytes(limit=self.max_bytes)
-        except FileNotFoundError:
+        if not target.exists():
             return None, (Reason.MISSING_IMAGE, f"image file {target.url} not found")
+        if not target.is_regular_file():
+            return None, (Reason.MISSING_IMAGE, f"image path {path!r} is not a regular file")
+        try:
+            data = target.read_bytes(limit=self.max_bytes)
         except (OSError, ValueError) as err:
             return None, (Reason.MISSING_IMAGE, f"image file {target.url} unreadable: {err}")
         if len(data) > self.max_bytes:
@@ -73,31 +72,12 @@ class ImageFiles:
         return data, None
 
 
-def _resolve(path: str, parquet: Location) -> Location | None:
-    if is_url(path):
-        return Location(path)
-    if os.path.isabs(path):
-        return Location(path) if parquet.is_local else None
-    if parquet.is_local:
-        return Location(os.path.normpath(os.path.join(parquet.parent.path, path)))
-    scheme, rest = parquet.parent.url.split("://", 1)
-    return Location(f"{scheme}://{posixpath.normpath(posixpath.join(rest, path))}")
-
-
-def _inside(folder: Location, target: Location) -> bool:
-    if folder.is_local and target.is_local:
-        real_folder = os.path.realpath(folder.path)
-        real = os.path.realpath(target.path)
-        return real == real_folder or real.startswith(real_folder.rstrip("/") + "/")
-    return folder.contains(target) and "/../" not in target.url + "/"
-
-
 class ParquetInput:
     """An open input file: its row groups and their first row numbers."""
 
     def __init__(self, item: InputFile) -> None:
         self.item = item
-        self._handle = item.location.fs.open(item.location.path, "rb")
+        self._handle = item.location.open_file()
         try:
             self.parquet = pq.ParquetFile(self._handle, pre_buffer=False)
         except (pa.ArrowInvalid, OSError) as err:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import stat
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -115,6 +116,32 @@ class Location:
         """The URL of a path as this location's filesystem spells it (e.g. from a listing)."""
         return path if self.is_local else self.fs.unstrip_protocol(path)
 
+    def join_relative(self, path: str) -> Location:
+        """The location of ``path`` relative to this folder, ``..`` resolved (a URL or an
+        absolute local path is taken as it is)."""
+        if is_url(path):
+            return Location(path)
+        if self.is_local:
+            return Location(os.path.normpath(os.path.join(self.path, path)))
+        scheme, rest = self.url.split("://", 1)
+        return Location(f"{scheme}://{posixpath.normpath(posixpath.join(rest, path))}")
+
+    def inside(self, other: Location) -> bool:
+        """True when ``other`` lies in this folder, symbolic links resolved on local disk."""
+        if self.is_local and other.is_local:
+            folder, target = os.path.realpath(self.path), os.path.realpath(other.path)
+            return target == folder or target.startswith(folder.rstrip("/") + "/")
+        return self.contains(other) and "/../" not in other.url + "/"
+
+    def is_regular_file(self) -> bool:
+        """A file holding data (not a device, pipe or folder); on object stores, any object."""
+        if not self.is_local:
+            return self.is_file()
+        try:
+            return stat.S_ISREG(os.stat(self.path).st_mode)
+        except OSError:
+            return False
+
     def contains(self, other: Location) -> bool:
         """True when ``other`` is this location or lies below it."""
         return other.url == self.url or other.url.startswith(self.url.rstrip("/") + "/")
@@ -182,6 +209,10 @@ class Location:
         :meth:`write_with`)."""
         with self.fs.open(self.path, mode) as handle:
             yield handle
+
+    def open_file(self) -> IO[Any]:
+        """A binary file object to read, which the caller closes (for long-lived readers)."""
+        return self.fs.open(self.path, "rb")
 
     def read_bytes(self, limit: int | None = None) -> bytes:
         """The file's bytes; with ``limit``, at most ``limit + 1`` bytes are read, so callers
