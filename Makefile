@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench clean check-images
 
 setup: $(STAMP)
 
@@ -30,6 +30,17 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The Dataflow images' pinned requirements and the project resolve from PyPI (run it on
+# Linux x86-64 with CPython 3.11, the images' platform); nothing is installed.
+check-images: $(STAMP)
+	$(BIN)/pip install --isolated --quiet --dry-run --ignore-installed --target .image-check \
+	  --report .image-check.json -r docker/requirements-worker.txt ".[gcs,s3]"
+	$(BIN)/python -c "import json; r = json.load(open('.image-check.json')); \
+	  v = {i['metadata']['name'].lower(): i['metadata']['version'] for i in r['install']}; \
+	  print('images resolve: torch', v['torch'], 'apache-beam', v['apache-beam'], \
+	        'transformers', v['transformers'])"
+	rm -rf .image-check .image-check.json
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache
