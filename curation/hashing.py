@@ -46,3 +46,8 @@ def phash64(gray: np.ndarray) -> int:
     coeffs = (_DCT @ x @ _DCT.T)[:_LOW, :_LOW].ravel()
     bits = (coeffs > np.median(coeffs)).astype(np.uint64)
     return int((bits * _WEIGHTS).sum())
+
+
+def hamming(a: int, b: int) -> int:
+    """Number of differing bits between two hashes."""
+    return (a ^ b).bit_count()

@@ -28,6 +28,9 @@ DECISIONS_SCHEMA = pa.schema(
     ]
 )
 
+#: Every column of a decision but the run it belongs to: what audits read of a decision.
+DECISION_FIELDS: tuple[str, ...] = tuple(n for n in DECISIONS_SCHEMA.names if n != "run_id")
+
 #: Kept web pairs.
 CLEAN_SCHEMA = pa.schema(
     [

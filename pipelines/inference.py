@@ -250,23 +250,26 @@ class CaptionAndScore(beam.PTransform):
         errors = [prepared[ERRORS]]
         items = prepared.items
         if c.captions_per_image > 0:
-            captioned = (
-                items
-                | "Caption" >> RunInference(KeyedModelHandler(CaptionHandler(c, self._batch_size)))
-                | "AfterCaption"
-                >> beam.ParDo(AfterModelFn(run_id, c.threshold, scored=False)).with_outputs(
-                    ERRORS, main="items"
-                )
-            )
-            errors.append(captioned[ERRORS])
-            items = captioned.items
-        scored = (
+            items = self._model(items, "Caption", CaptionHandler(c, self._batch_size), errors)
+        scored = self._model(items, "Score", ScoreHandler(c, self._batch_size), errors)
+        return {"scored": scored, ERRORS: errors}
+
+    def _model(
+        self,
+        items: beam.PCollection,
+        name: str,
+        handler: BlipHandler,
+        errors: list[beam.PCollection],
+    ) -> beam.PCollection:
+        """RunInference with ``handler``; failures join ``errors``, the results go on."""
+        scored = isinstance(handler, ScoreHandler)
+        results = (
             items
-            | "Score" >> RunInference(KeyedModelHandler(ScoreHandler(c, self._batch_size)))
-            | "AfterScore"
-            >> beam.ParDo(AfterModelFn(run_id, c.threshold, scored=True)).with_outputs(
-                ERRORS, main="scored"
-            )
+            | name >> RunInference(KeyedModelHandler(handler))
+            | f"After{name}"
+            >> beam.ParDo(
+                AfterModelFn(self._run_id, self._config.threshold, scored=scored)
+            ).with_outputs(ERRORS, main="results")
         )
-        errors.append(scored[ERRORS])
-        return {"scored": scored.scored, ERRORS: errors}
+        errors.append(results[ERRORS])
+        return results.results

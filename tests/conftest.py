@@ -49,6 +49,29 @@ def tiny_filter_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) ->
     return save_model_folder("filter", folder, "tiny", tiny_tokenizer, seed=1)
 
 
+@pytest.fixture(scope="session")
+def distinct_filter_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Path:
+    """A tiny random filter whose image embeddings (and scores) differ between images.
+
+    At BLIP's default initialiser scale a tiny random ViT maps every image to almost the
+    same embedding; a larger scale makes random embeddings spread out like trained ones.
+    """
+    import torch
+    from transformers import BlipForImageTextRetrieval, BlipProcessor
+
+    from models.presets import blip_config, image_processor
+
+    config = blip_config("tiny", tiny_tokenizer)
+    config.vision_config.initializer_range = 0.3
+    torch.manual_seed(2)
+    folder = tmp_path_factory.mktemp("models") / "distinct-filter"
+    BlipForImageTextRetrieval(config).save_pretrained(folder)
+    BlipProcessor(image_processor=image_processor(32), tokenizer=tiny_tokenizer).save_pretrained(
+        folder
+    )
+    return folder
+
+
 def _free_port() -> int:
     import socket
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,3 +29,23 @@ def stage_table(run: Path, name: str) -> pa.Table:
     listing = json.loads((Path(run) / "_stage" / "stage.json").read_text())
     files = [Path(run) / f for f in listing["tables"][name]]
     return pa.concat_tables(pq.read_table(f) for f in files)
+
+
+def kill_when(args: list[str], ready: Callable[[], bool], timeout: float = 120.0) -> None:
+    """Start ``args`` and SIGKILL it once ``ready()`` (checked every 20 ms) holds."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not ready():
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def gradient_rows(n: int) -> list[dict]:
+    """``n`` distinct generated images, keyed ``g000``..., with texts."""
+    from images import gradient, jpeg_bytes
+
+    return [
+        {"key": f"g{i:03d}", "image": jpeg_bytes(gradient(96, 80, seed=i)), "text": f"picture {i}"}
+        for i in range(n)
+    ]

@@ -37,12 +37,8 @@ from PIL import (
 from curation import decode as decode_module
 from curation.decode import DecodedImage, DecodeError, decode_image
 from curation.dedup.copies import _hash_codes
-from curation.hashing import phash64, sha256_hex
+from curation.hashing import hamming, phash64, sha256_hex
 from curation.reasons import Reason
-
-
-def _hamming(a: int, b: int) -> int:
-    return (a ^ b).bit_count()
 
 
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -89,7 +85,7 @@ def test_hash_only_path_returns_no_pixels_and_the_same_identity() -> None:
     assert hashes_only.pixels is None
     assert (hashes_only.width, hashes_only.height) == (1280, 854)
     assert hashes_only.sha256 == with_pixels.sha256
-    assert _hamming(hashes_only.phash, with_pixels.phash) <= 2  # decode scale barely matters
+    assert hamming(hashes_only.phash, with_pixels.phash) <= 2  # decode scale barely matters
 
 
 def test_phash_survives_resize_and_recompression() -> None:
@@ -98,22 +94,22 @@ def test_phash_survives_resize_and_recompression() -> None:
         original = decode_image(png_bytes(source)).phash
         half = Image.fromarray(source).resize((source.shape[1] // 2, source.shape[0] // 2))
         copy = decode_image(jpeg_bytes(half, quality=60)).phash
-        assert _hamming(original, copy) <= 6, name
+        assert hamming(original, copy) <= 6, name
 
 
 def test_distinct_photos_have_distant_phashes() -> None:
     hashes = {name: decode_image(png_bytes(photo(name))).phash for name in PHOTOS}
     for a, b in itertools.combinations(PHOTOS, 2):
-        assert _hamming(hashes[a], hashes[b]) > 20, (a, b)
+        assert hamming(hashes[a], hashes[b]) > 20, (a, b)
 
 
-def test_phash_to_bytes_matches_bits_and_hamming() -> None:
+def test_phash_to_bytes_matches_bits_andhamming() -> None:
     hashes = [decode_image(png_bytes(photo(n))).phash for n in ("coffee", "chelsea")]
     packed = _hash_codes(np.asarray(hashes + [0, 2**64 - 1], dtype=np.uint64))
     assert packed.shape == (4, 8) and packed.dtype == np.uint8
     assert packed[2].tolist() == [0] * 8 and packed[3].tolist() == [255] * 8
     bits = np.unpackbits(packed[:2], axis=1)
-    assert int((bits[0] != bits[1]).sum()) == _hamming(*hashes)
+    assert int((bits[0] != bits[1]).sum()) == hamming(*hashes)
     assert int.from_bytes(packed[0].tobytes(), "big") == hashes[0]
 
 

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from images import gradient, jpeg_bytes, photo, truncated, write_pairs_parquet
 from PIL import Image
+from runs import gradient_rows, kill_when
 
 from app.cli import main
 from curation.config import build_config
@@ -231,26 +229,15 @@ def test_rerun_reuses_cached_model_outputs(
 def test_resume_after_kill_matches_uninterrupted_run(
     tiny_captioner_dir, tiny_filter_dir, tmp_path: Path
 ) -> None:
-    rows = [
-        {"key": f"g{i:03d}", "image": jpeg_bytes(gradient(96, 80, seed=i)), "text": f"picture {i}"}
-        for i in range(120)
-    ]
     data = tmp_path / "many.parquet"
-    write_pairs_parquet(data, rows, row_group_size=10)
+    write_pairs_parquet(data, gradient_rows(120), row_group_size=10)
     args = [
         sys.executable, "-m", "app.cli", "run", str(data), "--captioner", str(tiny_captioner_dir),
         "--filter", str(tiny_filter_dir), "-k", "2", "--batch-size", "1", "--no-progress",
     ]  # fmt: skip
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [*args, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
     cache = killed / "_cache"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(cache.glob("*/*.parquet"))) < 5:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when([*args, "--out", str(killed)], lambda: len(list(cache.glob("*/*.parquet"))) >= 5)
     assert not (killed / "manifest.json").exists(), "the run finished before it could be killed"
     partial = len(list(cache.glob("*/*.parquet")))
     assert partial >= 5

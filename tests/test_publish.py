@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from images import gradient, jpeg_bytes, photo, write_pairs_parquet
+from runs import gradient_rows, kill_when
 
 from app.cli import main
 from curation.config import build_config
@@ -130,12 +130,8 @@ def test_a_command_killed_at_any_write_or_delete_leaves_a_whole_state(
 def test_an_interrupted_rerun_leaves_the_finished_run_usable(
     finished_run: Path, tmp_path: Path, tiny_captioner_dir, tiny_filter_dir
 ) -> None:
-    rows = [
-        {"key": f"g{i:03d}", "image": jpeg_bytes(gradient(96, 80, seed=i)), "text": f"picture {i}"}
-        for i in range(60)
-    ]
     data = tmp_path / "many.parquet"
-    write_pairs_parquet(data, rows, row_group_size=5)
+    write_pairs_parquet(data, gradient_rows(60), row_group_size=5)
     run = tmp_path / "run"
     args = [
         sys.executable, "-m", "app.cli", "run", str(data), "--out", str(run), "--captioner",
@@ -144,14 +140,14 @@ def test_an_interrupted_rerun_leaves_the_finished_run_usable(
     ]  # fmt: skip
     subprocess.run(args, check=True, capture_output=True)
     before = _committed_state_is_whole(run)
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list((run / "_stage").glob("2*/decisions/*.parquet")):
-        time.sleep(0.02)
-    stage_files = list((run / "_stage").glob("*/*/*.parquet"))
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert stage_files, "the re-run was killed before it wrote staged tables"
+    staged: list[Path] = []
+
+    def staging() -> bool:
+        staged[:] = list((run / "_stage").glob("2*/decisions/*.parquet"))
+        return bool(staged)
+
+    kill_when(args, staging)
+    assert staged, "the re-run was killed before it wrote staged tables"
     result = CliRunner().invoke(main, ["dedup", str(run)])  # takes over the stale lock
     assert result.exit_code == 0, result.output
     after = _committed_state_is_whole(run)
@@ -239,7 +235,7 @@ def _rows(run_dir: Path, name: str) -> list[tuple]:
 
 
 def test_rethreshold_equals_a_fresh_run_at_that_threshold(
-    tmp_path: Path, tiny_captioner_dir, distinct_filter: Path
+    tmp_path: Path, tiny_captioner_dir, distinct_filter_dir: Path
 ) -> None:
     rows = [
         {"key": f"k{i}", "image": jpeg_bytes(photo(name)), "text": f"a photo {i}", "lang": "en"}
@@ -252,7 +248,7 @@ def test_rethreshold_equals_a_fresh_run_at_that_threshold(
     def config(out: Path, threshold: float, synthetic: float | None):
         return build_config(
             input=(str(tmp_path / "in.parquet"),), out=str(out), captioner=str(tiny_captioner_dir),
-            filter=str(distinct_filter), captions_per_image=3, batch_size=3, threshold=threshold,
+            filter=str(distinct_filter_dir), captions_per_image=3, batch_size=3, threshold=threshold,
             synthetic_threshold=synthetic, near_threshold=0.97, phash_distance=-1, progress=False,
         )  # fmt: skip
 
@@ -282,22 +278,3 @@ def test_rethreshold_equals_a_fresh_run_at_that_threshold(
     ]
     assert after["config"]["synthetic_threshold"] == syn_t
     assert first.manifest["texts"] != after["texts"]  # the thresholds did change decisions
-
-
-@pytest.fixture(scope="module")
-def distinct_filter(tmp_path_factory, tiny_tokenizer) -> Path:
-    """A tiny random filter whose embeddings and scores differ between images."""
-    import torch
-    from transformers import BlipForImageTextRetrieval, BlipProcessor
-
-    from models.presets import blip_config, image_processor
-
-    config = blip_config("tiny", tiny_tokenizer)
-    config.vision_config.initializer_range = 0.3
-    torch.manual_seed(3)
-    folder = tmp_path_factory.mktemp("models") / "distinct"
-    BlipForImageTextRetrieval(config).save_pretrained(folder)
-    BlipProcessor(image_processor=image_processor(32), tokenizer=tiny_tokenizer).save_pretrained(
-        folder
-    )
-    return folder

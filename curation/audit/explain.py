@@ -8,6 +8,7 @@ or removed in favour of, one image are bounded: a popular image may have thousan
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow.compute as pc
@@ -15,24 +16,11 @@ import pyarrow.compute as pc
 from curation.audit.tables import RunTables
 from curation.errors import UsageError
 from curation.reasons import TextOrigin
+from curation.schemas import DECISION_FIELDS
 
 #: Copies, and texts of copies, listed per image (the counts are complete).
 MAX_RELATED = 100
-DECISION_COLUMNS = [
-    "key",
-    "source_file",
-    "source_row",
-    "image_key",
-    "text_origin",
-    "caption_index",
-    "text",
-    "itm",
-    "itc",
-    "decision",
-    "reason",
-    "detail",
-    "threshold",
-]
+DECISION_COLUMNS = list(DECISION_FIELDS)
 
 
 def _decision_rows(tables: RunTables, where: pc.Expression) -> list[dict[str, Any]]:
@@ -142,19 +130,31 @@ def format_explanation(record: dict[str, Any]) -> str:
         for row in record["captions"]:
             lines.append(f"    #{row['caption_index']} {row['text']!r}")
             lines.append(f"       {_verdict(row)}; {_scores(row)}")
-    copies = record["copies"]
-    if copies["total"]:
-        lines.append(f"  removed as duplicates of it: {copies['total']}")
-        for row in copies["rows"]:
-            lines.append(f"    {row['key']!r} ({row['kind']}{_similarity(row['similarity'])})")
-        if copies["total"] > len(copies["rows"]):
-            lines.append(f"    ... {copies['total'] - len(copies['rows'])} more")
-    texts = record["texts_on_image"]
-    if texts["total"]:
-        lines.append(f"  web texts of other keys scored against its image: {texts['total']}")
-        for row in texts["rows"]:
-            lines.append(f"    {row['key']!r}: {row['text']!r}")
-            lines.append(f"       {_verdict(row)}; {_scores(row)}")
-        if texts["total"] > len(texts["rows"]):
-            lines.append(f"    ... {texts['total'] - len(texts['rows'])} more")
+    lines += _listing(
+        "removed as duplicates of it",
+        record["copies"],
+        lambda row: [f"    {row['key']!r} ({row['kind']}{_similarity(row['similarity'])})"],
+    )
+    lines += _listing(
+        "web texts of other keys scored against its image",
+        record["texts_on_image"],
+        lambda row: [
+            f"    {row['key']!r}: {row['text']!r}",
+            f"       {_verdict(row)}; {_scores(row)}",
+        ],
+    )
     return "\n".join(lines) + "\n"
+
+
+def _listing(
+    title: str, block: dict[str, Any], describe: Callable[[dict[str, Any]], list[str]]
+) -> list[str]:
+    """Lines of a bounded listing: its total, its rows, and how many more there are."""
+    if not block["total"]:
+        return []
+    lines = [f"  {title}: {block['total']}"]
+    for row in block["rows"]:
+        lines += describe(row)
+    if block["total"] > len(block["rows"]):
+        lines.append(f"    ... {block['total'] - len(block['rows'])} more")
+    return lines

@@ -59,6 +59,21 @@ def _threshold_line(threshold: float | None) -> list[Markup]:
     ]  # fmt: skip
 
 
+def _svg(title: str, parts: list[Markup], kind: str) -> Markup:
+    """A plot: an SVG element of the plots' size with its title."""
+    return tag(
+        "svg",
+        tag("title", title),
+        parts,
+        xmlns="http://www.w3.org/2000/svg",
+        viewBox=f"0 0 {WIDTH} {HEIGHT}",
+        width=WIDTH,
+        height=HEIGHT,
+        role="img",
+        class_=f"plot {kind}",
+    )
+
+
 def histogram(kept: np.ndarray, dropped: np.ndarray, threshold: float | None, label: str) -> Markup:
     """Stacked bars of kept and dropped texts per ITM bin on [0, 1], the threshold marked."""
     bars = len(kept)
@@ -85,17 +100,7 @@ def histogram(kept: np.ndarray, dropped: np.ndarray, threshold: float | None, la
             )
         )  # fmt: skip
     parts += _threshold_line(threshold)
-    return tag(
-        "svg",
-        tag("title", f"ITM histogram of {label}"),
-        parts,
-        xmlns="http://www.w3.org/2000/svg",
-        viewBox=f"0 0 {WIDTH} {HEIGHT}",
-        width=WIDTH,
-        height=HEIGHT,
-        role="img",
-        class_="plot histogram",
-    )
+    return _svg(f"ITM histogram of {label}", parts, "histogram")
 
 
 def sweep(
@@ -135,14 +140,4 @@ def sweep(
                 text_anchor="end")
         )  # fmt: skip
         legend_y += 14
-    return tag(
-        "svg",
-        tag("title", "Share of scored texts kept against the ITM threshold"),
-        parts,
-        xmlns="http://www.w3.org/2000/svg",
-        viewBox=f"0 0 {WIDTH} {HEIGHT}",
-        width=WIDTH,
-        height=HEIGHT,
-        role="img",
-        class_="plot sweep",
-    )
+    return _svg("Share of scored texts kept against the ITM threshold", parts, "sweep")

@@ -17,23 +17,10 @@ import pyarrow.compute as pc
 
 from curation.audit.tables import RunTables
 from curation.reasons import Decision, DuplicateKind, Reason, TextOrigin
+from curation.schemas import DECISION_FIELDS
 
 #: Columns of a sampled decision.
-SAMPLE_COLUMNS = (
-    "key",
-    "image_key",
-    "source_file",
-    "source_row",
-    "text_origin",
-    "caption_index",
-    "text",
-    "itm",
-    "itc",
-    "decision",
-    "reason",
-    "detail",
-    "threshold",
-)
+SAMPLE_COLUMNS = DECISION_FIELDS
 PER_SAMPLE = 6
 PER_REASON = 4
 #: Half-width of the ITM band "around the threshold", split into PER_SAMPLE slices per side.

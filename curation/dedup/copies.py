@@ -23,6 +23,7 @@ import numpy as np
 
 from curation.dedup.keep import CopyCandidate, copy_rank
 from curation.dedup.leaders import leaders
+from curation.hashing import hamming
 
 HASH_BITS = 64
 _QUERY_SHARD = 65536
@@ -135,6 +136,6 @@ def group_copies(items: Sequence[CopyCandidate], max_hamming: int = 4) -> dict[s
         elif rep.sha256 == item.sha256:
             links[item.key] = CopyLink(item.key, rep.key, "exact", 1.0)
         else:
-            distance = (item.phash ^ rep.phash).bit_count()
+            distance = hamming(item.phash, rep.phash)
             links[item.key] = CopyLink(item.key, rep.key, "perceptual", 1.0 - distance / HASH_BITS)
     return links

@@ -12,25 +12,6 @@ from images import write_pairs_parquet
 from runs import stage_table
 
 
-@pytest.fixture(scope="session")
-def audit_filter_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Path:
-    """A tiny random filter whose image embeddings differ between images."""
-    import torch
-    from transformers import BlipForImageTextRetrieval, BlipProcessor
-
-    from models.presets import blip_config, image_processor
-
-    config = blip_config("tiny", tiny_tokenizer)
-    config.vision_config.initializer_range = 0.3  # spread random embeddings like trained ones
-    torch.manual_seed(2)
-    folder = tmp_path_factory.mktemp("models") / "audit-filter"
-    BlipForImageTextRetrieval(config).save_pretrained(folder)
-    BlipProcessor(image_processor=image_processor(32), tokenizer=tiny_tokenizer).save_pretrained(
-        folder
-    )
-    return folder
-
-
 def _closest_pair_threshold(run: Path) -> float:
     """A near-duplicate threshold just below the cosine of the two most similar images."""
     images = stage_table(run, "images").column("embedding").to_pylist()
@@ -41,7 +22,7 @@ def _closest_pair_threshold(run: Path) -> float:
 
 
 @pytest.fixture(scope="session")
-def audit_runs(tmp_path_factory, tiny_captioner_dir, audit_filter_dir) -> AuditRuns:
+def audit_runs(tmp_path_factory, tiny_captioner_dir, distinct_filter_dir) -> AuditRuns:
     from curation.config import build_config
     from curation.republish import republish
     from pipelines.runner import run_pipeline
@@ -57,7 +38,7 @@ def audit_runs(tmp_path_factory, tiny_captioner_dir, audit_filter_dir) -> AuditR
     def run(out: Path, threshold: float) -> Path:
         config = build_config(
             input=str(inputs), out=str(out), captioner=str(tiny_captioner_dir),
-            filter=str(audit_filter_dir), captions_per_image=2, batch_size=4,
+            filter=str(distinct_filter_dir), captions_per_image=2, batch_size=4,
             threshold=threshold, progress=False,
         )  # fmt: skip
         run_pipeline(config)
