@@ -11,6 +11,13 @@ search is quadratic: hours at a million hashes). Images are then visited in the 
 representative becomes its copy, any other is a representative itself
 (:func:`curation.dedup.leaders.leaders`), so every copy is within ``max_hamming`` bits
 of its representative and links never chain.
+
+:func:`group_copies` does this on one machine over every image's hashes (about 1 KiB of
+Python objects per image). As distributed stages the same steps are: per element
+:func:`copy_group_key`, per group key :func:`~curation.dedup.keep.choose_copy` (the
+group's head); per head the bucket keys of :mod:`curation.dedup.copy_buckets`, per bucket
+its links; once the connected components of the links and per component the greedy keep
+(:mod:`curation.dedup.components`); per element :func:`copy_link` with its representative.
 """
 
 from __future__ import annotations
