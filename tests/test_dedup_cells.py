@@ -182,3 +182,22 @@ def test_plan_and_sample_bounds() -> None:
     assert [shuffled[r] for r in training_rows(shuffled, 100, seed=0)] == [keys[r] for r in rows]
     assert len(set(rows.tolist())) == 100
     assert set(training_rows(keys, 100, seed=1).tolist()) != set(rows.tolist())
+
+
+def test_fine_counts_and_small_cells() -> None:
+    counts = cells.fine_counts(np.array([400, 0, 40, 3, 1557]), 50)
+    assert counts.tolist() == [10, 1, 1, 1, 39]  # proportional, at least 1, at most its rows
+    rows = dense_clusters(10, seed=7)
+    np.testing.assert_allclose(np.linalg.norm(cells.train_fine(rows, 12, 0), axis=1), 1, atol=1e-6)
+    assert cells.train_fine(rows, 12, 0).shape == (10, DIM)  # fewer rows than cells: the rows
+    assert cells.train_fine(rows, 1, 0).shape == (1, DIM)
+
+
+def test_cells_travel_to_workers_by_pickle() -> None:
+    import pickle
+
+    x = dense_clusters(3000, seed=8)
+    trained = train_cells(x, cells.CellPlan(cells=40, coarse=7, sample=3000), seed=1)
+    before = trained.assign(x[:500], 3)  # builds the FAISS lists, which do not pickle
+    shipped = pickle.loads(pickle.dumps(trained))
+    np.testing.assert_array_equal(shipped.assign(x[:500], 3), before)

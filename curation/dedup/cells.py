@@ -10,20 +10,25 @@ compared with the ``k`` coarse centroids, then with the fine centroids of its
 
     assign:  D * (k + coarse_probe * c / k)  ~  D * (1 + coarse_probe) * sqrt(n / CELL_SIZE)
 
-so the total grows like ``n ** 1.5`` with a small constant (256-d, ``coarse_probe`` 6: 0.2M
-multiply-adds per vector at 5M vectors, 0.7M at 100M, against 2.5M and 50M for the flat
-list), while the search within cells costs ``D * nprobe * CELL_SIZE`` per vector (linear).
+so the total grows like ``n ** 1.5`` with a small constant (256-d, ``coarse_probe`` 3:
+0.1M multiply-adds per vector at 5M vectors, 0.45M at 100M, against 2.5M and 50M for the
+flat list), while the search within cells costs ``D * nprobe * CELL_SIZE`` per vector
+(0.4M, times about 1.7 for uneven cell sizes), linear in ``n``. Training is bounded by its
+sample (``FINE_POINTS_PER_CELL`` vectors per cell). The fine centroids of a coarse cell
+are scanned by a FAISS inverted file (one SIMD dot product per vector and centroid).
 
 The nearest cells are chosen by float32 products and the last candidates re-ranked in
 float64, so a vector gets the same cells whatever batch or machine computes them.
 
 What runs where (the Beam stages call these; :func:`train_cells` composes them locally):
 
-- once: :func:`plan_cells` (counts from ``n``) and :func:`train_coarse` on a sample of at
-  most ``coarse * COARSE_POINTS_PER_CELL`` vectors;
-- per coarse cell (key): :func:`train_fine` on that cell's share of the training sample
-  (about ``FINE_POINTS_PER_CELL * c / k`` vectors), with :func:`fine_counts` giving each
-  coarse cell its number of fine cells;
+- per element: :func:`sample_rank` of the key; once: the training sample (the keys of
+  smallest rank, :func:`training_rows`), :func:`plan_cells` (counts from ``n``) and
+  :func:`train_coarse` on at most ``coarse * COARSE_POINTS_PER_CELL`` of the sample;
+- per training vector (element): :func:`nearest_coarse`; per coarse cell (key):
+  :func:`train_fine` on that cell's share of the sample (about ``FINE_POINTS_PER_CELL *
+  c / k`` vectors), :func:`fine_counts` giving each its number of fine cells (from the
+  coarse cells' sizes); once: :meth:`Cells.from_parts`;
 - per shard (element): :meth:`Cells.assign`, memory bounded by ``ASSIGN_ROWS`` rows;
   the ``Cells`` themselves are ``(k + c) * D`` floats (10 MiB at 5M 256-d vectors).
 """

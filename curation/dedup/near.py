@@ -16,9 +16,14 @@ range search per cell, as BLAS matrix products). A pair is found when either vec
 probes the other's cell. Cost per vector: ``D * (1 + COARSE_PROBE) * sqrt(n / 512)`` to
 assign, ``D * nprobe * 512`` to search (bench/RESULTS.md).
 
-The same steps run as distributed stages (assign per shard, links per cell, keep per
-connected component: :mod:`curation.dedup.components`); :func:`similar_pairs` and
-:func:`find_near_duplicates` compose them on one machine.
+What runs where: :func:`similar_pairs` and :func:`find_near_duplicates` compose the steps
+once on one machine (memory: the embeddings plus about 100 bytes per vector). As
+distributed stages the same steps are: cells trained once on a bounded sample and
+assigned per shard (:mod:`curation.dedup.cells`), links per cell
+(:mod:`curation.dedup.cell_links`), components once over the links and the keep per
+component (:mod:`curation.dedup.components`), which gives exactly this module's result.
+:func:`query_previous` runs per shard against an index opened once per worker
+(:func:`curation.dedup.index_store.open_index`, memory-mapped); memory is the shard.
 """
 
 from __future__ import annotations
@@ -161,7 +166,8 @@ def query_previous(
     """``(row, previous_id, similarity)`` for each new row whose best match in ``index`` is above ``threshold``.
 
     ``index`` is a FAISS inner-product index over earlier rounds (for example
-    :attr:`curation.dedup.index_store.PreviousIndex.index`); ids are its stored ids.
+    :attr:`curation.dedup.index_store.PreviousIndex.index`, or per shard
+    :func:`curation.dedup.index_store.open_index`); ids are its stored ids.
     """
     x = as_normalised(embeddings)
     if index.ntotal == 0 or x.shape[0] == 0:
