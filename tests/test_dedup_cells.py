@@ -170,9 +170,10 @@ def test_assignment_is_the_same_whatever_the_batch() -> None:
 def test_plan_and_sample_bounds() -> None:
     assert plan_cells(20_000) == cells.CellPlan(1, 1, 0)
     plan = plan_cells(1_000_000)
-    assert (plan.cells, plan.coarse, plan.sample) == (1953, 45, 78_120)
+    assert (plan.cells, plan.coarse, plan.sample) == (1953, 125, 78_120)
     big = plan_cells(100_000_000)
-    assert big.coarse**2 >= big.cells > (big.coarse - 1) ** 2
+    probe = cells.COARSE_PROBE
+    assert big.coarse**2 >= probe * big.cells > (big.coarse - 1) ** 2
     assert big.sample == big.cells * cells.FINE_POINTS_PER_CELL
     single = Cells.single(8)
     assert single.assign(np.eye(3, 8, dtype=np.float32), 3).tolist() == [[0], [0], [0]]

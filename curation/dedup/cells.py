@@ -4,18 +4,22 @@ Near-duplicate pairs are searched within cells of about :data:`CELL_SIZE` vector
 number of cells grows with the number of vectors ``n``. Assigning every vector to its
 nearest cells through one flat list of ``c = n / CELL_SIZE`` centroids costs ``n * c * D``
 multiply-adds, which is quadratic in ``n`` (1 s at 100k, 21 s at 1M on 2 cores). Here the
-``c`` fine centroids are grouped under ``k = ceil(sqrt(c))`` coarse centroids: a vector is
-compared with the ``k`` coarse centroids, then with the fine centroids of its
-``coarse_probe`` nearest coarse cells (about ``c / k`` each). Cost per vector::
+``c`` fine centroids are grouped under ``k`` coarse centroids: a vector is compared with
+the ``k`` coarse centroids, then with the fine centroids of its ``p = COARSE_PROBE``
+nearest coarse cells (about ``c / k`` each). Cost per vector::
 
-    assign:  D * (k + coarse_probe * c / k)  ~  D * (1 + coarse_probe) * sqrt(n / CELL_SIZE)
+    assign:  D * (k + p * c / k),  least at k = sqrt(p * c):  2 * D * sqrt(p * n / CELL_SIZE)
 
-so the total grows like ``n ** 1.5`` with a small constant (256-d, ``coarse_probe`` 3:
-0.1M multiply-adds per vector at 5M vectors, 0.45M at 100M, against 2.5M and 50M for the
+so the total grows like ``n ** 1.5`` with a small constant (256-d, ``p`` 8: 0.14M
+multiply-adds per vector at 5M vectors, 0.64M at 100M, against 2.5M and 50M for the
 flat list), while the search within cells costs ``D * nprobe * CELL_SIZE`` per vector
 (0.4M, times about 1.7 for uneven cell sizes), linear in ``n``. Training is bounded by its
 sample (``FINE_POINTS_PER_CELL`` vectors per cell). The fine centroids of a coarse cell
 are scanned by a FAISS inverted file (one SIMD dot product per vector and centroid).
+Probing 8 coarse cells puts a vector's 3 nearest cells among its candidates 99% of the
+time at 5M vectors (3 coarse cells: 90%), and finds 99.9% of the pairs that exact
+assignment finds (bench/RESULTS.md); the share grows with ``n``, as coarse cells grow
+large against fine ones.
 
 The nearest cells are chosen by float32 products and the last candidates re-ranked in
 float64, so a vector gets the same cells whatever batch or machine computes them.
@@ -51,7 +55,7 @@ FLAT_MAX_VECTORS = 20_000
 FINE_POINTS_PER_CELL = 40
 COARSE_POINTS_PER_CELL = 256
 KMEANS_ITERATIONS = 10
-COARSE_PROBE = 3
+COARSE_PROBE = 8
 ASSIGN_ROWS = 32_768
 _RERANK_EXTRA = 2
 _TIE = 1e-5
@@ -68,11 +72,12 @@ class CellPlan:
 
 def plan_cells(n: int) -> CellPlan:
     """One cell (an exact search) up to :data:`FLAT_MAX_VECTORS` vectors, else cells of about
-    :data:`CELL_SIZE` under ``ceil(sqrt(cells))`` coarse cells."""
+    :data:`CELL_SIZE` under ``ceil(sqrt(COARSE_PROBE * cells))`` coarse cells."""
     if n <= FLAT_MAX_VECTORS:
         return CellPlan(1, 1, 0)
     cells = round(n / CELL_SIZE)
-    return CellPlan(cells, math.isqrt(cells - 1) + 1, min(n, cells * FINE_POINTS_PER_CELL))
+    coarse = min(cells, math.isqrt(COARSE_PROBE * cells - 1) + 1)
+    return CellPlan(cells, coarse, min(n, cells * FINE_POINTS_PER_CELL))
 
 
 def sample_rank(key: str, seed: int) -> int:
