@@ -222,11 +222,34 @@ class Cells:
         p = min(max(coarse_probe, k), self.coarse.shape[0])
         near = _nearest(x, self.coarse, np.arange(self.coarse.shape[0]), p)
         wide = min(k + _RERANK_EXTRA, self.count)
-        lists = self._fine_lists
-        lists.nprobe = p
-        # One SIMD dot product per (row, fine centroid) of the p lists: no batch effects.
-        sims, cand = lists.search_preassigned(x, wide, near, np.zeros(near.shape, np.float32))
-        return _best(x, self.fine, cand, sims, k)
+        return _best(x, self.fine, *self._scan_lists(x, near, wide), k)
+
+    def _scan_lists(
+        self, x: np.ndarray, lists: np.ndarray, wide: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``wide`` most similar fine centroids in each row's coarse ``lists``:
+        ``(ids, similarities)``, one SIMD dot product per row and centroid (no batch
+        effects). ``nprobe`` goes with the call, so threads may share the cells."""
+        import faiss
+
+        params = faiss.SearchParametersIVF()
+        params.nprobe = lists.shape[1]
+        lists = np.ascontiguousarray(lists, dtype=np.int64)
+        coarse_sims = np.zeros(lists.shape, dtype=np.float32)
+        sims = np.empty((x.shape[0], wide), dtype=np.float32)
+        ids = np.empty((x.shape[0], wide), dtype=np.int64)
+        self._fine_lists.search_preassigned_c(
+            x.shape[0],
+            faiss.swig_ptr(x),
+            wide,
+            faiss.swig_ptr(lists),
+            faiss.swig_ptr(coarse_sims),
+            faiss.swig_ptr(sims),
+            faiss.swig_ptr(ids),
+            False,
+            params,
+        )
+        return ids, sims
 
 
 def _nearest(x: np.ndarray, centroids: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
