@@ -13,11 +13,12 @@ about 512 vectors from a two-level spherical k-means trained on a sample, each v
 assigned to its ``nprobe`` (3) nearest cells, and every cell range-searched for the links
 of its members (:func:`curation.dedup.cell_links.cell_links`, one exact ``IndexFlatIP``
 range search per cell, as BLAS matrix products). A pair is found when either vector
-probes the other's cell. Cost per vector: ``D * (1 + COARSE_PROBE) * sqrt(n / 512)`` to
-assign, ``D * nprobe * 512`` to search (bench/RESULTS.md).
+probes the other's cell. Cost per vector: ``2 * D * sqrt(8 * n / 512)`` multiply-adds to
+assign, ``D * nprobe * 512`` (times about 1.6 for uneven cells) to search; 32 s at 1M
+vectors and 275 s at 5M on 2 shared cores, planted-pair recall 0.997 (bench/RESULTS.md).
 
 What runs where: :func:`similar_pairs` and :func:`find_near_duplicates` compose the steps
-once on one machine (memory: the embeddings plus about 100 bytes per vector). As
+once on one machine (memory: the embeddings plus about 150 bytes per vector). As
 distributed stages the same steps are: cells trained once on a bounded sample and
 assigned per shard (:mod:`curation.dedup.cells`), links per cell
 (:mod:`curation.dedup.cell_links`), components once over the links and the keep per
