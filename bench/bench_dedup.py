@@ -1,4 +1,5 @@
-"""Dedup at scale: near-duplicates on embeddings and copy grouping on perceptual hashes.
+"""Dedup at scale: near-duplicates on embeddings, cell assignment, copy grouping on
+perceptual hashes, and previous-round dedup on the compressed index.
 
 Cases, each in a fresh subprocess (so peak memory is the case's own):
 
@@ -7,13 +8,22 @@ Cases, each in a fresh subprocess (so peak memory is the case's own):
   ``find_near_duplicates(threshold=0.95)``. Recall of the planted pairs (not both images
   kept), and recall of every pair above the threshold for 1,000 sampled rows against exact
   brute force over all N (not both kept).
+- ``cells N``: the cells ``find_near_duplicates`` would train for N such vectors (trained
+  on their sample only), then 65,536 of the vectors assigned to their 3 nearest cells by
+  the two-level quantizer and, as the baseline in the same run, by one flat list of all
+  fine centroids: microseconds per vector of each, and how often they agree.
 - ``copies N``: N random 64-bit perceptual hashes, 5% planted near-copies (1-4 bits
   flipped), every image with its own sha256; ``group_copies(max_hamming=4)``. Recall of
   the planted pairs and the number of merged pairs that were not planted.
+- ``index N``: the compressed next-round index (``write_index`` layout above its flat
+  size) over N clustered vectors, built with each codec (SQ8, PQ D/2); then 5,000 planted
+  near-copies of stored vectors (cosine 0.955-0.995) and 5,000 fresh vectors queried with
+  ``query_previous(threshold=0.95)``. Recall: planted copies found (and found as their
+  source), against the exact flat index in the same run; false hits: fresh vectors
+  reported though no stored vector is above the threshold.
 
-Time covers the dedup call only (inputs built before); peak RSS is sampled every 20 ms
-during the call, next to the RSS before it (inputs built: for ``near`` the embeddings,
-keys and candidates; for ``copies`` the candidates).
+Time covers the measured call only (inputs built before); peak RSS is sampled every 20 ms
+during the call, next to the RSS before it (inputs built).
 
 Usage: python bench/bench_dedup.py [--sizes 100000 1000000] [--cases near copies]
 """
@@ -22,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -35,9 +46,11 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from curation.dedup import compressed_index  # noqa: E402
+from curation.dedup.cells import plan_cells, train_cells, training_rows  # noqa: E402
 from curation.dedup.copies import group_copies  # noqa: E402
 from curation.dedup.keep import CopyCandidate, NearCandidate  # noqa: E402
-from curation.dedup.near import find_near_duplicates  # noqa: E402
+from curation.dedup.near import DEFAULT_NPROBE, find_near_duplicates, query_previous  # noqa: E402
 
 DIM = 256
 THRESHOLD = 0.95
@@ -129,6 +142,97 @@ def run_near(n: int) -> dict:
     }
 
 
+def run_cells(n: int) -> dict:
+    import faiss
+
+    plan = plan_cells(n)
+    x, _, _ = clustered_embeddings(n)
+    sample = x[training_rows([f"{i:09d}" for i in range(n)], plan.sample, 0)]
+    q = x[np.sort(np.random.default_rng(2).choice(n, min(n, 65536), replace=False))]
+    start = time.perf_counter()
+    cells = train_cells(sample, plan, 0)
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    two_level = cells.assign(q, DEFAULT_NPROBE)
+    two_level_seconds = time.perf_counter() - start
+    flat = faiss.IndexFlatIP(DIM)
+    flat.add(cells.fine)
+    start = time.perf_counter()
+    _, exact = flat.search(q, DEFAULT_NPROBE)
+    flat_seconds = time.perf_counter() - start
+    return {
+        "case": "cells",
+        "n": n,
+        "cells": cells.count,
+        "coarse": int(cells.coarse.shape[0]),
+        "train_seconds": train_seconds,
+        "two_level_us": two_level_seconds / q.shape[0] * 1e6,
+        "flat_us": flat_seconds / q.shape[0] * 1e6,
+        "home_agrees": float(np.mean(two_level[:, 0] == exact[:, 0])),
+    }
+
+
+def run_index(n: int) -> dict:
+    import faiss
+
+    m = 5000
+    # Rows before the planted 5% are independent draws: the first n are stored, the next
+    # m are fresh queries from the same clusters.
+    x, _, _ = clustered_embeddings(int((n + m) / (1 - PLANTED)) + 1)
+    stored, fresh = x[:n], x[n : n + m]
+    rng = np.random.default_rng(3)
+    sources = rng.choice(n, m, replace=False)
+    scale = rng.uniform(0.1, 0.31, (m, 1)).astype(np.float32) / np.sqrt(DIM)
+    copies = stored[sources] + scale * rng.standard_normal((m, DIM), dtype=np.float32)
+    copies /= np.linalg.norm(copies, axis=1, keepdims=True)
+    queries = np.vstack([copies, fresh])
+    exact_index = faiss.IndexFlatIP(DIM)
+    exact_index.add(stored)
+    start = time.perf_counter()
+    exact = query_previous(exact_index, queries, THRESHOLD)
+    exact_seconds = time.perf_counter() - start
+    exact_rows = {row for row, _, _ in exact}
+    out: dict = {
+        "case": "index",
+        "n": n,
+        "exact_found": sum(row < m for row in exact_rows) / m,
+        "exact_query_ms_per_1k": exact_seconds / queries.shape[0] * 1e6,
+        "codecs": {},
+    }
+    sample = stored[rng.choice(n, compressed_index.train_size(n), replace=False)]
+    for codec in ("SQ8", f"PQ{DIM // 2}"):
+        with PeakRss() as rss:
+            start = time.perf_counter()
+            index = compressed_index.train_index(sample, n, codec, seed=0)
+            train_seconds = time.perf_counter() - start
+            ids = np.arange(n, dtype=np.int64)
+            for lo in range(0, n, 65536):
+                codes = compressed_index.encode_shard(index, stored[lo : lo + 65536])
+                compressed_index.add_codes(index, codes, ids[lo : lo + 65536])
+            build_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        found = query_previous(index, queries, THRESHOLD)
+        query_seconds = time.perf_counter() - start
+        rows = {row for row, _, _ in found}
+        right = sum(row < m and i == sources[row] for row, i, _ in found)
+        sims = {row: s for row, _, s in exact}
+        errors = [s - sims[row] for row, _, s in found if row in sims]
+        out["codecs"][codec] = {
+            "layout": compressed_index.describe(index)["layout"],
+            "bytes_per_vector": index.sa_code_size(),
+            "train_seconds": train_seconds,
+            "build_seconds": build_seconds,
+            "build_peak_mib": rss.peak / 2**20,
+            "query_ms_per_1k": query_seconds / queries.shape[0] * 1e6,
+            "found": sum(row < m for row in rows) / m,
+            "found_as_source": right / m,
+            "false_hits": len(rows - exact_rows),
+            "missed_of_exact": len(exact_rows - rows),
+            "similarity_error_mean": float(np.mean(errors)) if errors else 0.0,
+        }
+    return out
+
+
 def run_copies(n: int) -> dict:
     rng = np.random.default_rng(0)
     hashes = rng.integers(0, 2**64, n, dtype=np.uint64)
@@ -182,25 +286,61 @@ def machine() -> str:
     return f"nproc={psutil.cpu_count()} cpu={model!r} python={platform.python_version()}"
 
 
+CASES = {"near": run_near, "cells": run_cells, "copies": run_copies, "index": run_index}
+
+
+def summary(r: dict) -> str:
+    """One line of a case's figures."""
+    head = f"{r['case']:<6} {r['n']:>10,}"
+    if r["case"] == "near":
+        return (
+            f"{head} {r['seconds']:8.1f} s  peak {r['peak_rss_mib']:6.0f} MiB (before "
+            f"{r['before_mib']:.0f})  removed {r['removed']:,}  planted recall "
+            f"{r['planted_recall']:.4f}  sample recall {r['sample_recall']:.4f} "
+            f"({r['sample_exact_pairs']} pairs)"
+        )
+    if r["case"] == "copies":
+        return (
+            f"{head} {r['seconds']:8.1f} s  peak {r['peak_rss_mib']:6.0f} MiB (before "
+            f"{r['before_mib']:.0f})  removed {r['removed']:,}  planted recall "
+            f"{r['planted_recall']:.4f}  unplanted merges {r['unplanted_merges']}"
+        )
+    if r["case"] == "cells":
+        return (
+            f"{head} cells {r['cells']:,} under {r['coarse']} coarse  train "
+            f"{r['train_seconds']:.1f} s  assign two-level {r['two_level_us']:.1f} us/vector, "
+            f"flat {r['flat_us']:.1f} us/vector  home agrees {r['home_agrees']:.4f}"
+        )
+    lines = [
+        f"{head} exact: found {r['exact_found']:.4f}, "
+        f"{r['exact_query_ms_per_1k']:.0f} ms per 1,000 queries"
+    ]
+    for _codec, c in r["codecs"].items():
+        lines.append(
+            f"{'':17} {c['layout']} ({c['bytes_per_vector']} B/vector): found {c['found']:.4f} "
+            f"(as source {c['found_as_source']:.4f}), missed of exact {c['missed_of_exact']}, "
+            f"false hits {c['false_hits']}, similarity error {c['similarity_error_mean']:+.4f}; "
+            f"train {c['train_seconds']:.0f} s, build {c['build_seconds']:.0f} s, peak "
+            f"{c['build_peak_mib']:.0f} MiB, {c['query_ms_per_1k']:.0f} ms per 1,000 queries"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--cases", nargs="+", default=["near", "copies"])
+    parser.add_argument("--cases", nargs="+", default=["near", "copies"], choices=list(CASES))
     parser.add_argument("--one", nargs=2, metavar=("CASE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        case, n = args.one[0], int(args.one[1])
-        print(json.dumps(run_near(n) if case == "near" else run_copies(n)))
+        print(json.dumps(CASES[args.one[0]](int(args.one[1]))))
         return
     import faiss
 
     print(machine(), f"faiss={faiss.__version__}", f"numpy={np.__version__}")
-    print(
-        f"{'case':<7} {'N':>9} {'seconds':>8} {'peak MiB':>9} {'RSS before':>10} "
-        f"{'removed':>8} {'planted recall':>14} {'sample recall':>13}"
-    )
     for case in args.cases:
         for n in args.sizes:
+            load = os.getloadavg()[0]
             out = subprocess.run(
                 [sys.executable, __file__, "--one", case, str(n)],
                 check=True,
@@ -208,16 +348,7 @@ def main() -> None:
                 text=True,
             ).stdout
             r = json.loads(out.strip().splitlines()[-1])
-            extra = (
-                f"{r['sample_recall']:.4f} ({r['sample_exact_pairs']})"
-                if case == "near"
-                else f"unplanted merges {r['unplanted_merges']}"
-            )
-            print(
-                f"{case:<7} {n:>9,} {r['seconds']:>8.1f} {r['peak_rss_mib']:>9.0f} "
-                f"{r['before_mib']:>10.0f} {r['removed']:>8,} {r['planted_recall']:>14.4f} {extra}",
-                flush=True,
-            )
+            print(f"{summary(r)}  [load {load:.1f} -> {os.getloadavg()[0]:.1f}]", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from curation.dedup import near
+from curation.dedup import cells
 from curation.dedup.keep import NearCandidate
 from curation.dedup.near import NearDuplicate, find_near_duplicates, similar_pairs
 
@@ -102,15 +102,24 @@ def test_a_chain_removes_only_images_above_the_threshold_to_a_kept_one() -> None
 def test_inverted_file_join_matches_exact_search(monkeypatch: pytest.MonkeyPatch) -> None:
     x, _ = clustered(5000, 250, seed=1)
     truth = exact_pairs(x, 0.95)
-    monkeypatch.setattr(near, "FLAT_MAX_VECTORS", 1000)
-    monkeypatch.setattr(near, "CELL_SIZE", 125)  # 40 cells
-    lo, hi, sims = similar_pairs(x, 0.95, shard_size=700)
+    monkeypatch.setattr(cells, "FLAT_MAX_VECTORS", 1000)
+    monkeypatch.setattr(cells, "CELL_SIZE", 125)  # 40 cells under 7 coarse cells
+    lo, hi, sims = similar_pairs(x, 0.95)
     found = set(zip(lo.tolist(), hi.tolist(), strict=True))
     assert found <= truth
     assert len(found) / len(truth) >= 0.99
     np.testing.assert_allclose(sims, np.einsum("ij,ij->i", x[lo], x[hi]), atol=1e-5)
-    again = similar_pairs(x, 0.95, shard_size=700)
+    again = similar_pairs(x, 0.95)
     assert all(np.array_equal(p, q) for p, q in zip((lo, hi, sims), again, strict=True))
+    # Keys choose the training sample: permuted rows with their keys give the same pairs.
+    keys = [f"k{i:05d}" for i in range(x.shape[0])]
+    perm = np.random.default_rng(2).permutation(x.shape[0])
+    plo, phi, psims = similar_pairs(x[perm], 0.95, keys=[keys[i] for i in perm])
+    base = similar_pairs(x, 0.95, keys=keys)
+    moved = {(min(a, b), max(a, b)): s for a, b, s in zip(perm[plo], perm[phi], psims, strict=True)}
+    assert moved == dict(
+        zip(zip(base[0].tolist(), base[1].tolist(), strict=True), base[2], strict=True)
+    )
 
 
 def test_invalid_input_is_refused() -> None:

@@ -11,6 +11,13 @@ search is quadratic: hours at a million hashes). Images are then visited in the 
 representative becomes its copy, any other is a representative itself
 (:func:`curation.dedup.leaders.leaders`), so every copy is within ``max_hamming`` bits
 of its representative and links never chain.
+
+:func:`group_copies` does this on one machine over every image's hashes (about 1 KiB of
+Python objects per image). As distributed stages the same steps are: per element
+:func:`copy_group_key`, per group key :func:`~curation.dedup.keep.choose_copy` (the
+group's head); per head the bucket keys of :mod:`curation.dedup.copy_buckets`, per bucket
+its links; once the connected components of the links and per component the greedy keep
+(:mod:`curation.dedup.components`); per element :func:`copy_link` with its representative.
 """
 
 from __future__ import annotations
@@ -108,9 +115,7 @@ def group_copies(items: Sequence[CopyCandidate], max_hamming: int = 4) -> dict[s
             raise ValueError(f"perceptual hash of {item.key!r} is not a 64-bit unsigned int")
         seen.add(item.key)
 
-    # Identical bytes have identical hashes, so an image's fate is decided per group of
-    # equal keys: its sha256 when perceptual grouping is off, else its perceptual hash.
-    group_keys = [item.sha256 if max_hamming < 0 else item.phash for item in items]
+    group_keys = [copy_group_key(item, max_hamming) for item in items]
     best: dict[object, int] = {}
     for i, group_key in enumerate(group_keys):
         j = best.setdefault(group_key, i)
@@ -127,15 +132,29 @@ def group_copies(items: Sequence[CopyCandidate], max_hamming: int = 4) -> dict[s
         weight = np.empty(0, dtype=np.float64)
     order = sorted(range(heads.size), key=lambda g: copy_rank(items[heads[g]]))
     leader, _ = leaders(heads.size, a, b, weight, np.asarray(order, dtype=np.int64))
+    return {
+        item.key: copy_link(item, items[heads[leader[group_of[group_key]]]])
+        for item, group_key in zip(items, group_keys, strict=True)
+    }
 
-    links: dict[str, CopyLink] = {}
-    for item, group_key in zip(items, group_keys, strict=True):
-        rep = items[heads[leader[group_of[group_key]]]]
-        if rep is item:
-            links[item.key] = CopyLink(item.key, item.key, "self", 1.0)
-        elif rep.sha256 == item.sha256:
-            links[item.key] = CopyLink(item.key, rep.key, "exact", 1.0)
-        else:
-            distance = hamming(item.phash, rep.phash)
-            links[item.key] = CopyLink(item.key, rep.key, "perceptual", 1.0 - distance / HASH_BITS)
-    return links
+
+def copy_group_key(item: CopyCandidate, max_hamming: int) -> object:
+    """The key an image is grouped under before perceptual linking (per element).
+
+    Identical bytes have identical hashes, so an image's fate is decided per group of equal
+    keys: its perceptual hash, or its sha256 when perceptual grouping is off
+    (``max_hamming < 0``). The group's best image by :func:`~curation.dedup.keep.copy_rank`
+    (:func:`~curation.dedup.keep.choose_copy`) stands for it.
+    """
+    return item.sha256 if max_hamming < 0 else item.phash
+
+
+def copy_link(item: CopyCandidate, rep: CopyCandidate) -> CopyLink:
+    """Where ``item`` went, given its representative ``rep`` (per element): itself, an exact
+    copy (same sha256) or a perceptual copy (similarity ``1 - hamming / 64``)."""
+    if rep.key == item.key:
+        return CopyLink(item.key, item.key, "self", 1.0)
+    if rep.sha256 == item.sha256:
+        return CopyLink(item.key, rep.key, "exact", 1.0)
+    distance = hamming(item.phash, rep.phash)
+    return CopyLink(item.key, rep.key, "perceptual", 1.0 - distance / HASH_BITS)

@@ -2,32 +2,56 @@
 
 A folder (local or object storage) holds
 
-- ``<generation>.faiss``: ``IndexIDMap2`` over ``IndexFlatIP`` (fewer than
-  ``IVF_MIN_VECTORS`` vectors) or ``IndexIVFFlat`` (inner product, ``nlist`` about
-  ``n / IVF_CELL_SIZE``, ``nprobe`` stored in the file); ids are int64 and stable across
-  rounds, and ``index.reconstruct(id)`` returns a stored vector. Plain ``faiss.read_index``
-  reads it.
+- ``<generation>.faiss``: below ``IVF_MIN_VECTORS`` vectors an exact ``IndexIDMap2`` over
+  ``IndexFlatIP`` (``index.reconstruct(id)`` returns a stored vector); from there on the
+  compressed ``IVF{nlist}_HNSW32,SQ8`` of :mod:`curation.dedup.compressed_index`, ids in
+  its inverted lists, ``nprobe`` stored in the file. Ids are int64 and stable across
+  rounds. Plain ``faiss.read_index`` reads either; the compressed one can be
+  memory-mapped (:func:`open_index`).
 - ``<generation>.ids.parquet``: id -> key, sha256, run id
-  (:data:`curation.schemas.INDEX_IDS_SCHEMA`).
-- ``index.json``: the two file names (``files``), dimension, metric, count, vectors this
-  round added, max id, index layout, dedup threshold, runs. It is written last: the files
-  it names are complete.
+  (:data:`curation.schemas.INDEX_IDS_SCHEMA`), in row groups of ``IDS_ROW_GROUP`` ids, so a
+  worker reads only the groups it needs (:func:`keys_for_ids`).
+- ``index.json``: format, the two file names (``files``), dimension, metric, count, vectors
+  this round added, max id, index layout, dedup threshold, runs. It is written after the
+  files it names, so they are complete; a run writes it when it commits
+  (:mod:`curation.run_folder`).
+
+Folders of earlier versions (no ``files`` in ``index.json``: ``index.faiss`` and
+``ids.parquet``; an ``IndexIDMap2`` over a flat index or an ``IndexIVFFlat``) are read and
+extended as they are.
 
 Extending a previous round keeps its vectors and ids; new ids continue after its max id.
-An IVF index is extended in place (its trained cells are kept); a flat one is rebuilt,
-as IVF once the total reaches ``IVF_MIN_VECTORS``.
+An inverted-file index is extended in place (its trained cells and codec are kept); a flat
+one is rebuilt, as the compressed index once the total reaches ``IVF_MIN_VECTORS``.
+
+What runs where: :func:`write_index` and :func:`load_index` once (the launcher or one
+worker); per shard, :func:`open_index` (memory-mapped, shared by a worker's processes)
+with :func:`curation.dedup.near.query_previous`, then :func:`keys_for_ids` for the matches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation.dedup.compressed_index import (
+    CODEC,
+    add_codes,
+    encode_shard,
+    train_index,
+    train_size,
+)
+from curation.dedup.compressed_index import describe as describe_compressed
 from curation.dedup.near import as_normalised
 from curation.errors import InputError
 from curation.schemas import INDEX_IDS_SCHEMA
@@ -36,10 +60,10 @@ from curation.storage import Location
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
 INFO_FILE = "index.json"
+FORMAT = 2
 IVF_MIN_VECTORS = 100_000
-IVF_CELL_SIZE = 1024
-IVF_NPROBE = 8
-IVF_TRAIN_POINTS_PER_CELL = 40
+IDS_ROW_GROUP = 65_536
+ADD_ROWS = 65_536
 TRAIN_SEED = 1234
 
 
@@ -48,46 +72,43 @@ class PreviousIndex:
     """An index folder loaded for querying: the FAISS index and its id -> key table."""
 
     folder: Location
-    index: Any  # faiss.IndexIDMap2
+    index: Any  # faiss.IndexIDMap2 or faiss.IndexIVF
     ids: pa.Table  # INDEX_IDS_SCHEMA rows
     info: dict[str, Any]
-    keys_by_id: dict[int, str] = field(repr=False)
 
     @property
     def max_id(self) -> int:
         """The largest stored id, -1 when empty."""
         return int(self.info["max_id"])
 
+    @cached_property
+    def _sorted_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        ids = self.ids["id"].to_numpy()
+        order = np.argsort(ids, kind="stable")
+        return ids[order], order
+
     def key_of(self, index_id: int) -> str:
         """The key stored under ``index_id``."""
-        return self.keys_by_id[int(index_id)]
+        ids, order = self._sorted_ids
+        at = int(np.searchsorted(ids, index_id))
+        if at == ids.size or ids[at] != index_id:
+            raise KeyError(index_id)
+        return self.ids["key"][int(order[at])].as_py()
 
 
-def _new_index(vectors: np.ndarray) -> Any:
-    """An empty, trained ``IndexIDMap2`` sized for ``vectors`` (flat below ``IVF_MIN_VECTORS``)."""
+def _is_ivf(index: Any) -> bool:
     import faiss
 
-    n, dim = vectors.shape
-    if n < IVF_MIN_VECTORS:
-        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    nlist = int(np.clip(round(n / IVF_CELL_SIZE), 1, 65536))
-    quantizer = faiss.IndexFlatIP(dim)
-    ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    ivf.cp.spherical = True
-    ivf.cp.seed = TRAIN_SEED
-    ivf.cp.max_points_per_centroid = IVF_TRAIN_POINTS_PER_CELL
-    sample_size = min(n, nlist * IVF_TRAIN_POINTS_PER_CELL)
-    sample = np.sort(np.random.default_rng(TRAIN_SEED).choice(n, sample_size, replace=False))
-    ivf.train(vectors[sample])
-    ivf.nprobe = IVF_NPROBE
-    ivf.make_direct_map()
-    return faiss.IndexIDMap2(ivf)
+    inner = index.index if isinstance(index, faiss.IndexIDMap2) else index
+    return isinstance(faiss.downcast_index(inner), faiss.IndexIVF)
 
 
 def describe(index: Any) -> dict[str, Any]:
-    """Layout of a stored index: ``{"layout": "IDMap2,IVF977,Flat", "nlist": ..., "nprobe": ...}``."""
+    """Layout of a stored index: ``{"layout": ..., "nlist": ..., "nprobe": ...}``."""
     import faiss
 
+    if not isinstance(index, faiss.IndexIDMap2):
+        return describe_compressed(faiss.downcast_index(index))
     inner = faiss.downcast_index(index.index)
     if isinstance(inner, faiss.IndexIVF):
         return {
@@ -99,12 +120,36 @@ def describe(index: Any) -> dict[str, Any]:
 
 
 def _stored_vectors(previous: PreviousIndex) -> tuple[np.ndarray, np.ndarray]:
-    """All ``(ids, vectors)`` of a previous index, in storage order."""
+    """All ``(ids, vectors)`` of a previous flat index, in storage order."""
     import faiss
 
     ids = faiss.vector_to_array(previous.index.id_map).astype(np.int64)
     inner = faiss.downcast_index(previous.index.index)
     return ids, inner.reconstruct_n(0, inner.ntotal)
+
+
+def _add(index: Any, vectors: np.ndarray, ids: np.ndarray) -> None:
+    """Add ``vectors`` under ``ids``, shard by shard for a compressed index."""
+    import faiss
+
+    if isinstance(index, faiss.IndexIDMap2):
+        if ids.size:
+            index.add_with_ids(vectors, ids)
+        return
+    for lo in range(0, ids.size, ADD_ROWS):
+        add_codes(index, encode_shard(index, vectors[lo : lo + ADD_ROWS]), ids[lo : lo + ADD_ROWS])
+
+
+def _new_index(vectors: np.ndarray) -> Any:
+    """An empty index sized for ``vectors``: flat below ``IVF_MIN_VECTORS``, else compressed
+    and trained on a sample of them."""
+    import faiss
+
+    n, dim = vectors.shape
+    if n < IVF_MIN_VECTORS:
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    sample = np.random.default_rng(TRAIN_SEED).choice(n, train_size(n), replace=False)
+    return train_index(vectors[sample], n, CODEC, TRAIN_SEED)
 
 
 def write_index(
@@ -126,9 +171,8 @@ def write_index(
     gives the size when there are none); ``sha256``, if given, is stored beside each key;
     ``threshold`` is the near-duplicate similarity the index is meant to be queried with
     (kept from ``previous`` when not given). The index and id files are named after
-    ``generation``; with ``point``, ``index.json`` is written last and names them (a run
-    publishing several things at once writes it when it commits). Returns ``index.json``'s
-    content.
+    ``generation``; with ``point``, ``index.json`` is written last and names them. Returns
+    ``index.json``'s content.
     """
     import faiss
 
@@ -144,15 +188,13 @@ def write_index(
     if sha256 is not None and len(sha256) != n:
         raise ValueError(f"{len(sha256)} sha256 values for {n} embeddings")
     if n and x.shape[1] != dim:
-        raise ValueError(f"embeddings have dimension {x.shape[1]}, the index {dim}")
+        raise ValueError(f"embeddings have dimension {x.shape[1]}, the previous index {dim}")
     first_id = previous.max_id + 1 if previous is not None else 0
     new_ids = np.arange(first_id, first_id + n, dtype=np.int64)
 
-    prev_inner = faiss.downcast_index(previous.index.index) if previous is not None else None
-    if previous is not None and isinstance(prev_inner, faiss.IndexIVF):
+    if previous is not None and _is_ivf(previous.index):
         index = faiss.clone_index(previous.index)
-        if n:
-            index.add_with_ids(x, new_ids)
+        _add(index, x, new_ids)
     else:
         old_ids, old_vectors = (
             _stored_vectors(previous)
@@ -162,8 +204,7 @@ def write_index(
         all_vectors = np.concatenate([old_vectors, x.reshape(-1, dim)])
         all_ids = np.concatenate([old_ids, new_ids])
         index = _new_index(all_vectors)
-        if all_ids.size:
-            index.add_with_ids(all_vectors, all_ids)
+        _add(index, all_vectors, all_ids)
 
     rows = pa.Table.from_pydict(
         {
@@ -180,6 +221,8 @@ def write_index(
         runs.append(run_id)
     files = {"index": f"{generation}.faiss", "ids": f"{generation}.ids.parquet"}
     info = {
+        "format": FORMAT,
+        "files": files,
         "dimension": int(dim),
         "metric": "inner_product",
         "count": int(index.ntotal),
@@ -191,20 +234,20 @@ def write_index(
         else (previous.info.get("threshold") if previous else None),
         "threshold_rule": "a new image duplicates a stored one when their cosine similarity is above threshold",
         "runs": runs,
-        "files": files,
     }
     out = Location(folder)
     (out / files["index"]).write_bytes(faiss.serialize_index(index).tobytes())
-    (out / files["ids"]).write_with(lambda handle: pq.write_table(table, handle))
+    (out / files["ids"]).write_with(
+        lambda handle: pq.write_table(table, handle, row_group_size=IDS_ROW_GROUP)
+    )
     if point:
         (out / INFO_FILE).write_json(info)
     return info
 
 
-def load_index(folder: str | Location) -> PreviousIndex:
-    """Load an index folder written by :func:`write_index`; ``InputError`` if it is not one."""
-    import faiss
-
+def _check_folder(folder: str | Location) -> tuple[Location, dict[str, Any], dict[str, str]]:
+    """The folder, its ``index.json`` and its file names; ``InputError`` if it is not an
+    index folder."""
     path = Location(folder)
     if not path.is_dir():
         raise InputError(f"index folder {path.url!r} does not exist or is not a folder")
@@ -212,15 +255,59 @@ def load_index(folder: str | Location) -> PreviousIndex:
         raise InputError(f"{path.url!r} is not an index folder: missing {INFO_FILE}")
     try:
         info = (path / INFO_FILE).read_json()
-        files = info.get("files", {"index": INDEX_FILE, "ids": IDS_FILE})
-        data = (path / files["index"]).read_bytes()
-        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"index folder {path.url!r} is unreadable: {exc}") from exc
+    if not isinstance(info, dict):
+        raise InputError(f"{(path / INFO_FILE).url!r} is not a JSON object")
+    if not isinstance(info.get("format", 1), int) or info.get("format", 1) > FORMAT:
+        raise InputError(
+            f"{(path / INFO_FILE).url!r} describes index format {info.get('format')!r}; "
+            f"this version reads formats up to {FORMAT}"
+        )
+    files = info.get("files", {"index": INDEX_FILE, "ids": IDS_FILE})
+    missing = [name for name in files.values() if not (path / name).is_file()]
+    if missing:
+        raise InputError(f"{path.url!r} is not an index folder: missing {', '.join(missing)}")
+    return path, info, files
+
+
+def _local_file(location: Location) -> str:
+    """A local path holding the file (object-store files are copied once per machine into
+    the temporary folder, named by URL and size, so FAISS can memory-map them)."""
+    if location.is_local:
+        return location.path
+    tag = hashlib.sha256(f"{location.url}:{location.size()}".encode()).hexdigest()[:16]
+    target = os.path.join(tempfile.gettempdir(), f"curation-index-{tag}-{location.name}")
+    if not os.path.exists(target):
+        partial = f"{target}.{os.getpid()}.tmp"
+        with location.open("rb") as source, open(partial, "wb") as sink:
+            while chunk := source.read(1 << 24):
+                sink.write(chunk)
+        os.replace(partial, target)
+    return target
+
+
+def _read_faiss(location: Location, flags: int = 0) -> Any:
+    import faiss
+
+    try:
+        index = faiss.read_index(_local_file(location), flags)
+    except (OSError, RuntimeError) as exc:
+        raise InputError(f"index folder {location.parent.url!r} is unreadable: {exc}") from exc
+    if not (isinstance(index, (faiss.IndexIDMap2, faiss.IndexIVF))):
+        raise InputError(f"{location.url!r} is neither an IndexIDMap2 nor an IndexIVF")
+    return index
+
+
+def load_index(folder: str | Location) -> PreviousIndex:
+    """Load an index folder written by :func:`write_index`; ``InputError`` if it is not one."""
+    path, info, files = _check_folder(folder)
+    index = _read_faiss(path / files["index"])
+    try:
         with (path / files["ids"]).open("rb") as handle:
             ids = pq.read_table(handle)
-    except (OSError, ValueError, RuntimeError, KeyError, pa.ArrowException) as exc:
+    except (OSError, ValueError, pa.ArrowException) as exc:
         raise InputError(f"index folder {path.url!r} is unreadable: {exc}") from exc
-    if not isinstance(index, faiss.IndexIDMap2):
-        raise InputError(f"{path.url!r} does not hold an IndexIDMap2 index")
     absent = [name for name in INDEX_IDS_SCHEMA.names if name not in ids.column_names]
     if absent:
         raise InputError(f"the ids of {path.url!r} lack column(s) {', '.join(absent)}")
@@ -230,5 +317,36 @@ def load_index(folder: str | Location) -> PreviousIndex:
             f"index folder {path.url!r} is inconsistent: {index.ntotal} vectors, "
             f"{ids.num_rows} ids, count {info.get('count')}"
         )
-    keys_by_id = dict(zip(ids["id"].to_pylist(), ids["key"].to_pylist(), strict=True))
-    return PreviousIndex(folder=path, index=index, ids=ids, info=info, keys_by_id=keys_by_id)
+    return PreviousIndex(folder=path, index=index, ids=ids, info=info)
+
+
+def open_index(folder: str | Location) -> Any:
+    """The FAISS index of a folder for querying only (per worker): inverted lists are
+    memory-mapped, not read, so the page cache holds them once for all processes."""
+    import faiss
+
+    path, _, files = _check_folder(folder)
+    return _read_faiss(path / files["index"], faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+
+
+def keys_for_ids(folder: str | Location, ids: Iterable[int]) -> dict[int, str]:
+    """``{id: key}`` for ``ids`` (per shard), reading only the row groups of the id table
+    whose id range holds one of them."""
+    wanted = np.unique(np.fromiter(ids, dtype=np.int64))
+    if wanted.size == 0:
+        return {}
+    path, _, files = _check_folder(folder)
+    found: dict[int, str] = {}
+    with (path / files["ids"]).open("rb") as handle:
+        source = pq.ParquetFile(handle)
+        column = source.schema_arrow.get_field_index("id")
+        for group in range(source.num_row_groups):
+            stats = source.metadata.row_group(group).column(column).statistics
+            if stats is not None and stats.has_min_max:
+                lo, hi = np.searchsorted(wanted, [stats.min, stats.max + 1])
+                if lo == hi:
+                    continue
+            table = source.read_row_group(group, columns=["id", "key"])
+            hit = table.filter(pc.is_in(table["id"], value_set=pa.array(wanted)))
+            found.update(zip(hit["id"].to_pylist(), hit["key"].to_pylist(), strict=True))
+    return found
