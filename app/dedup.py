@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from curation.republish import republish
+from app.options import engine_options
+from pipelines.publish import republish
 
 
 @click.command("dedup")
@@ -13,7 +14,14 @@ from curation.republish import republish
 @click.option(
     "--dedup-against", help="A previous run's index/ folder to deduplicate against ('' clears it)."
 )
-def dedup_command(run_dir: str, near_threshold: float | None, dedup_against: str | None) -> None:
+@engine_options
+def dedup_command(
+    run_dir: str,
+    near_threshold: float | None,
+    dedup_against: str | None,
+    workers: int,
+    beam_args: tuple[str, ...],
+) -> None:
     """Re-run near-duplicate removal over RUN_DIR (e.g. with a new --near-threshold).
 
     \b
@@ -21,7 +29,12 @@ def dedup_command(run_dir: str, near_threshold: float | None, dedup_against: str
       curation dedup runs/r1 --near-threshold 0.9
     """
     manifest = republish(
-        run_dir, "dedup", near_threshold=near_threshold, dedup_against=dedup_against
+        run_dir,
+        "dedup",
+        near_threshold=near_threshold,
+        dedup_against=dedup_against,
+        workers=workers,
+        beam_args=beam_args,
     )
     click.echo(
         f"near_threshold {manifest['config']['near_threshold']}: duplicates {manifest['duplicates']}"

@@ -66,3 +66,20 @@ def settings_options(
         return command
 
     return decorate
+
+
+def engine_options(command: Any) -> Any:
+    """``--workers`` and ``--beam-arg`` of the commands that run a Beam pipeline besides `run`."""
+    command = click.option(
+        "--beam-arg",
+        "beam_args",
+        multiple=True,
+        help="Extra Beam pipeline option, e.g. --beam-arg=--runner=DataflowRunner (repeatable).",
+    )(command)
+    return click.option(
+        "--workers",
+        type=click.IntRange(1, 256),
+        default=1,
+        show_default=True,
+        help="Local worker processes (1: in-process).",
+    )(command)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from curation.republish import republish
+from app.options import engine_options
+from pipelines.publish import republish
 
 
 @click.command("rethreshold")
@@ -20,7 +21,14 @@ from curation.republish import republish
     type=click.FloatRange(0, 1),
     help="Threshold of synthetic captions  [default: the same as --threshold].",
 )
-def rethreshold_command(run_dir: str, threshold: float, synthetic_threshold: float | None) -> None:
+@engine_options
+def rethreshold_command(
+    run_dir: str,
+    threshold: float,
+    synthetic_threshold: float | None,
+    workers: int,
+    beam_args: tuple[str, ...],
+) -> None:
     """Decide every scored text of RUN_DIR again at another ITM threshold, from the stored
     scores, and republish clean/, synthetic/, decisions/, the index and the manifest
     (near-duplicate removal is redone on the new kept set). The result equals a fresh
@@ -31,7 +39,12 @@ def rethreshold_command(run_dir: str, threshold: float, synthetic_threshold: flo
       curation rethreshold runs/r1 --threshold 0.6 --synthetic-threshold 0.7
     """
     manifest = republish(
-        run_dir, "rethreshold", threshold=threshold, synthetic_threshold=synthetic_threshold
+        run_dir,
+        "rethreshold",
+        threshold=threshold,
+        synthetic_threshold=synthetic_threshold,
+        workers=workers,
+        beam_args=beam_args,
     )
     texts = manifest["texts"]
     click.echo(

@@ -77,3 +77,9 @@ def iter_batches(
         with location.open("rb") as handle:
             parquet = pq.ParquetFile(handle, pre_buffer=False)
             yield from parquet.iter_batches(batch_size=batch_rows, columns=columns)
+
+
+def read_rows(url: str) -> Iterator[dict[str, Any]]:
+    """Every row of a shard as a dict, a row group at a time."""
+    for batch in iter_batches([url], batch_rows=ROW_GROUP_ROWS):
+        yield from batch.to_pylist()

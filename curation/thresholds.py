@@ -9,19 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 
 def keeps(itm: float, threshold: float) -> bool:
     """The CapFilt rule: a text is kept when its ITM probability is at least the threshold."""
     return itm >= threshold
-
-
-def keeps_all(itm: pa.Array | pa.ChunkedArray, threshold: pa.Array | float) -> pa.Array:
-    """:func:`keeps` over an Arrow column of ITM probabilities (null where not scored),
-    compared in double precision as Python compares them."""
-    return pc.greater_equal(pc.cast(itm, pa.float64()), threshold)
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
-from curation.config import RunConfig
 from curation.errors import ConfigError
 from curation.storage import Location
 
@@ -41,9 +41,15 @@ def _runner_name(args: list[str]) -> str | None:
     return None
 
 
-def choose_runner(config: RunConfig) -> RunnerChoice:
-    """Options and runner for ``config``; :class:`ConfigError` when the options cannot work."""
-    args = list(config.beam_args)
+def choose_runner(
+    beam_args: Sequence[str], workers: int, locations: Sequence[tuple[str, str]]
+) -> RunnerChoice:
+    """Options and runner from ``--beam-arg``s; :class:`ConfigError` when they cannot work.
+
+    ``locations`` are ``(what, path)`` of everything the workers read or write, which must
+    be on object storage for runners whose workers do not share this machine's disk.
+    """
+    args = list(beam_args)
     try:
         options = PipelineOptions(args)
         values = options.get_all_options(drop_default=True, retain_unknown_options=True)
@@ -55,8 +61,8 @@ def choose_runner(config: RunConfig) -> RunnerChoice:
         from apache_beam.transforms.environments import SubprocessSDKEnvironment
 
         direct = options.view_as(DirectOptions)
-        direct.direct_num_workers = config.workers
-        if config.workers == 1:
+        direct.direct_num_workers = workers
+        if workers == 1:
             direct.direct_running_mode = "in_memory"
             return RunnerChoice(options, FnApiRunner(), "local", local=True)
         # worker processes of our own entry point (pipelines.worker): Beam's harness, quiet
@@ -81,7 +87,7 @@ def choose_runner(config: RunConfig) -> RunnerChoice:
         short == "PortableRunner" and values.get("environment_type") == "LOOPBACK"
     )
     if not local:
-        for what, where in (("--out", config.out), *(("input", i) for i in config.input)):
+        for what, where in locations:
             if Location(where).is_local:
                 raise ConfigError(
                     f"{what} {where!r} is on this machine's disk, which the {short} workers do "

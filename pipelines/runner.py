@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from curation.config import RunConfig
 from curation.errors import ConfigError
-from curation.finalize import FinalizeResult, finalize_run
+from curation.finalize import FinalizeResult
 from curation.inputs import InputFile, resolve_inputs
 from curation.layout import Layout, check_inputs
 from curation.manifest import build_manifest
@@ -36,10 +36,12 @@ from curation.storage import Location, check_writable_folder
 from pipelines.cache import CountCachedFn, JournalFn, read_cached, route, to_cache_row
 from pipelines.copies import GroupCopies
 from pipelines.decide import TABLES, CountDecisionFn, DecideFn
+from pipelines.finalize import FinalizeSettings
 from pipelines.guarded import ERRORS
 from pipelines.inference import CaptionAndScore
 from pipelines.options import RunnerChoice, choose_runner
 from pipelines.progress import LiveLine, beam_counters
+from pipelines.publish import finalize
 from pipelines.read import FetchImagesFn, ReadPairs, Unit
 from pipelines.screen import REJECTED, Screen
 from pipelines.write import WriteListing, WriteTable
@@ -141,7 +143,7 @@ def _check_models(
 def _check_previous(config: RunConfig, run: RunFolder, dimension: int) -> None:
     if not config.dedup_against:
         return
-    from curation.dedup.index_store import load_index
+    from curation.dedup.index_store import read_info
 
     against = Location(config.dedup_against)
     if run.root.contains(against):
@@ -149,17 +151,25 @@ def _check_previous(config: RunConfig, run: RunFolder, dimension: int) -> None:
             f"--dedup-against {config.dedup_against!r} is this run's own index; give a previous "
             "round's index (or '' to clear the setting)"
         )
-    previous = load_index(against)  # a wrong folder fails now, not after the models ran
-    if previous.index.ntotal and previous.index.d != dimension:
+    info = read_info(against)  # a wrong folder fails now, not after the models ran
+    if info["count"] and info["dimension"] != dimension:
         raise ConfigError(
-            f"{config.dedup_against}: the previous index holds {previous.index.d}-d embeddings, "
+            f"{config.dedup_against}: the previous index holds {info['dimension']}-d embeddings, "
             f"the filter gives {dimension}-d; dedup against an index of the same filter"
         )
 
 
 def prepare(config: RunConfig) -> RunPlan:
     """Check config, inputs, models, index and runner before any work (raises UsageError)."""
-    runner = choose_runner(config)
+    runner = choose_runner(
+        config.beam_args,
+        config.workers,
+        [
+            ("--out", config.out),
+            *(("input", i) for i in config.input),
+            *(("--dedup-against", a) for a in [config.dedup_against] if a),
+        ],
+    )
     run = RunFolder.at(config.out)
     files = resolve_inputs(list(config.input), exclude=run.root)
     layout = check_inputs(
@@ -264,6 +274,7 @@ def build_pipeline(
     (
         shards
         | "AllShards" >> beam.Flatten()
+        | "Tag" >> beam.Map(lambda shard: ("shard", shard))
         | "Listing" >> WriteListing((stage / PIPELINE_LISTING).url)
     )
 
@@ -284,7 +295,7 @@ def _commit_stage(plan: RunPlan, generation: str, run_id: str) -> dict[str, Any]
     """Turn the pipeline's listing into ``_stage/stage.json`` and compact the cache."""
     run = plan.run
     stage = run.stage_generation(generation)
-    written = (stage / PIPELINE_LISTING).read_json()
+    written = (stage / PIPELINE_LISTING).read_json()["tables"]
     tables = {
         name: [run.relative(s["url"]) for s in written.get(name, [])] for name in STAGE_TABLES
     }
@@ -346,18 +357,19 @@ def run_pipeline(config: RunConfig, stream: TextIO | None = None) -> RunResult:
         beam_result = _run_beam(plan, pipeline, stream)
         counters = beam_counters(beam_result)
         pipeline_seconds = time.monotonic() - t0
-        _commit_stage(plan, generation, run_id)
+        listing = _commit_stage(plan, generation, run_id)
         t1 = time.monotonic()
-        result = finalize_run(
-            run,
+        settings = FinalizeSettings(
+            run_url=run.url,
+            generation=generation,
+            run_id=run_id,
             thresholds=config.thresholds(),
             near_threshold=config.near_threshold,
             dedup_against=config.dedup_against,
-            run_id=run_id,
-            generation=generation,
             dimension=plan.embedding_dim,
             schemas=plan.schemas,
         )
+        result = finalize(run, listing, settings, plan.runner)
         finalize_seconds = time.monotonic() - t1
         seconds = time.monotonic() - started
         manifest = build_manifest(

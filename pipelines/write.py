@@ -8,6 +8,7 @@ attempt are never read (they are removed when the run folder is repaired).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,10 +24,11 @@ from curation.storage import Location
 class WriteShardsFn(beam.DoFn):
     """Writes rows of one table as Parquet shards in a folder; outputs ``(table, Shard)``."""
 
-    def __init__(self, table: str, folder: str, schema: pa.Schema) -> None:
+    def __init__(self, table: str, folder: str, schema: pa.Schema, prefix: str = "part") -> None:
         self._table = table
         self._folder = folder
         self._schema = schema
+        self._prefix = prefix
 
     def setup(self) -> None:
         self._location = Location(self._folder)
@@ -37,12 +39,15 @@ class WriteShardsFn(beam.DoFn):
     def process(self, row: dict[str, Any]) -> Iterator[tuple[str, Shard]]:
         full = self._buffer.add(row)
         if full:
-            yield self._table, write_shard(self._location, full, self._schema)
+            yield self._table, write_shard(self._location, full, self._schema, self._name())
+
+    def _name(self) -> str:
+        return f"{self._prefix}-{uuid.uuid4().hex}.parquet"
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         rows = self._buffer.take()
         if rows:
-            shard = write_shard(self._location, rows, self._schema)
+            shard = write_shard(self._location, rows, self._schema, self._name())
             yield WindowedValue(
                 (self._table, shard), GlobalWindow().max_timestamp(), [GlobalWindow()]
             )
@@ -51,34 +56,42 @@ class WriteShardsFn(beam.DoFn):
 class WriteTable(beam.PTransform):
     """Rows -> shards of one table in ``folder``; the output is the written shards."""
 
-    def __init__(self, table: str, folder: str, schema: pa.Schema) -> None:
+    def __init__(self, table: str, folder: str, schema: pa.Schema, prefix: str = "part") -> None:
         super().__init__()
-        self._fn = WriteShardsFn(table, folder, schema)
+        self._fn = WriteShardsFn(table, folder, schema, prefix)
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         return rows | beam.ParDo(self._fn)
 
 
-def listing(shards: list[tuple[str, Shard]]) -> dict[str, list[dict[str, Any]]]:
-    """Written shards grouped by table, in a stable order."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for table, shard in sorted(shards, key=lambda s: (s[0], s[1].url)):
-        out.setdefault(table, []).append({"url": shard.url, "rows": shard.rows})
+def listing(entries: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A listing from tagged entries: ``("shard", (table, Shard))`` grouped by table in a
+    stable order, and any other ``(name, value)`` as is."""
+    out: dict[str, Any] = {"tables": {}}
+    for name, value in entries:
+        if name == "shard":
+            table, shard = value
+            out["tables"].setdefault(table, []).append({"url": shard.url, "rows": shard.rows})
+        else:
+            out[name] = value
+    for shards in out["tables"].values():
+        shards.sort(key=lambda s: s["url"])
     return out
 
 
 class WriteListing(beam.PTransform):
-    """Collects every written shard and writes the listing as JSON to ``target``."""
+    """Collects tagged entries (written shards and other results) and writes their
+    :func:`listing` as JSON to ``target``."""
 
     def __init__(self, target: str) -> None:
         super().__init__()
         self._target = target
 
-    def expand(self, shards: beam.PCollection) -> beam.PCollection:
+    def expand(self, entries: beam.PCollection) -> beam.PCollection:
         target = self._target
 
-        def write(items: list[tuple[str, Shard]]) -> str:
+        def write(items: list[tuple[str, Any]]) -> str:
             Location(target).write_json(listing(items))
             return target
 
-        return shards | "AllShards" >> beam.combiners.ToList() | "WriteListing" >> beam.Map(write)
+        return entries | "AllEntries" >> beam.combiners.ToList() | "WriteListing" >> beam.Map(write)

@@ -177,12 +177,17 @@ def test_plan_and_sample_bounds() -> None:
     assert big.sample == big.cells * cells.FINE_POINTS_PER_CELL
     single = Cells.single(8)
     assert single.assign(np.eye(3, 8, dtype=np.float32), 3).tolist() == [[0], [0], [0]]
+    assert plan.sample_limit == cells.rank_limit(78_120, 1_000_000)
+    assert plan.coarse_limit == cells.rank_limit(125 * cells.COARSE_POINTS_PER_CELL, 1_000_000)
     keys = [f"key{i}" for i in range(5000)]
-    rows = training_rows(keys, 100, seed=0)
+    limit = cells.rank_limit(100, len(keys))
+    rows, ranks = training_rows(keys, limit, seed=0)
     shuffled = list(reversed(keys))
-    assert [shuffled[r] for r in training_rows(shuffled, 100, seed=0)] == [keys[r] for r in rows]
-    assert len(set(rows.tolist())) == 100
-    assert set(training_rows(keys, 100, seed=1).tolist()) != set(rows.tolist())
+    again, _ = training_rows(shuffled, limit, seed=0)
+    assert [shuffled[r] for r in again] == [keys[r] for r in rows]  # same keys, rank order
+    assert 70 <= len(set(rows.tolist())) <= 130 and (np.diff(ranks.astype(np.float64)) > 0).all()
+    assert set(training_rows(keys, limit, seed=1)[0].tolist()) != set(rows.tolist())
+    assert training_rows(keys, cells.rank_limit(6000, 5000), seed=0)[0].size == 5000
 
 
 def test_fine_counts_and_small_cells() -> None:

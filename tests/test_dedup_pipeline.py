@@ -157,3 +157,37 @@ def test_dedup_command_reruns_near_duplicates_without_models(
     assert strict.exit_code == 0, strict.output
     assert pq.read_table(run / "clean").num_rows == clean_before  # nothing lost: rows come back
     assert CliRunner().invoke(main, ["dedup", str(tmp_path / "missing")]).exit_code == 2
+
+
+def test_rounds_on_the_compressed_index_find_earlier_images(
+    tiny_captioner_dir, distinct_filter_dir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compressed index (trained once, encoded per batch, merged) is built above its
+    size threshold (lowered here), memory-mapped by the next round's workers, and extended
+    with stable ids."""
+    from curation.dedup import compressed_index, index_store
+
+    monkeypatch.setattr(index_store, "IVF_MIN_VECTORS", 3)
+    monkeypatch.setattr(compressed_index, "CELL_SIZE", 2)
+    names = ["astronaut", "coffee", "chelsea", "rocket", "camera", "horse"]
+    rows = [{"key": n, "image": jpeg_bytes(photo(n)), "text": f"a {n}"} for n in names]
+    write_pairs_parquet(tmp_path / "r1.parquet", rows)
+    _run(tmp_path / "r1.parquet", tmp_path / "r1", tiny_captioner_dir, distinct_filter_dir)
+    info = json.loads((tmp_path / "r1" / "index" / "index.json").read_text())
+    assert info["layout"].startswith("IVF") and info["count"] == len(names)
+    again = [{**row, "key": f"again_{row['key']}"} for row in rows[:3]]
+    again.append({"key": "new_moon", "image": jpeg_bytes(photo("moon")), "text": "the moon"})
+    write_pairs_parquet(tmp_path / "r2.parquet", again)
+    _run(
+        tmp_path / "r2.parquet", tmp_path / "r2", tiny_captioner_dir, distinct_filter_dir,
+        dedup_against=str(tmp_path / "r1" / "index"),
+    )  # fmt: skip
+    dups = {r["key"]: r for r in pq.read_table(tmp_path / "r2" / "duplicates").to_pylist()}
+    assert {k: (r["kind"], r["dup_of"]) for k, r in dups.items()} == {
+        f"again_{n}": ("previous-round", n) for n in names[:3]
+    }
+    ids = pq.read_table(index_files(tmp_path / "r2")[1]).to_pylist()
+    assert {(r["id"], r["key"]) for r in ids} >= {
+        (r["id"], r["key"]) for r in pq.read_table(index_files(tmp_path / "r1")[1]).to_pylist()
+    }
+    assert {r["key"] for r in ids} == set(names) | {"new_moon"}

@@ -29,6 +29,11 @@ def _write(
     return folder
 
 
+def _key_of(index, index_id: int) -> str:  # noqa: ANN001
+    """The key stored under ``index_id`` in a loaded index, read as a worker reads it."""
+    return keys_for_ids(index.folder, [index_id])[index_id]
+
+
 def _files(folder: Path) -> tuple[Path, Path]:
     """The index file and the id table that ``index.json`` names."""
     info = json.loads((folder / "index.json").read_text())
@@ -88,7 +93,7 @@ def test_extending_keeps_old_ids_and_adds_new(
     assert ("IVF" in load_index(r1).info["layout"]) == (ivf_min == 500)
     ids = loaded.ids["id"].to_numpy()
     np.testing.assert_array_equal(ids, np.arange(950))
-    assert [loaded.key_of(i) for i in (0, 599, 600, 849, 850, 949)] == [
+    assert [_key_of(loaded, i) for i in (0, 599, 600, 849, 850, 949)] == [
         "a0",
         "a599",
         "b0",
@@ -113,7 +118,7 @@ def test_extending_in_place_rewrites_the_same_folder(tmp_path: Path) -> None:
     folder = _write(tmp_path / "index", ["a", "b"], unit(2, 5), run_id="r1")
     _write(folder, ["c"], unit(1, 6), run_id="r2", previous=folder)
     loaded = load_index(folder)
-    assert [loaded.key_of(i) for i in range(3)] == ["a", "b", "c"]
+    assert [_key_of(loaded, i) for i in range(3)] == ["a", "b", "c"]
     assert not list(folder.glob("*.tmp"))
 
 
@@ -125,7 +130,7 @@ def test_query_previous_finds_earlier_images_only(tmp_path: Path) -> None:
     fresh = unit(50, 9)
     batch = np.vstack([fresh[:20], again, fresh[20:]])
     matches = query_previous(previous.index, batch, threshold=0.95)
-    assert [(row, previous.key_of(i)) for row, i, _ in matches] == [
+    assert [(row, _key_of(previous, i)) for row, i, _ in matches] == [
         (20, "old3"),
         (21, "old250"),
         (22, "old399"),
@@ -250,12 +255,12 @@ def test_format_1_ivf_folder_is_read_and_extended(tmp_path: Path) -> None:
     (folder / "index.json").write_text(json.dumps(info))
 
     loaded = load_index(folder)
-    assert loaded.key_of(1234) == "k1234" and loaded.ids["sha256"].null_count == 2000
+    assert _key_of(loaded, 1234) == "k1234" and loaded.ids["sha256"].null_count == 2000
     extra = clustered_unit(100, 41)
     out = _write(tmp_path / "new", [f"n{i}" for i in range(100)], extra, previous=folder)
     extended = load_index(out)
     assert extended.info["layout"] == "IDMap2,IVF20,Flat" and extended.info["format"] == 2
-    assert extended.index.ntotal == 2100 and extended.key_of(2050) == "n50"
+    assert extended.index.ntotal == 2100 and _key_of(extended, 2050) == "n50"
     np.testing.assert_array_equal(extended.index.reconstruct(2050), extra[50])
     info["format"] = 3
     (folder / "index.json").write_text(json.dumps(info))
@@ -285,7 +290,7 @@ def test_a_new_generation_is_named_by_index_json(tmp_path: Path) -> None:
     folder = _write(tmp_path / "index", ["a", "b"], unit(2, 5), run_id="r1", generation="g1")
     _write(folder, ["c"], unit(1, 6), run_id="r2", previous=folder, generation="g2")
     loaded = load_index(folder)
-    assert [loaded.key_of(i) for i in range(3)] == ["a", "b", "c"]
+    assert [_key_of(loaded, i) for i in range(3)] == ["a", "b", "c"]
     assert loaded.info["files"]["index"] == "g2.faiss" and loaded.info["added"] == 1
     assert (folder / "g1.faiss").exists()  # the run folder's roll forward removes it
 

@@ -20,9 +20,9 @@ from runs import gradient_rows, kill_when
 from app.cli import main
 from curation.config import build_config
 from curation.reasons import Reason
-from curation.republish import republish
 from curation.run_folder import FINAL_TABLES, RunFolder
 from curation.storage import Location
+from pipelines.publish import republish
 from pipelines.runner import run_pipeline
 
 

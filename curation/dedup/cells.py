@@ -26,9 +26,10 @@ float64, so a vector gets the same cells whatever batch or machine computes them
 
 What runs where (the Beam stages call these; :func:`train_cells` composes them locally):
 
-- per element: :func:`sample_rank` of the key; once: the training sample (the keys of
-  smallest rank, :func:`training_rows`), :func:`plan_cells` (counts from ``n``) and
-  :func:`train_coarse` on at most ``coarse * COARSE_POINTS_PER_CELL`` of the sample;
+- once: :func:`plan_cells` (counts and rank bounds from ``n``); per element:
+  :func:`sample_rank` of the key against the bounds (:func:`training_rows` on one
+  machine); once: :func:`train_coarse` on the about ``coarse * COARSE_POINTS_PER_CELL``
+  keys of smallest rank;
 - per training vector (element): :func:`nearest_coarse`; per coarse cell (key):
   :func:`train_fine` on that cell's share of the sample (about ``FINE_POINTS_PER_CELL *
   c / k`` vectors), :func:`fine_counts` giving each its number of fine cells (from the
@@ -63,11 +64,27 @@ _TIE = 1e-5
 
 @dataclass(frozen=True)
 class CellPlan:
-    """How many cells ``n`` vectors get, and how many of them train the cells."""
+    """How many cells ``n`` vectors get, and which keys train them.
+
+    Training keys are chosen by :func:`sample_rank` below a bound (:func:`rank_limit`), the
+    same rule per element on one machine or on many: about ``sample`` keys train the fine
+    cells, the about ``coarse * COARSE_POINTS_PER_CELL`` of smallest rank among them the
+    coarse ones.
+    """
 
     cells: int  # fine cells (the cells pairs are searched in)
     coarse: int  # coarse cells grouping them
     sample: int  # training sample size (0: a single cell, nothing to train)
+    sample_limit: int = 0  # keys whose rank is below this train the fine cells
+    coarse_limit: int = 0  # ... and below this the coarse cells
+
+
+def rank_limit(size: int, n: int) -> int:
+    """The :func:`sample_rank` bound below which about ``size`` of ``n`` keys fall (all of
+    them when ``size >= n``)."""
+    if size <= 0 or n <= 0:
+        return 0
+    return 1 << 64 if size >= n else (size << 64) // n
 
 
 def plan_cells(n: int) -> CellPlan:
@@ -77,24 +94,30 @@ def plan_cells(n: int) -> CellPlan:
         return CellPlan(1, 1, 0)
     cells = round(n / CELL_SIZE)
     coarse = min(cells, math.isqrt(COARSE_PROBE * cells - 1) + 1)
-    return CellPlan(cells, coarse, min(n, cells * FINE_POINTS_PER_CELL))
+    sample = min(n, cells * FINE_POINTS_PER_CELL)
+    return CellPlan(
+        cells,
+        coarse,
+        sample,
+        sample_limit=rank_limit(sample, n),
+        coarse_limit=rank_limit(min(sample, coarse * COARSE_POINTS_PER_CELL), n),
+    )
 
 
 def sample_rank(key: str, seed: int) -> int:
-    """A pseudo-random 64-bit rank of ``key`` (per element): the training sample is the
-    keys of smallest rank, so it depends neither on input order nor on sharding."""
+    """A pseudo-random 64-bit rank of ``key`` (per element): training keys are those of
+    small rank, so they depend neither on input order nor on sharding."""
     digest = hashlib.blake2b(f"{seed}\x00{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
 
-def training_rows(keys: Sequence[str], size: int, seed: int) -> np.ndarray:
-    """Rows of the ``size`` keys of smallest :func:`sample_rank`, in rank order (once; in
-    Beam a ``Top.Smallest`` over the ranks)."""
-    if size <= 0:
-        return np.empty(0, dtype=np.int64)
+def training_rows(keys: Sequence[str], limit: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the keys whose :func:`sample_rank` is below ``limit``, in rank order, and
+    their ranks (per element, then a sort of the sample)."""
     ranks = np.fromiter((sample_rank(k, seed) for k in keys), dtype=np.uint64, count=len(keys))
-    rows = np.argpartition(ranks, size - 1)[:size] if size < ranks.size else np.arange(ranks.size)
-    return rows[np.argsort(ranks[rows], kind="stable")]
+    rows = np.flatnonzero(ranks < np.uint64(limit)) if limit < 1 << 64 else np.arange(ranks.size)
+    rows = rows[np.argsort(ranks[rows], kind="stable")]
+    return rows, ranks[rows]
 
 
 def _kmeans(sample: np.ndarray, k: int, seed: int, max_points: int) -> np.ndarray:
@@ -121,8 +144,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def train_coarse(sample: np.ndarray, coarse: int, seed: int) -> np.ndarray:
-    """``coarse`` unit centroids trained on at most ``coarse * COARSE_POINTS_PER_CELL`` rows
-    of ``sample`` (once)."""
+    """``coarse`` unit centroids trained on the rows of ``sample`` (once; FAISS uses at most
+    ``coarse * COARSE_POINTS_PER_CELL`` of them)."""
     return _kmeans(sample, min(coarse, sample.shape[0]), seed, COARSE_POINTS_PER_CELL)
 
 
@@ -303,12 +326,15 @@ def nearest_coarse(x: np.ndarray, coarse: np.ndarray) -> np.ndarray:
     return out
 
 
-def train_cells(sample: np.ndarray, plan: CellPlan, seed: int) -> Cells:
-    """Cells for ``plan`` trained on ``sample`` (unit rows): coarse centroids, then each
-    coarse cell's fine centroids from the sample rows nearest to it."""
+def train_cells(
+    sample: np.ndarray, plan: CellPlan, seed: int, coarse_rows: int | None = None
+) -> Cells:
+    """Cells for ``plan`` trained on ``sample`` (unit rows in rank order): coarse centroids
+    from its first ``coarse_rows`` rows (all by default), then each coarse cell's fine
+    centroids from the sample rows nearest to it."""
     if plan.cells == 1:
         return Cells.single(sample.shape[1])
-    coarse = train_coarse(sample, plan.coarse, seed)
+    coarse = train_coarse(sample[:coarse_rows], plan.coarse, seed)
     home = nearest_coarse(sample, coarse)
     sizes = np.bincount(home, minlength=coarse.shape[0])
     counts = fine_counts(sizes, plan.cells)

@@ -36,7 +36,6 @@ import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -80,20 +79,6 @@ class PreviousIndex:
     def max_id(self) -> int:
         """The largest stored id, -1 when empty."""
         return int(self.info["max_id"])
-
-    @cached_property
-    def _sorted_ids(self) -> tuple[np.ndarray, np.ndarray]:
-        ids = self.ids["id"].to_numpy()
-        order = np.argsort(ids, kind="stable")
-        return ids[order], order
-
-    def key_of(self, index_id: int) -> str:
-        """The key stored under ``index_id``."""
-        ids, order = self._sorted_ids
-        at = int(np.searchsorted(ids, index_id))
-        if at == ids.size or ids[at] != index_id:
-            raise KeyError(index_id)
-        return self.ids["key"][int(order[at])].as_py()
 
 
 def _is_ivf(index: Any) -> bool:
@@ -174,8 +159,6 @@ def write_index(
     ``generation``; with ``point``, ``index.json`` is written last and names them. Returns
     ``index.json``'s content.
     """
-    import faiss
-
     dim = previous.index.d if previous is not None else dimension
     if dim is None:
         dim = embeddings.shape[1] if embeddings.ndim == 2 and embeddings.shape[0] else None
@@ -193,7 +176,7 @@ def write_index(
     new_ids = np.arange(first_id, first_id + n, dtype=np.int64)
 
     if previous is not None and _is_ivf(previous.index):
-        index = faiss.clone_index(previous.index)
+        index = filled_index(previous.index, previous)
         _add(index, x, new_ids)
     else:
         old_ids, old_vectors = (
@@ -206,15 +189,49 @@ def write_index(
         index = _new_index(all_vectors)
         _add(index, all_vectors, all_ids)
 
-    rows = pa.Table.from_pydict(
+    rows = id_rows(new_ids, keys, sha256, run_id)
+    return save_index(
+        folder,
+        index,
+        rows,
+        previous=previous,
+        run_id=run_id,
+        threshold=threshold,
+        generation=generation,
+        point=point,
+    )
+
+
+def id_rows(
+    ids: np.ndarray, keys: Sequence[str], sha256: Sequence[str] | None, run_id: str | None
+) -> pa.Table:
+    """Rows of the id table for new entries."""
+    return pa.Table.from_pydict(
         {
-            "id": new_ids,
+            "id": np.asarray(ids, dtype=np.int64),
             "key": list(keys),
-            "sha256": list(sha256) if sha256 is not None else [None] * n,
-            "run_id": [run_id] * n,
+            "sha256": list(sha256) if sha256 is not None else [None] * len(keys),
+            "run_id": [run_id] * len(keys),
         },
         schema=INDEX_IDS_SCHEMA,
     )
+
+
+def save_index(
+    folder: str | Location,
+    index: Any,
+    rows: pa.Table,
+    *,
+    previous: PreviousIndex | None,
+    run_id: str | None,
+    threshold: float | None,
+    generation: str,
+    point: bool,
+) -> dict[str, Any]:
+    """Write a filled index and its new id rows (after ``previous``'s) as ``generation``'s
+    files; with ``point`` also ``index.json``. Returns ``index.json``'s content (once)."""
+    import faiss
+
     table = pa.concat_tables([previous.ids, rows]) if previous is not None else rows
     runs = list(previous.info.get("runs", [])) if previous is not None else []
     if run_id is not None:
@@ -223,10 +240,10 @@ def write_index(
     info = {
         "format": FORMAT,
         "files": files,
-        "dimension": int(dim),
+        "dimension": int(index.d),
         "metric": "inner_product",
         "count": int(index.ntotal),
-        "added": n,
+        "added": rows.num_rows,
         "max_id": int(table["id"].to_numpy().max()) if table.num_rows else -1,
         **describe(index),
         "threshold": threshold
@@ -243,6 +260,33 @@ def write_index(
     if point:
         (out / INFO_FILE).write_json(info)
     return info
+
+
+def trained_index(previous: PreviousIndex | None, sample: np.ndarray, total: int) -> Any:
+    """The empty compressed index vectors are encoded with (once): the previous round's
+    structure when it has one, else trained on ``sample`` (unit rows, random over the
+    vectors)."""
+    import faiss
+
+    if previous is not None and _is_ivf(previous.index):
+        index = faiss.clone_index(previous.index)
+        index.reset()
+        return index
+    return train_index(sample, total, CODEC, TRAIN_SEED)
+
+
+def filled_index(trained: Any, previous: PreviousIndex | None) -> Any:
+    """``trained`` holding ``previous``'s vectors under their ids, for new codes to be
+    added to (once, on the worker that merges)."""
+    import faiss
+
+    if previous is None:
+        return trained
+    if _is_ivf(previous.index):
+        return faiss.clone_index(previous.index)
+    ids, vectors = _stored_vectors(previous)
+    _add(trained, vectors, ids)
+    return trained
 
 
 def _check_folder(folder: str | Location) -> tuple[Location, dict[str, Any], dict[str, str]]:
@@ -318,6 +362,17 @@ def load_index(folder: str | Location) -> PreviousIndex:
             f"{ids.num_rows} ids, count {info.get('count')}"
         )
     return PreviousIndex(folder=path, index=index, ids=ids, info=info)
+
+
+def read_info(folder: str | Location) -> dict[str, Any]:
+    """An index folder's ``index.json`` (count, max id, dimension, layout), checked, without
+    reading the index itself."""
+    return _check_folder(folder)[1]
+
+
+def info_is_compressed(info: dict[str, Any]) -> bool:
+    """Whether the index ``info`` describes is an inverted file (extended in place)."""
+    return "IVF" in str(info.get("layout", ""))
 
 
 def open_index(folder: str | Location) -> Any:

@@ -75,9 +75,14 @@ def as_normalised(embeddings: np.ndarray) -> np.ndarray:
 
 def near_cells(x: np.ndarray, keys: Sequence[str], seed: int = 0) -> Cells:
     """Cells for the unit rows ``x`` (:func:`curation.dedup.cells.plan_cells`), trained on
-    the rows of ``keys`` chosen by :func:`curation.dedup.cells.training_rows`."""
+    the rows of ``keys`` whose rank is below the plan's bounds
+    (:func:`curation.dedup.cells.training_rows`)."""
     plan = plan_cells(x.shape[0])
-    return train_cells(x[training_rows(keys, plan.sample, seed)], plan, seed)
+    if plan.cells == 1:
+        return Cells.single(x.shape[1])
+    rows, ranks = training_rows(keys, plan.sample_limit, seed)
+    coarse_rows = int(np.count_nonzero(ranks < np.uint64(plan.coarse_limit)))
+    return train_cells(x[rows], plan, seed, coarse_rows)
 
 
 def similar_pairs(

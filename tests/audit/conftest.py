@@ -24,7 +24,7 @@ def _closest_pair_threshold(run: Path) -> float:
 @pytest.fixture(scope="session")
 def audit_runs(tmp_path_factory, tiny_captioner_dir, distinct_filter_dir) -> AuditRuns:
     from curation.config import build_config
-    from curation.republish import republish
+    from pipelines.publish import republish
     from pipelines.runner import run_pipeline
 
     folder = tmp_path_factory.mktemp("audit")
