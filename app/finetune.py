@@ -107,6 +107,7 @@ def _run(kind: str, options: dict[str, Any]) -> None:
         composition=options.pop("composition_negatives", 0.0),
         truncated=options.pop("truncated_negatives", 0.0),
         partial=options.pop("partial_positives", 0.0),
+        reworded=options.pop("reworded_positives", 0.0),
     )
     domain = options.pop("text_domain", "general")
     if shares.partial and domain == "general":
@@ -182,6 +183,18 @@ def captioner_command(**options: Any) -> None:
     help=(
         "Share of pairs that also get a true text describing part of their image as an ITM "
         "positive, so that partial descriptions are kept (needs --text-domain shapes)."
+    ),
+)
+@click.option(
+    "--reworded-positives",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help=(
+        "Share of pairs that also get their text reworded (an opening such as 'a photo of', "
+        "or words the tokenizer does not know) as an ITM positive; extra negatives are "
+        "reworded as often. Keeps a filter with a small domain vocabulary from rejecting "
+        "correct texts worded differently."
     ),
 )
 @click.option(

@@ -39,6 +39,7 @@ from models.finetune.losses import (
     sample_hard_negatives,
 )
 from models.finetune.text_negatives import (
+    OPENINGS,
     SHUFFLE_WINDOW,
     TRANSFORMS,
     ExtraTextShares,
@@ -46,6 +47,7 @@ from models.finetune.text_negatives import (
     TextDomain,
     composition_negative,
     extra_texts,
+    reword,
     shuffle_words,
     truncate_words,
 )
@@ -512,6 +514,39 @@ def test_shapes_domain_marks_batch_texts_true_of_other_images() -> None:
     assert TextDomain().true_of(texts, TextDomain().prepare(texts)) is None
 
 
+def test_reword_keeps_the_words_in_order_and_adds_an_opening_or_unknown_words() -> None:
+    text = "a big red circle on the left"
+    kinds = set()
+    for seed in range(100):
+        new = reword(text, random.Random(seed), "[UNK]")
+        opening = next((o for o in OPENINGS if new.startswith(o + " ")), None)
+        if opening is not None:
+            assert new == f"{opening} {text}"
+            kinds.add("opening")
+        else:
+            words = new.split()
+            assert 1 <= words.count("[UNK]") <= 2
+            assert [w for w in words if w != "[UNK]"] == text.split()
+            kinds.add("unknown")
+    assert kinds == {"opening", "unknown"}
+
+
+def test_reworded_positives_come_with_negatives_reworded_as_often() -> None:
+    domain = ShapesDomain()
+    rng = random.Random(6)
+    texts = [caption(random_scene(rng, 2), rng) for _ in range(100)]
+    known = domain.prepare(texts)
+    made = extra_texts(texts, known, ExtraTextShares(composition=1.0, reworded=1.0), domain, rng)
+
+    def reworded(text: str) -> bool:
+        return "[UNK]" in text or text.startswith(OPENINGS)
+
+    positives = [t for t, m in zip(made.texts, made.matches, strict=True) if m]
+    negatives = [t for t, m in zip(made.texts, made.matches, strict=True) if not m]
+    assert len(positives) == 100 and all(reworded(t) for t in positives)
+    assert len(negatives) >= 95 and all(reworded(t) for t in negatives)
+
+
 def test_extra_texts_follow_their_shares() -> None:
     domain = ShapesDomain()
     rng = random.Random(5)
@@ -599,6 +634,7 @@ def test_composition_options_are_recorded_in_the_model_card(tmp_path: Path, clea
     common += ["--batch-size", "8", "--device", "cpu", "--holdout", "0.25"]
     runner = CliRunner()
     options = ["--composition-negatives", "1.0", "--partial-positives", "0.25"]
+    options += ["--reworded-positives", "0.5"]
     result = runner.invoke(
         finetune_command,
         ["filter", *common, *options, "--text-domain", "shapes"],
@@ -609,6 +645,7 @@ def test_composition_options_are_recorded_in_the_model_card(tmp_path: Path, clea
     assert "--composition-negatives 1.0" in card and "--text-domain shapes" in card
     assert "composition negatives: 100% of pairs" in card
     assert "partial positives: 25% of pairs" in card and "text domain: shapes" in card
+    assert "reworded positives: 50% of pairs" in card and "itm_accept_reworded" in card
     # The held-out evaluation measures what the extra texts teach.
     assert "itm_reject_composition" in card and "itm_accept_partial" in card
     refused = runner.invoke(finetune_command, ["filter", *common, *options])

@@ -81,6 +81,12 @@ def _extra_text_lines(settings: TrainSettings) -> list[str]:
             f"- partial positives: {shares.partial:.0%} of pairs also get a true text that"
             " describes part of their image as an ITM positive (partial texts are to be kept)"
         )
+    if shares.reworded:
+        lines.append(
+            f"- reworded positives: {shares.reworded:.0%} of pairs also get their own text with"
+            " an opening or unknown words inserted as an ITM positive (extra negatives"
+            " reworded as often)"
+        )
     if settings.text_domain != "general":
         lines.append(
             f"- text domain: {settings.text_domain} (captions parsed: exact attribute and"

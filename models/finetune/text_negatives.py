@@ -15,6 +15,11 @@ with such negatives). Three kinds of extra texts fill the gap:
   a phrase. A cut after a complete phrase is a partial but true text and is never used.
 - **Partial positives** (``--partial-positives SHARE``, a domain that can tell which parts
   of a caption are true on their own): a text describing some of the image, as a positive.
+- **Reworded positives** (``--reworded-positives SHARE``): the caption with an opening
+  ("a photo of") or one or two words the tokenizer does not know inserted, as a positive;
+  the extra negatives are reworded at the same rate, so wording says nothing of the match.
+  A filter whose tokenizer was built from its training captions otherwise rejects correct
+  texts that use other words.
 
 A :class:`TextDomain` makes them; :class:`ShapesDomain` knows the shapes grammar exactly
 (it adds attribute and position exchanges between objects, and checks every negative with
@@ -41,6 +46,8 @@ from models.finetune.phrases import Chunk, chunks, heads, is_open, symmetric_bet
 
 #: Texts with fewer words are never cut.
 MIN_WORDS = 4
+#: Openings that captions often start with, and that say nothing of the image.
+OPENINGS = ("a picture of", "an image of", "a photo of", "there is", "this is")
 #: Width of the word-order shuffle window.
 SHUFFLE_WINDOW = 3
 DOMAINS = ("general", "shapes")
@@ -192,6 +199,17 @@ def composition_negative(
     return None
 
 
+def reword(text: str, rng: random.Random, unknown: str) -> str:
+    """``text`` in other words with the same meaning: an :data:`OPENINGS` phrase before it,
+    or one or two ``unknown`` tokens (the tokenizer's unknown-word token) between its words."""
+    if rng.random() < 0.5:
+        return f"{rng.choice(OPENINGS)} {text}"
+    words = text.split()
+    for _ in range(rng.randint(1, 2)):
+        words.insert(rng.randint(0, len(words)), unknown)
+    return " ".join(words)
+
+
 class TextDomain:
     """Extra ITM texts for any caption dataset: the general transformations."""
 
@@ -279,6 +297,7 @@ class ExtraTextShares:
     composition: float = 0.0
     truncated: float = 0.0
     partial: float = 0.0
+    reworded: float = 0.0
 
 
 @dataclass
@@ -302,15 +321,25 @@ def extra_texts(
     shares: ExtraTextShares,
     domain: TextDomain,
     rng: random.Random,
+    unknown: str = "[UNK]",
 ) -> ExtraTextRows:
-    """For each text, with the given shares: a composition negative, a truncated negative
-    and a partial positive (rows whose text allows none are skipped)."""
+    """For each text, with the given shares: a composition negative, a truncated negative,
+    a partial positive and a reworded positive (rows whose text allows none are skipped).
+    With a ``reworded`` share, the negatives are reworded (:func:`reword`) at that rate too."""
     extra = ExtraTextRows()
+
+    def maybe_reworded(text: str | None) -> str | None:
+        if text and shares.reworded and rng.random() < shares.reworded:
+            return reword(text, rng, unknown)
+        return text
+
     for row, (text, fact) in enumerate(zip(texts, known, strict=True)):
         if shares.composition and rng.random() < shares.composition:
-            extra.add(row, domain.negative(text, fact, rng), matches=False)
+            extra.add(row, maybe_reworded(domain.negative(text, fact, rng)), matches=False)
         if shares.truncated and rng.random() < shares.truncated:
-            extra.add(row, domain.truncated(text, fact, rng), matches=False)
+            extra.add(row, maybe_reworded(domain.truncated(text, fact, rng)), matches=False)
         if shares.partial and rng.random() < shares.partial:
             extra.add(row, domain.partial(text, fact, rng), matches=True)
+        if shares.reworded and rng.random() < shares.reworded:
+            extra.add(row, reword(text, rng, unknown), matches=True)
     return extra

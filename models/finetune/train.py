@@ -31,6 +31,7 @@ from models.finetune.text_negatives import (
     ExtraTextShares,
     TextDomain,
     extra_texts,
+    reword,
     text_domain,
 )
 from models.finetune.warm_start import filter_from_captioner, is_captioner_folder
@@ -265,7 +266,7 @@ def _extra_texts(
     rng: random.Random,
 ) -> ExtraTexts | None:
     """The batch's extra ITM texts (:mod:`models.finetune.text_negatives`), tokenized."""
-    made = extra_texts(texts, known, settings.extra_texts, domain, rng)
+    made = extra_texts(texts, known, settings.extra_texts, domain, rng, loaded.tokenizer.unk_token)
     if not made.rows:
         return None
     ids, mask = _tokenize(loaded, made.texts)
@@ -338,8 +339,9 @@ def evaluate_filter(
     """Held-out ITC recall@1 (image to text), and ITM accuracy at 0.5 on the matching pairs
     and on each image paired with its most ITC-similar non-matching text (a hard negative).
 
-    With a ``domain``, also on one composition negative, one truncated negative and one
-    partial positive of each held-out pair, where the domain makes them (seeded).
+    With a ``domain``, also on one composition negative, one truncated negative, one partial
+    positive and one reworded positive of each held-out pair, where the domain makes them
+    (seeded).
     """
     model = loaded.model
     enc_id = loaded.tokenizer.convert_tokens_to_ids(ENC_TOKEN)
@@ -395,10 +397,12 @@ def evaluate_filter(
         return metrics
     known = domain.prepare(pairs.texts)
     rng = random.Random(seed)
+    unknown = loaded.tokenizer.unk_token
     makers = {
         "itm_reject_composition": (domain.negative, False),
         "itm_reject_truncated": (domain.truncated, False),
         "itm_accept_partial": (domain.partial, True),
+        "itm_accept_reworded": (lambda text, _, r: reword(text, r, unknown), True),
     }
     for name, (make, true) in makers.items():
         made_rows, texts = [], []
