@@ -50,6 +50,7 @@ from models.finetune.text_negatives import (
     reword,
     shuffle_words,
     truncate_words,
+    unreadable,
 )
 from models.finetune.train import PROMPT, _prompt_length, _tokenize, prepare_base
 from models.finetune.warm_start import filter_from_captioner
@@ -544,7 +545,16 @@ def test_reworded_positives_come_with_negatives_reworded_as_often() -> None:
     positives = [t for t, m in zip(made.texts, made.matches, strict=True) if m]
     negatives = [t for t, m in zip(made.texts, made.matches, strict=True) if not m]
     assert len(positives) == 100 and all(reworded(t) for t in positives)
-    assert len(negatives) >= 95 and all(reworded(t) for t in negatives)
+    assert len(negatives) >= 195 and all(reworded(t) for t in negatives)
+    # Half the negatives are a caption with nothing readable left to check.
+    assert sum(t in {unreadable(c, "[UNK]") for c in texts} for t in negatives) == 100
+
+
+def test_unreadable_keeps_only_closed_class_words() -> None:
+    text = "a big red circle on the left , a man riding a horse"
+    assert unreadable(text, "[UNK]") == (
+        "a [UNK] [UNK] [UNK] on the [UNK] , a [UNK] riding a [UNK]"
+    )
 
 
 def test_extra_texts_follow_their_shares() -> None:

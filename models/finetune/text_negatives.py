@@ -17,9 +17,10 @@ with such negatives). Three kinds of extra texts fill the gap:
   of a caption are true on their own): a text describing some of the image, as a positive.
 - **Reworded positives** (``--reworded-positives SHARE``): the caption with an opening
   ("a photo of") or one or two words the tokenizer does not know inserted, as a positive;
-  the extra negatives are reworded at the same rate, so wording says nothing of the match.
-  A filter whose tokenizer was built from its training captions otherwise rejects correct
-  texts that use other words.
+  the extra negatives are reworded at the same rate, so wording says nothing of the match,
+  and as often the caption with every open-class word unknown is a negative (a text the
+  filter cannot read, such as spam, is not kept). A filter whose tokenizer was built from
+  its training captions otherwise rejects correct texts that use other words.
 
 A :class:`TextDomain` makes them; :class:`ShapesDomain` knows the shapes grammar exactly
 (it adds attribute and position exchanges between objects, and checks every negative with
@@ -210,6 +211,12 @@ def reword(text: str, rng: random.Random, unknown: str) -> str:
     return " ".join(words)
 
 
+def unreadable(text: str, unknown: str) -> str:
+    """``text`` with every open-class word (nouns, adjectives, ...) replaced by ``unknown``:
+    its frame without anything that could be checked against an image."""
+    return " ".join(word if not is_open(word) else unknown for word in words_of(text))
+
+
 class TextDomain:
     """Extra ITM texts for any caption dataset: the general transformations."""
 
@@ -342,4 +349,5 @@ def extra_texts(
             extra.add(row, domain.partial(text, fact, rng), matches=True)
         if shares.reworded and rng.random() < shares.reworded:
             extra.add(row, reword(text, rng, unknown), matches=True)
+            extra.add(row, unreadable(text, unknown), matches=False)
     return extra
