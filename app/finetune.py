@@ -108,6 +108,7 @@ def _run(kind: str, options: dict[str, Any]) -> None:
         truncated=options.pop("truncated_negatives", 0.0),
         partial=options.pop("partial_positives", 0.0),
         reworded=options.pop("reworded_positives", 0.0),
+        unreadable=options.pop("unreadable_negatives", 0.0),
     )
     domain = options.pop("text_domain", "general")
     if shares.partial and domain == "general":
@@ -195,6 +196,17 @@ def captioner_command(**options: Any) -> None:
         "or words the tokenizer does not know) as an ITM positive; extra negatives are "
         "reworded as often. Keeps a filter with a small domain vocabulary from rejecting "
         "correct texts worded differently."
+    ),
+)
+@click.option(
+    "--unreadable-negatives",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help=(
+        "Share of pairs whose own text with every noun, adjective and other open-class word "
+        "unknown is added as an ITM negative: a text the filter cannot read (spam, to a "
+        "small vocabulary) is not kept. Use with --reworded-positives."
     ),
 )
 @click.option(

@@ -87,6 +87,11 @@ def _extra_text_lines(settings: TrainSettings) -> list[str]:
             " an opening or unknown words inserted as an ITM positive (extra negatives"
             " reworded as often)"
         )
+    if shares.unreadable:
+        lines.append(
+            f"- unreadable negatives: {shares.unreadable:.0%} of pairs also get their own text"
+            " with every open-class word unknown as an ITM negative"
+        )
     if settings.text_domain != "general":
         lines.append(
             f"- text domain: {settings.text_domain} (captions parsed: exact attribute and"

@@ -17,10 +17,13 @@ with such negatives). Three kinds of extra texts fill the gap:
   of a caption are true on their own): a text describing some of the image, as a positive.
 - **Reworded positives** (``--reworded-positives SHARE``): the caption with an opening
   ("a photo of") or one or two words the tokenizer does not know inserted, as a positive;
-  the extra negatives are reworded at the same rate, so wording says nothing of the match,
-  and as often the caption with every open-class word unknown is a negative (a text the
-  filter cannot read, such as spam, is not kept). A filter whose tokenizer was built from
-  its training captions otherwise rejects correct texts that use other words.
+  the extra negatives are reworded at the same rate, so wording says nothing of the match.
+  A filter whose tokenizer was built from its training captions otherwise rejects correct
+  texts that use other words.
+- **Unreadable negatives** (``--unreadable-negatives SHARE``): the caption with every
+  open-class word replaced by the unknown-word token, as a negative: a text with nothing
+  the filter can check (spam, to a small domain vocabulary) is not kept. Use it with
+  reworded positives, which otherwise teach that unknown words are harmless.
 
 A :class:`TextDomain` makes them; :class:`ShapesDomain` knows the shapes grammar exactly
 (it adds attribute and position exchanges between objects, and checks every negative with
@@ -305,6 +308,7 @@ class ExtraTextShares:
     truncated: float = 0.0
     partial: float = 0.0
     reworded: float = 0.0
+    unreadable: float = 0.0
 
 
 @dataclass
@@ -331,8 +335,9 @@ def extra_texts(
     unknown: str = "[UNK]",
 ) -> ExtraTextRows:
     """For each text, with the given shares: a composition negative, a truncated negative,
-    a partial positive and a reworded positive (rows whose text allows none are skipped).
-    With a ``reworded`` share, the negatives are reworded (:func:`reword`) at that rate too."""
+    a partial positive, a reworded positive and an unreadable negative (rows whose text
+    allows none are skipped). With a ``reworded`` share, the composition and truncated
+    negatives are reworded (:func:`reword`) at that rate too."""
     extra = ExtraTextRows()
 
     def maybe_reworded(text: str | None) -> str | None:
@@ -349,5 +354,6 @@ def extra_texts(
             extra.add(row, domain.partial(text, fact, rng), matches=True)
         if shares.reworded and rng.random() < shares.reworded:
             extra.add(row, reword(text, rng, unknown), matches=True)
+        if shares.unreadable and rng.random() < shares.unreadable:
             extra.add(row, unreadable(text, unknown), matches=False)
     return extra

@@ -33,6 +33,7 @@ from models.finetune.text_negatives import (
     extra_texts,
     reword,
     text_domain,
+    unreadable,
 )
 from models.finetune.warm_start import filter_from_captioner, is_captioner_folder
 from models.loading import LoadedModel, load_captioner, load_filter, resolve_device
@@ -339,9 +340,9 @@ def evaluate_filter(
     """Held-out ITC recall@1 (image to text), and ITM accuracy at 0.5 on the matching pairs
     and on each image paired with its most ITC-similar non-matching text (a hard negative).
 
-    With a ``domain``, also on one composition negative, one truncated negative, one partial
-    positive and one reworded positive of each held-out pair, where the domain makes them
-    (seeded).
+    With a ``domain``, also on one text of each extra kind per held-out pair (composition,
+    truncated and unreadable negatives, partial and reworded positives), where the domain
+    makes them (seeded).
     """
     model = loaded.model
     enc_id = loaded.tokenizer.convert_tokens_to_ids(ENC_TOKEN)
@@ -403,6 +404,7 @@ def evaluate_filter(
         "itm_reject_truncated": (domain.truncated, False),
         "itm_accept_partial": (domain.partial, True),
         "itm_accept_reworded": (lambda text, _, r: reword(text, r, unknown), True),
+        "itm_reject_unreadable": (lambda text, _, r: unreadable(text, unknown), False),
     }
     for name, (make, true) in makers.items():
         made_rows, texts = [], []
