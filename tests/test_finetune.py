@@ -521,15 +521,12 @@ def test_reword_keeps_the_words_in_order_and_adds_an_opening_or_unknown_words() 
     for seed in range(100):
         new = reword(text, random.Random(seed), "[UNK]")
         opening = next((o for o in OPENINGS if new.startswith(o + " ")), None)
-        if opening is not None:
-            assert new == f"{opening} {text}"
-            kinds.add("opening")
-        else:
-            words = new.split()
-            assert 1 <= words.count("[UNK]") <= 2
-            assert [w for w in words if w != "[UNK]"] == text.split()
-            kinds.add("unknown")
-    assert kinds == {"opening", "unknown"}
+        rest = new[len(opening) + 1 :] if opening else new
+        unknown = rest.split().count("[UNK]")
+        assert [w for w in rest.split() if w != "[UNK]"] == text.split()
+        assert unknown <= 3 and (opening or unknown)
+        kinds.add((opening is not None, unknown > 0))
+    assert kinds == {(True, False), (True, True), (False, True)}
 
 
 def test_reworded_positives_come_with_negatives_reworded_as_often() -> None:

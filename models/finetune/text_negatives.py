@@ -16,7 +16,7 @@ with such negatives). Three kinds of extra texts fill the gap:
 - **Partial positives** (``--partial-positives SHARE``, a domain that can tell which parts
   of a caption are true on their own): a text describing some of the image, as a positive.
 - **Reworded positives** (``--reworded-positives SHARE``): the caption with an opening
-  ("a photo of") or one or two words the tokenizer does not know inserted, as a positive;
+  ("a photo of") or up to three words the tokenizer does not know inserted, as a positive;
   the extra negatives are reworded at the same rate, so wording says nothing of the match.
   A filter whose tokenizer was built from its training captions otherwise rejects correct
   texts that use other words.
@@ -205,13 +205,13 @@ def composition_negative(
 
 def reword(text: str, rng: random.Random, unknown: str) -> str:
     """``text`` in other words with the same meaning: an :data:`OPENINGS` phrase before it,
-    or one or two ``unknown`` tokens (the tokenizer's unknown-word token) between its words."""
-    if rng.random() < 0.5:
-        return f"{rng.choice(OPENINGS)} {text}"
+    up to three ``unknown`` tokens (the tokenizer's unknown-word token) between its words,
+    or both."""
     words = text.split()
-    for _ in range(rng.randint(1, 2)):
+    opening = rng.random() < 0.5
+    for _ in range(rng.randint(0 if opening else 1, 3)):
         words.insert(rng.randint(0, len(words)), unknown)
-    return " ".join(words)
+    return " ".join(([rng.choice(OPENINGS)] if opening else []) + words)
 
 
 def unreadable(text: str, unknown: str) -> str:
