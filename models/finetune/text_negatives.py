@@ -52,6 +52,8 @@ from models.finetune.phrases import Chunk, chunks, heads, is_open, symmetric_bet
 MIN_WORDS = 4
 #: Openings that captions often start with, and that say nothing of the image.
 OPENINGS = ("a picture of", "an image of", "a photo of", "there is", "this is")
+#: Words that join two phrases of a list; one may be dropped without changing the meaning.
+JOINERS = frozenset({"and", ","})
 #: Width of the word-order shuffle window.
 SHUFFLE_WINDOW = 3
 DOMAINS = ("general", "shapes")
@@ -206,8 +208,12 @@ def composition_negative(
 def reword(text: str, rng: random.Random, unknown: str) -> str:
     """``text`` in other words with the same meaning: an :data:`OPENINGS` phrase before it,
     up to three ``unknown`` tokens (the tokenizer's unknown-word token) between its words,
-    or both."""
+    or both; and sometimes one joiner ("and", a comma) dropped, as BLIP's text cleaning
+    drops the full stop or semicolon between two sentences."""
     words = text.split()
+    joiners = [i for i, word in enumerate(words) if word in JOINERS]
+    if joiners and rng.random() < 0.3:
+        del words[rng.choice(joiners)]
     opening = rng.random() < 0.5
     for _ in range(rng.randint(0 if opening else 1, 3)):
         words.insert(rng.randint(0, len(words)), unknown)
