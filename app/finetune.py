@@ -193,8 +193,8 @@ def captioner_command(**options: Any) -> None:
     type=click.FloatRange(0, 1),
     help=(
         "Share of pairs that also get their text reworded (an opening such as 'a photo of', "
-        "or words the tokenizer does not know) as an ITM positive; extra negatives are "
-        "reworded as often. Keeps a filter with a small domain vocabulary from rejecting "
+        "or words the tokenizer does not know) as an ITM positive; the other extra texts "
+        "are reworded as often. Keeps a filter with a small domain vocabulary from rejecting "
         "correct texts worded differently."
     ),
 )

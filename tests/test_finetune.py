@@ -537,14 +537,15 @@ def test_reworded_positives_come_with_negatives_reworded_as_often() -> None:
     rng = random.Random(6)
     texts = [caption(random_scene(rng, 2), rng) for _ in range(100)]
     known = domain.prepare(texts)
-    made = extra_texts(texts, known, ExtraTextShares(composition=1.0, reworded=1.0), domain, rng)
+    shares = ExtraTextShares(composition=1.0, partial=1.0, reworded=1.0)
+    made = extra_texts(texts, known, shares, domain, rng)
 
     def reworded(text: str) -> bool:
         return "[UNK]" in text or text.startswith(OPENINGS)
 
     positives = [t for t, m in zip(made.texts, made.matches, strict=True) if m]
     negatives = [t for t, m in zip(made.texts, made.matches, strict=True) if not m]
-    assert len(positives) == 100 and all(reworded(t) for t in positives)
+    assert len(positives) == 200 and all(reworded(t) for t in positives)  # partial ones too
     assert len(negatives) >= 95 and all(reworded(t) for t in negatives)
     frames = extra_texts(texts, known, ExtraTextShares(unreadable=1.0), domain, rng)
     assert frames.texts == [unreadable(t, "[UNK]") for t in texts] and not any(frames.matches)

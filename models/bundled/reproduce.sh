@@ -11,7 +11,7 @@ trap 'rm -rf "$work"' EXIT
 
 python -c "
 from curation.shapes import make_clean_split
-for seed in range(1, 7):
+for seed in range(1, 9):
     name = 'shapes-train' + ('' if seed == 1 else f'-{seed}')
     make_clean_split(40000, seed, f'$work/{name}.parquet')
 "
@@ -37,7 +37,7 @@ curation finetune filter --train "$work/shapes-train-3.parquet" --out "$work/fil
 
 # Composition: texts whose words all belong to the image but bind wrongly as negatives
 # (exact exchanges between objects, checked with the shapes parser), partial but true texts
-# and reworded texts as positives (stage 6 also has unreadable texts as negatives). Stages 4
+# and reworded texts as positives (from stage 6 on, unreadable texts as negatives). Stages 4
 # and 5 kept fp32 weights between stages. One epoch of 39,200 pairs is 612 steps.
 composition=(--composition-negatives 1.0 --truncated-negatives 0.25 --text-domain shapes)
 curation finetune filter --train "$work/shapes-train-4.parquet" --out "$work/filter-4" \
@@ -47,7 +47,15 @@ curation finetune filter --train "$work/shapes-train-5.parquet" --out "$work/fil
   --base "$work/filter-4" --lr 3e-4 --epochs 1 --max-steps 600 --seed 2 \
   --partial-positives 0.5 --reworded-positives 0.5 --threads 1 "${composition[@]}" \
   "${common[@]}" --save-dtype fp32
-curation finetune filter --train "$work/shapes-train-6.parquet" --out "$out/filter" \
+curation finetune filter --train "$work/shapes-train-6.parquet" --out "$work/filter-6" \
   --base "$work/filter-5" --lr 3e-4 --epochs 1 --max-steps 800 --seed 3 \
   --partial-positives 0.5 --reworded-positives 0.5 --unreadable-negatives 0.5 --threads 1 \
+  "${composition[@]}" "${common[@]}"
+curation finetune filter --train "$work/shapes-train-7.parquet" --out "$work/filter-7" \
+  --base "$work/filter-6" --lr 3e-4 --epochs 1 --max-steps 800 --seed 4 \
+  --partial-positives 0.5 --reworded-positives 0.5 --unreadable-negatives 0.5 --threads 1 \
+  "${composition[@]}" "${common[@]}"
+curation finetune filter --train "$work/shapes-train-8.parquet" --out "$out/filter" \
+  --base "$work/filter-7" --lr 2e-4 --epochs 1 --max-steps 800 --seed 5 \
+  --partial-positives 0.5 --reworded-positives 1.0 --unreadable-negatives 0.5 --threads 1 \
   "${composition[@]}" "${common[@]}"

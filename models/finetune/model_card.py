@@ -84,8 +84,8 @@ def _extra_text_lines(settings: TrainSettings) -> list[str]:
     if shares.reworded:
         lines.append(
             f"- reworded positives: {shares.reworded:.0%} of pairs also get their own text with"
-            " an opening or unknown words inserted as an ITM positive (extra negatives"
-            " reworded as often)"
+            " an opening or unknown words inserted as an ITM positive (the other extra"
+            " texts reworded as often)"
         )
     if shares.unreadable:
         lines.append(

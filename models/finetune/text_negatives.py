@@ -17,7 +17,7 @@ with such negatives). Three kinds of extra texts fill the gap:
   of a caption are true on their own): a text describing some of the image, as a positive.
 - **Reworded positives** (``--reworded-positives SHARE``): the caption with an opening
   ("a photo of") or up to three words the tokenizer does not know inserted, as a positive;
-  the extra negatives are reworded at the same rate, so wording says nothing of the match.
+  the other extra texts are reworded at the same rate, so wording says nothing of the match.
   A filter whose tokenizer was built from its training captions otherwise rejects correct
   texts that use other words.
 - **Unreadable negatives** (``--unreadable-negatives SHARE``): the caption with every
@@ -342,8 +342,8 @@ def extra_texts(
 ) -> ExtraTextRows:
     """For each text, with the given shares: a composition negative, a truncated negative,
     a partial positive, a reworded positive and an unreadable negative (rows whose text
-    allows none are skipped). With a ``reworded`` share, the composition and truncated
-    negatives are reworded (:func:`reword`) at that rate too."""
+    allows none are skipped). With a ``reworded`` share, the composition, truncated and
+    partial texts are reworded (:func:`reword`) at that rate too."""
     extra = ExtraTextRows()
 
     def maybe_reworded(text: str | None) -> str | None:
@@ -357,7 +357,7 @@ def extra_texts(
         if shares.truncated and rng.random() < shares.truncated:
             extra.add(row, maybe_reworded(domain.truncated(text, fact, rng)), matches=False)
         if shares.partial and rng.random() < shares.partial:
-            extra.add(row, domain.partial(text, fact, rng), matches=True)
+            extra.add(row, maybe_reworded(domain.partial(text, fact, rng)), matches=True)
         if shares.reworded and rng.random() < shares.reworded:
             extra.add(row, reword(text, rng, unknown), matches=True)
         if shares.unreadable and rng.random() < shares.unreadable:
