@@ -17,7 +17,7 @@ import click
 
 #: Seed of the demo's web split; the bundled models were trained on seeds 1, 2 and 3.
 DEMO_SEED = 20261127
-DEMO_ROWS = 600
+DEMO_ROWS = 1000
 #: Background shading (grey levels): gives every generated image its own perceptual hash,
 #: so that copy grouping only joins real copies.
 DEMO_TEXTURE = 20.0
@@ -100,14 +100,22 @@ def _fmt(value: float | None) -> str:
 
 def summary(metrics: dict[str, Any]) -> str:
     """A short human-readable digest of ``metrics``."""
+    from curation.shapes import TRUE_TYPES
+
     f, c, t = metrics["filter"], metrics["captioner"], metrics["throughput"]
     lines = [
         f"filter: precision {_fmt(f['precision'])}  recall {_fmt(f['recall'])}"
         f"  at rejecting noisy web texts ({f['noisy_texts']} noisy of {f['texts']})",
+        f"  kept: {_fmt(f['correct_kept_share'])} of correct texts (as generated or rewritten),"
+        f" {_fmt(f['partial_kept_share'])} of partial but true texts;"
+        f" wrong binding rejected: {_fmt(f['binding_recall'])}",
     ]
     for kind, stats in f["per_noise_type"].items():
+        verb, count = "rejected", stats["rejected"]
+        if kind in TRUE_TYPES:
+            verb, count = "kept", stats["texts"] - stats["rejected"]
         lines.append(
-            f"  {kind:<20} rejected {stats['rejected']:>4}/{stats['texts']:<4} ({stats['rejected_share']:.3f})"
+            f"  {kind:<20} {verb:>8} {count:>4}/{stats['texts']:<4} ({count / stats['texts']:.3f})"
         )
     lines += [
         f"captioner: {_fmt(c['kept_correct_share'])} of {c['kept']} kept synthetic captions fully correct;"

@@ -1,11 +1,13 @@
 """Quality of a run on the shapes domain, measured against the generated ground truth.
 
 - Filter: precision and recall at rejecting noisy web texts (the positive class is "the web
-  text does not describe its image", i.e. every noise type except ``correct``), overall
-  and per noise type. A web text counts as rejected when its ITM probability is below the
-  threshold, or when it was dropped as empty before scoring. Rows without an ITM score for
-  other reasons (an image that failed to decode, say) say nothing about the filter and are
-  left out.
+  text does not describe its image": every type but :data:`curation.shapes.TRUE_TYPES`),
+  overall and per type; the share of correct texts kept (as generated and written
+  differently), of partial but true texts kept (the filter is to keep them, as CapFilt keeps
+  a web text that matches its image), and the recall on wrong-binding texts. A web text
+  counts as rejected when its ITM probability is below the threshold, or when it was
+  dropped as empty before scoring. Rows without an ITM score for other reasons (an image
+  that failed to decode, say) say nothing about the filter and are left out.
 - Captioner: the share of kept synthetic captions that describe their image exactly
   (parsed back with :func:`curation.shapes.parse_caption`), and the noise ratio (the share
   of synthetic captions the filter rejects, as in BLIP's Table 2).
@@ -22,9 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.reasons import Reason
-from curation.shapes import NOISE_TYPES, Scene, parse_caption
+from curation.shapes import BINDING_TYPES, NOISE_TYPES, TRUE_TYPES, Scene, parse_caption
 
-CLEAN = "correct"
+#: True types whose texts describe the whole image.
+COMPLETE_TYPES = ("correct", "rewritten")
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -35,7 +38,7 @@ def rejection_metrics(noise_types: Sequence[str], rejected: Sequence[bool]) -> d
     """Precision/recall of rejecting noisy texts, and the rejected share per noise type."""
     if len(noise_types) != len(rejected):
         raise ValueError(f"{len(noise_types)} noise labels but {len(rejected)} outcomes")
-    noisy = [kind != CLEAN for kind in noise_types]
+    noisy = [kind not in TRUE_TYPES for kind in noise_types]
     true_pos = sum(n and r for n, r in zip(noisy, rejected, strict=True))
     predicted = sum(bool(r) for r in rejected)
     per_type: dict[str, dict[str, Any]] = {}
@@ -47,11 +50,19 @@ def rejection_metrics(noise_types: Sequence[str], rejected: Sequence[bool]) -> d
                 "rejected": sum(bool(r) for r in outcomes),
                 "rejected_share": sum(bool(r) for r in outcomes) / len(outcomes),
             }
+
+    def share(kinds: Sequence[str], outcome: bool) -> float | None:
+        picked = [bool(r) for k, r in zip(noise_types, rejected, strict=True) if k in kinds]
+        return _ratio(sum(r == outcome for r in picked), len(picked))
+
     return {
         "texts": len(noise_types),
         "noisy_texts": sum(noisy),
         "precision": _ratio(true_pos, predicted),
         "recall": _ratio(true_pos, sum(noisy)),
+        "correct_kept_share": share(COMPLETE_TYPES, False),
+        "partial_kept_share": share(("partial",), False),
+        "binding_recall": share(BINDING_TYPES, True),
         "per_noise_type": per_type,
     }
 

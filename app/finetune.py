@@ -97,11 +97,25 @@ def _command_line(kind: str) -> str:
 def _run(kind: str, options: dict[str, Any]) -> None:
     import torch
 
+    from models.finetune.text_negatives import ExtraTextShares
     from models.finetune.train import TrainSettings, finetune
 
     threads = options.pop("threads")
     if threads is not None:
         torch.set_num_threads(threads)
+    shares = ExtraTextShares(
+        composition=options.pop("composition_negatives", 0.0),
+        truncated=options.pop("truncated_negatives", 0.0),
+        partial=options.pop("partial_positives", 0.0),
+        reworded=options.pop("reworded_positives", 0.0),
+        unreadable=options.pop("unreadable_negatives", 0.0),
+    )
+    domain = options.pop("text_domain", "general")
+    if shares.partial and domain == "general":
+        raise UsageError(
+            "--partial-positives needs a --text-domain that knows which parts of a caption "
+            "are true on their own (shapes)"
+        )
     settings = TrainSettings(
         epochs=options.pop("epochs"),
         batch_size=options.pop("batch_size"),
@@ -110,7 +124,8 @@ def _run(kind: str, options: dict[str, Any]) -> None:
         max_steps=options.pop("max_steps"),
         seed=options.pop("seed"),
         holdout=options.pop("holdout"),
-        truncated_negatives=options.pop("truncated_negatives", 0.0),
+        extra_texts=shares,
+        text_domain=domain,
     )
     try:
         result = finetune(
@@ -139,13 +154,71 @@ def captioner_command(**options: Any) -> None:
 @finetune_command.command("filter")
 @_options
 @click.option(
+    "--composition-negatives",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help=(
+        "Share of pairs whose own text, with its words kept and its composition broken "
+        "(two noun phrases' modifiers, nouns or places exchanged, neighbouring words "
+        "shuffled), is added as an ITM negative: teaches the filter to read which word "
+        "goes with which object, not just which words occur."
+    ),
+)
+@click.option(
     "--truncated-negatives",
     default=0.0,
     show_default=True,
     type=click.FloatRange(0, 1),
     help=(
-        "Share of pairs whose own text, cut short, is added as an ITM negative (teaches "
-        "the filter to reject truncated texts)."
+        "Share of pairs whose own text, broken off inside a phrase, is added as an ITM "
+        "negative (teaches the filter to reject cut texts; a cut after a complete phrase "
+        "is a partial but true text and is never used)."
+    ),
+)
+@click.option(
+    "--partial-positives",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help=(
+        "Share of pairs that also get a true text describing part of their image as an ITM "
+        "positive, so that partial descriptions are kept (needs --text-domain shapes)."
+    ),
+)
+@click.option(
+    "--reworded-positives",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help=(
+        "Share of pairs that also get their text reworded (an opening such as 'a photo of', "
+        "or words the tokenizer does not know) as an ITM positive; the other extra texts "
+        "are reworded as often. Keeps a filter with a small domain vocabulary from rejecting "
+        "correct texts worded differently."
+    ),
+)
+@click.option(
+    "--unreadable-negatives",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help=(
+        "Share of pairs whose own text with every noun, adjective and other open-class word "
+        "unknown is added as an ITM negative: a text the filter cannot read (spam, to a "
+        "small vocabulary) is not kept. Use with --reworded-positives."
+    ),
+)
+@click.option(
+    "--text-domain",
+    default="general",
+    show_default=True,
+    type=click.Choice(["general", "shapes"]),
+    help=(
+        "general: the transformations work on any English captions. shapes: captions of "
+        "the shapes domain are parsed, adding exact exchanges of attributes and positions "
+        "between objects and partial positives; no negative is true of its image, and no "
+        "in-batch text true of an image is drawn as its negative."
     ),
 )
 def filter_command(**options: Any) -> None:

@@ -7,17 +7,21 @@ into a :class:`Scene`, so generated captions can be checked against the ground t
 
 Two splits are written as Parquet (``key``, ``image`` JPEG bytes, ``text`` plus ground-truth
 columns): a clean split of correctly captioned images (for finetuning) and a noisy "web"
-split whose alt-texts carry a labelled noise type (``noise_type``).
+split whose alt-texts carry a labelled type (``noise_type``). Three types are true of their
+image (:data:`TRUE_TYPES`: a caption of the grammar, the same written differently, and a
+partial text that describes some of the objects); the others are noise, among them texts
+whose words all match the image but bind wrongly (:data:`BINDING_TYPES`).
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import random
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,20 +51,36 @@ JOINERS = (" and ", " with ", " , ")
 
 NOISE_TYPES = (
     "correct",
+    "rewritten",
+    "partial",
     "other_image",
     "wrong_attribute",
+    "exchanged_attribute",
+    "exchanged_position",
     "spam",
     "filename",
     "empty_or_truncated",
 )
+#: Types whose text is true of its image: a filter should keep them. ``rewritten`` is a
+#: correct text in other case, punctuation and wording; ``partial`` describes some of the
+#: objects (as web alt-texts usually do) and nothing false.
+TRUE_TYPES = ("correct", "rewritten", "partial")
+#: Noise whose words all name things in the image, bound to the wrong objects.
+BINDING_TYPES = ("exchanged_attribute", "exchanged_position")
 DEFAULT_NOISE_MIX: dict[str, float] = {
-    "correct": 0.5,
-    "other_image": 0.1,
-    "wrong_attribute": 0.15,
-    "spam": 0.08,
-    "filename": 0.07,
-    "empty_or_truncated": 0.1,
+    "correct": 0.3,
+    "rewritten": 0.1,
+    "partial": 0.08,
+    "other_image": 0.07,
+    "wrong_attribute": 0.1,
+    "exchanged_attribute": 0.1,
+    "exchanged_position": 0.08,
+    "spam": 0.05,
+    "filename": 0.05,
+    "empty_or_truncated": 0.07,
 }
+#: Types that need a scene of at least two objects (drawn until one fits).
+_MULTI_OBJECT_TYPES = ("partial", *BINDING_TYPES)
 SPAM = (
     "click here to buy",
     "free shipping on all orders",
@@ -113,9 +133,9 @@ class Scene:
         return cls(tuple(ShapeObject(**item) for item in json.loads(text)))
 
 
-def random_scene(rng: random.Random) -> Scene:
-    """One to three objects with random attributes at distinct positions."""
-    count = rng.randint(1, 3)
+def random_scene(rng: random.Random, min_objects: int = 1) -> Scene:
+    """``min_objects`` (default 1) to three objects with random attributes at distinct positions."""
+    count = rng.randint(min_objects, 3)
     positions = rng.sample(POSITIONS, count)
     return Scene(
         tuple(
@@ -202,21 +222,28 @@ _NOUN = (
     rf"(?P<shape>{'|'.join(SHAPES)})"
 )
 _PHRASE = re.compile(
-    rf"(?:(?P<pre>{_WHERE}) {_NOUN}|{_NOUN.replace('?P<', '?P<b_')} (?P<post>{_WHERE}))"
+    rf"(?:(?P<pre>{_WHERE}) (?:there is |is )?{_NOUN}"
+    rf"|(?:there is )?{_NOUN.replace('?P<', '?P<b_')} (?:is )?(?P<post>{_WHERE}))"
 )
 _JOIN = re.compile(r" (?:, (?:and |with )?|and |with )")
+#: Words an object phrase can end on (a shape, or the last word of a position).
+_PHRASE_ENDS = frozenset(SHAPES) | {p.split()[-1] for p in _POSITION_OF}
+#: Openings a description may start with (the captioner's prompt among them).
+PREFIXES = ("a picture of ", "an image of ", "a photo of ", "a drawing of ")
+_PREFIX = re.compile(rf"^(?:{'|'.join(PREFIXES)})")
 
 
 def parse_caption(text: str) -> Scene | None:
     """The scene a caption of the grammar describes, or None when it is not such a caption.
 
-    Case, surrounding punctuation, spacing and a leading "a picture of" are ignored. Two
-    objects at one position make the caption invalid (no scene has them).
+    Case, surrounding punctuation, spacing, a leading "a picture of" (or "an image of", ...)
+    and the rewordings of :func:`rewrite` ("there is", "is", ";") are accepted. Two objects
+    at one position make the caption invalid (no scene has them).
     """
-    words = re.sub(r"[.!\"()*#:;~]", " ", text.lower())
+    words = re.sub(r"[.!\"()*#:~]", " ", text.lower()).replace(";", ",")
     words = re.sub(r"\s*,\s*", " , ", words)
     words = re.sub(r"\s+", " ", words).strip()
-    words = re.sub(r"^a picture of ", "", words)
+    words = _PREFIX.sub("", words)
     objects: list[ShapeObject] = []
     pos = 0
     while True:
@@ -241,6 +268,12 @@ def parse_caption(text: str) -> Scene | None:
     if len({o.position for o in objects}) != len(objects):
         return None
     return Scene(tuple(objects))
+
+
+def is_true_of(described: Scene, scene: Scene) -> bool:
+    """True when every object ``described`` names is in ``scene``: a complete or partial
+    description with nothing false in it."""
+    return bool(described.objects) and set(described.objects) <= set(scene.objects)
 
 
 def wrong_attribute(scene: Scene, rng: random.Random) -> tuple[Scene, str]:
@@ -269,11 +302,107 @@ def wrong_attribute(scene: Scene, rng: random.Random) -> tuple[Scene, str]:
     return Scene(tuple(objects)), attribute
 
 
+def exchange_attribute(scene: Scene, rng: random.Random) -> tuple[Scene, str] | None:
+    """``scene`` with the shape, colour or size of two objects exchanged (an attribute they
+    differ in); also names the attribute. None when no two objects differ in one.
+
+    Every word of a text of the result still names something in ``scene``; only the binding
+    of attributes to objects is wrong.
+    """
+    options = [
+        (i, j, attribute)
+        for i, j in itertools.combinations(range(len(scene.objects)), 2)
+        for attribute in ("shape", "colour", "size")
+        if getattr(scene.objects[i], attribute) != getattr(scene.objects[j], attribute)
+    ]
+    if not options:
+        return None
+    i, j, attribute = rng.choice(options)
+    objects = list(scene.objects)
+    a, b = objects[i], objects[j]
+    objects[i] = replace(a, **{attribute: getattr(b, attribute)})
+    objects[j] = replace(b, **{attribute: getattr(a, attribute)})
+    return Scene(tuple(objects)), attribute
+
+
+def exchange_positions(scene: Scene, rng: random.Random) -> Scene | None:
+    """``scene`` with the positions of two objects that look different exchanged; None when
+    no two objects do."""
+    options = [
+        (i, j)
+        for i, j in itertools.combinations(range(len(scene.objects)), 2)
+        if replace(scene.objects[i], position="") != replace(scene.objects[j], position="")
+    ]
+    if not options:
+        return None
+    i, j = rng.choice(options)
+    objects = list(scene.objects)
+    a, b = objects[i], objects[j]
+    objects[i], objects[j] = replace(a, position=b.position), replace(b, position=a.position)
+    return Scene(tuple(objects))
+
+
+def partial_scene(scene: Scene, rng: random.Random) -> Scene | None:
+    """Some but not all of the objects of ``scene``; None for a scene of one object."""
+    if len(scene.objects) < 2:
+        return None
+    count = rng.randint(1, len(scene.objects) - 1)
+    return Scene(tuple(rng.sample(scene.objects, count)))
+
+
+#: Rewordings of one object phrase outside the caption grammar (``{noun}``: "a big red
+#: circle", ``{where}``: "on the left").
+REWORDINGS = (
+    "{noun} {where}",
+    "{where} {noun}",
+    "{noun} is {where}",
+    "there is {noun} {where}",
+    "{where} there is {noun}",
+    "{where} is {noun}",
+)
+_REWRITE_JOINERS = (" and ", " with ", " , ", "; ", " , and ")
+_CASES = (str.lower, str.capitalize, str.upper, str.title)
+_ENDINGS = ("", ".", "!", " .")
+
+
+def rewrite(scene: Scene, rng: random.Random) -> str:
+    """A correct description of every object of ``scene`` written differently from the
+    caption grammar (always in case or punctuation, often in wording): rewordings ("there is", "is"), other joiners (";", ", and"), an opening
+    ("an image of"), capitals and end punctuation. :func:`parse_caption` reads it back."""
+    objects = list(scene.objects)
+    rng.shuffle(objects)
+    phrases = []
+    for obj in objects:
+        noun = f"a {rng.choice(SIZE_WORDS[obj.size])} {obj.colour} {obj.shape}"
+        where = rng.choice(POSITION_PHRASES[obj.position])
+        phrases.append(rng.choice(REWORDINGS).format(noun=noun, where=where))
+    text = phrases[0]
+    for phrase in phrases[1:]:
+        text += rng.choice(_REWRITE_JOINERS) + phrase
+    if rng.random() < 0.3:
+        text = rng.choice(PREFIXES) + text
+    case = rng.choice(_CASES)
+    # Lowercase text always gets end punctuation, so that no rewrite is a plain caption.
+    ending = rng.choice(_ENDINGS[1:] if case is str.lower else _ENDINGS)
+    return case(text) + ending
+
+
 def truncate(text: str, scene: Scene, rng: random.Random) -> str:
-    """``text`` cut after a random word so that it no longer describes ``scene``."""
+    """``text`` broken off inside an object phrase (after a random word of its second half,
+    not at the end of a phrase), so that it no longer reads as a description.
+
+    A cut after a complete phrase would leave a partial but true text, and a cut after a
+    shape word a true noun phrase without its position ("a big red circle"): neither is used,
+    nor one after a position word ("... and on the left"), so that the text ends on a word
+    that cannot end a phrase.
+    """
     words = text.split(" ")
     start = max(2, len(words) // 2)
-    cuts = [k for k in range(start, len(words)) if parse_caption(" ".join(words[:k])) != scene]
+    cuts = [
+        k
+        for k in range(start, len(words))
+        if parse_caption(" ".join(words[:k])) is None and words[k - 1] not in _PHRASE_ENDS
+    ]
     return " ".join(words[: rng.choice(cuts)])
 
 
@@ -285,24 +414,49 @@ def filename(rng: random.Random) -> str:
     return pattern.format(n=rng.randint(1, 9999))
 
 
+def fits(kind: str, scene: Scene) -> bool:
+    """Whether ``scene`` can carry a text of noise type ``kind`` (partial and binding types
+    need two objects that differ)."""
+    if kind == "partial":
+        return len(scene.objects) > 1
+    if kind in BINDING_TYPES:
+        rng = random.Random(0)
+        exchange = exchange_attribute if kind == "exchanged_attribute" else exchange_positions
+        return exchange(scene, rng) is not None
+    return True
+
+
 def noisy_text(kind: str, scene: Scene, rng: random.Random) -> str:
-    """An alt-text of noise type ``kind`` (one of :data:`NOISE_TYPES`) for ``scene``."""
+    """An alt-text of noise type ``kind`` (one of :data:`NOISE_TYPES`) for ``scene``.
+
+    Raises ValueError for an unknown type or a scene that does not fit it (:func:`fits`).
+    """
+    if kind not in NOISE_TYPES:
+        raise ValueError(f"unknown noise type {kind!r}; choose one of {', '.join(NOISE_TYPES)}")
+    if not fits(kind, scene):
+        raise ValueError(f"a scene of {len(scene.objects)} object(s) cannot carry {kind!r}")
     if kind == "correct":
         return caption(scene, rng)
+    if kind == "rewritten":
+        return rewrite(scene, rng)
+    if kind == "partial":
+        return caption(partial_scene(scene, rng), rng)
     if kind == "other_image":
         other = random_scene(rng)
-        while other == scene:
+        while other == scene or is_true_of(other, scene):
             other = random_scene(rng)
         return caption(other, rng)
     if kind == "wrong_attribute":
         return caption(wrong_attribute(scene, rng)[0], rng)
+    if kind == "exchanged_attribute":
+        return caption(exchange_attribute(scene, rng)[0], rng)
+    if kind == "exchanged_position":
+        return caption(exchange_positions(scene, rng), rng)
     if kind == "spam":
         return rng.choice(SPAM)
     if kind == "filename":
         return filename(rng)
-    if kind == "empty_or_truncated":
-        return "" if rng.random() < 0.3 else truncate(caption(scene, rng), scene, rng)
-    raise ValueError(f"unknown noise type {kind!r}; choose one of {', '.join(NOISE_TYPES)}")
+    return "" if rng.random() < 0.3 else truncate(caption(scene, rng), scene, rng)
 
 
 def _write(rows: dict[str, list], path: str | Path) -> Path:
@@ -353,8 +507,10 @@ def make_web_split(
     kinds, weights = list(mix), list(mix.values())
     rows: dict[str, list] = {"key": [], "image": [], "text": [], "noise_type": [], "scene": []}
     for i in range(n):
-        scene = random_scene(rng)
         kind = rng.choices(kinds, weights)[0]
+        scene = random_scene(rng, 2 if kind in _MULTI_OBJECT_TYPES else 1)
+        while not fits(kind, scene):
+            scene = random_scene(rng, 2)
         rows["key"].append(f"{prefix}-{i:06d}")
         rows["image"].append(render(scene, rng, texture=texture))
         rows["text"].append(noisy_text(kind, scene, rng))

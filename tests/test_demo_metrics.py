@@ -31,6 +31,23 @@ def test_rejection_precision_recall_and_per_type_shares() -> None:
     assert "filename" not in m["per_noise_type"]
 
 
+def test_true_types_count_as_texts_to_keep_and_binding_types_are_summarised() -> None:
+    types = ["correct", "rewritten", "rewritten", "partial", "partial"]
+    types += ["exchanged_attribute", "exchanged_position", "exchanged_position", "spam"]
+    rejected = [False, False, True, True, False, True, True, False, True]
+    m = rejection_metrics(types, rejected)
+    assert m["noisy_texts"] == 4
+    # Two true texts rejected (one rewritten, one partial) count against precision.
+    assert m["precision"] == pytest.approx(3 / 5)
+    assert m["recall"] == pytest.approx(3 / 4)
+    assert m["correct_kept_share"] == pytest.approx(2 / 3)
+    assert m["partial_kept_share"] == pytest.approx(1 / 2)
+    assert m["binding_recall"] == pytest.approx(2 / 3)
+    assert m["per_noise_type"]["exchanged_position"]["rejected"] == 1
+    empty = rejection_metrics(["spam"], [True])
+    assert empty["partial_kept_share"] is None and empty["binding_recall"] is None
+
+
 def test_rejection_metrics_are_none_when_undefined() -> None:
     m = rejection_metrics(["correct", "correct"], [False, False])
     assert m["precision"] is None and m["recall"] is None
@@ -131,8 +148,10 @@ def test_demo_command_curates_a_small_generated_split_with_the_bundled_models(tm
     )
     assert result.exit_code == 0, result.output
     assert "filter: precision" in result.output
+    assert "wrong binding rejected" in result.output and "partial" in result.output
     m = json.loads((out / "metrics.json").read_text())
     assert m["filter"]["texts"] == 60  # every web text judged (scored or empty)
     assert m["filter"]["precision"] >= 0.9 and m["filter"]["recall"] >= 0.8
+    assert m["filter"]["binding_recall"] >= 0.6 and m["filter"]["correct_kept_share"] >= 0.85
     assert m["captioner"]["captions"] == 60 and m["captioner"]["kept_correct_share"] >= 0.8
     assert m["throughput"]["images"] == 60 and m["throughput"]["images_per_second"] > 0

@@ -14,20 +14,44 @@ from click.testing import CliRunner
 from transformers import BlipForImageTextRetrieval
 
 from app.finetune import finetune_command
-from curation.errors import InputError
-from curation.shapes import make_clean_split
+from curation.errors import InputError, UsageError
+from curation.shapes import (
+    Scene,
+    caption,
+    is_true_of,
+    make_clean_split,
+    parse_caption,
+    random_scene,
+)
 from models.captioner import Captioner, CaptionSettings
+from models.finetune import phrases
 from models.finetune.data import TrainingPairs, read_pairs
 from models.finetune.losses import (
     IGNORE,
+    NO_NEGATIVE,
+    ExtraTexts,
     Temperature,
     caption_labels,
     captioner_loss,
     filter_losses,
+    itm_pairs,
     same_group,
     sample_hard_negatives,
 )
-from models.finetune.text_negatives import truncate_words, truncated_negatives
+from models.finetune.text_negatives import (
+    OPENINGS,
+    SHUFFLE_WINDOW,
+    TRANSFORMS,
+    ExtraTextShares,
+    ShapesDomain,
+    TextDomain,
+    composition_negative,
+    extra_texts,
+    reword,
+    shuffle_words,
+    truncate_words,
+    unreadable,
+)
 from models.finetune.train import PROMPT, _prompt_length, _tokenize, prepare_base
 from models.finetune.warm_start import filter_from_captioner
 from models.loading import load_captioner, load_filter
@@ -143,7 +167,7 @@ def test_hard_negatives_are_drawn_in_proportion_to_the_itc_softmax() -> None:
     assert chi2 < 16.3  # chi-square, 3 degrees of freedom, p = 0.001
 
 
-def test_same_group_pairs_are_never_negatives_and_lone_rows_fall_back() -> None:
+def test_same_group_pairs_are_never_negatives_and_rows_without_candidates_get_none() -> None:
     groups = torch.tensor([0, 0, 1, 2])
     positives = same_group(groups, 4, torch.device("cpu"))
     assert positives.tolist()[0] == [True, True, False, False]
@@ -158,8 +182,63 @@ def test_same_group_pairs_are_never_negatives_and_lone_rows_fall_back() -> None:
     for i in range(4):
         assert not positives[i, picked[:, i]].any()
     only_positives = torch.ones(2, 2, dtype=torch.bool)
-    fallback = sample_hard_negatives(torch.zeros(2, 2), only_positives)
-    assert fallback.tolist() == [1, 0]
+    assert sample_hard_negatives(torch.zeros(2, 2), only_positives).tolist() == [NO_NEGATIVE] * 2
+
+
+def test_itm_pairs_label_no_matching_pair_as_a_negative() -> None:
+    """Five captions of one image and one of another (COCO-style groups, small batch): rows
+    of the big group have one candidate negative, and a batch of one group has none."""
+    groups = torch.tensor([0, 0, 0, 0, 0, 1])
+    positives = same_group(groups, 6, torch.device("cpu"))
+    for seed in range(20):
+        pairs = itm_pairs(torch.randn(6, 6), positives, torch.Generator().manual_seed(seed))
+        negatives = pairs.labels == 0
+        assert not positives[pairs.images[negatives], pairs.texts[negatives]].any()
+        assert int(negatives.sum()) == 12  # every row has a negative text and image here
+        assert int((pairs.labels == 1).sum()) == 6
+    one_group = same_group(torch.zeros(4, dtype=torch.long), 4, torch.device("cpu"))
+    pairs = itm_pairs(torch.randn(4, 4), one_group)
+    assert pairs.labels.tolist() == [1, 1, 1, 1]
+    assert torch.equal(pairs.images, pairs.texts)
+    extra = ExtraTexts(
+        rows=torch.tensor([2, 0]),
+        input_ids=torch.zeros(2, 3, dtype=torch.long),
+        attention_mask=torch.ones(2, 3, dtype=torch.long),
+        matches=torch.tensor([False, True]),
+    )
+    pairs = itm_pairs(torch.randn(4, 4), one_group, extra=extra)
+    assert pairs.images.tolist()[-2:] == [2, 0] and pairs.texts.tolist()[-2:] == [4, 5]
+    assert pairs.labels.tolist()[-2:] == [0, 1]
+
+
+def test_texts_true_of_an_image_are_not_drawn_as_its_negatives() -> None:
+    true_of = torch.tensor([[False, True, True], [False, False, False], [False, False, False]])
+    excluded = torch.eye(3, dtype=torch.bool) | true_of
+    sim = torch.zeros(3, 3)
+    for seed in range(30):
+        pairs = itm_pairs(sim, excluded, torch.Generator().manual_seed(seed))
+        negatives = pairs.labels == 0
+        assert not excluded[pairs.images[negatives], pairs.texts[negatives]].any()
+        # Image 0 has no negative text left; texts 1 and 2 still get image 1 or 2.
+        assert 0 not in pairs.images[negatives][pairs.texts[negatives] != 0].tolist()
+
+
+def test_filter_losses_of_a_batch_of_one_group_use_its_positives_only(
+    pairs32: TrainingPairs,
+) -> None:
+    torch.manual_seed(0)
+    loaded = prepare_base("filter", "tiny", pairs32.texts, "cpu")
+    loaded.model.eval()
+    pixels = pixel_values(pairs32.pixels[:4], loaded)
+    ids, mask = _tokenize(loaded, pairs32.texts[:4])
+    enc = loaded.tokenizer.convert_tokens_to_ids(ENC_TOKEN)
+    with torch.no_grad():
+        losses = filter_losses(
+            loaded.model, Temperature(), pixels, ids, mask, enc, torch.zeros(4, dtype=torch.long)
+        )
+        matching = _match_probability(loaded, pixels, pairs32.texts[:4])
+    # Cross-entropy over the four matching pairs labelled as matches, and nothing else.
+    assert float(losses.itm) == pytest.approx(float(-matching.log().mean()), rel=1e-4)
 
 
 def test_read_pairs_skips_bad_rows_and_names_missing_columns(tmp_path: Path, clean: Path) -> None:
@@ -295,16 +374,203 @@ def test_a_captioner_of_another_layout_is_refused_as_a_filter_start(tmp_path: Pa
         filter_from_captioner(captioner)
 
 
-def test_truncate_words_keeps_a_strict_prefix_of_at_least_half_the_words() -> None:
+def test_truncate_words_breaks_off_inside_a_phrase() -> None:
     rng = random.Random(0)
     text = "a big red circle on the left and a small blue square"
     words = text.split()
     cuts = {truncate_words(text, rng) for _ in range(300)}
-    assert cuts == {" ".join(words[:k]) for k in range(6, len(words))}
+    # At least half the words kept; never ending on a head noun ("left", which would leave
+    # a partial but true text).
+    assert cuts == {" ".join(words[:k]) for k in (6, 8, 9, 10, 11)}
     assert truncate_words("a red circle", rng) is None
-    rows, cut = truncated_negatives(["a red circle", text, text], 1.0, rng)
-    assert rows == [1, 2] and all(text.startswith(c) and c != text for c in cut)
-    assert truncated_negatives([text] * 5, 0.0, rng) == ([], [])
+    cuts = {truncate_words("a man riding a horse , a dog", rng) for _ in range(100)}
+    assert cuts == {"a man riding a", "a man riding a horse ,", "a man riding a horse , a"}
+
+
+def _bag(text: str) -> list[str]:
+    return sorted(phrases.words_of(text))
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("heads", "a man riding a horse", {"a horse riding a man"}),
+        ("phrases", "a man riding a brown horse", {"a brown horse riding a man"}),
+        (
+            "modifiers",
+            "a small red circle on the left and a large blue square on the right",
+            {
+                "a small blue circle on the left and a large red square on the right",
+                "a large red circle on the left and a small blue square on the right",
+            },
+        ),
+        (
+            "phrases",
+            "a large red circle on the left and a small blue square on the right",
+            {
+                "a small blue square on the left and a large red circle on the right",
+                "a large red circle on the right and a small blue square on the left",
+            },
+        ),
+    ],
+)
+def test_composition_transforms_keep_the_words_and_change_the_meaning(
+    name: str, text: str, expected: set[str]
+) -> None:
+    results = {
+        " ".join(TRANSFORMS[name](phrases.words_of(text), random.Random(s))) for s in range(40)
+    }
+    assert results == expected
+    assert all(_bag(r) == _bag(text) and r != text for r in results)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a red ball and a blue ball",  # exchanging modifiers = exchanging the phrases
+        "a cat and a dog",
+        "a cat next to a dog",
+        "two red apples",  # one noun phrase
+    ],
+)
+def test_swaps_that_would_keep_the_meaning_are_not_made(text: str) -> None:
+    for name in ("modifiers", "heads", "phrases"):
+        for seed in range(20):
+            assert TRANSFORMS[name](phrases.words_of(text), random.Random(seed)) is None, name
+
+
+def test_shuffle_moves_a_closed_word_within_a_bounded_window() -> None:
+    text = "a big red circle to the left"
+    words = phrases.words_of(text)
+    for seed in range(60):
+        new = shuffle_words(words, random.Random(seed))
+        assert sorted(new) == sorted(words) and new != words
+        changed = [i for i, (a, b) in enumerate(zip(words, new, strict=True)) if a != b]
+        assert changed[-1] - changed[0] < SHUFFLE_WINDOW
+        # Not just open words reordered among themselves ("a big circle red ..." could be true).
+        assert [phrases.is_open(w) for w in new] != [phrases.is_open(w) for w in words]
+
+
+def test_general_composition_negatives_apply_to_ordinary_captions() -> None:
+    rng = random.Random(3)
+    captions = [
+        "a man riding a brown horse on the beach",
+        "a woman holding a red umbrella next to a bus",
+        "two dogs playing with a ball in the grass",
+        "a plate of food with a fork and a knife",
+    ]
+    for text in captions:
+        for _ in range(10):
+            negative = composition_negative(text, rng)
+            assert negative is not None and negative != text and _bag(negative) == _bag(text)
+
+
+def test_shapes_negatives_are_never_true_of_the_image() -> None:
+    """Checked with the parser over many scenes: no negative describes the scene, not even
+    partly; exchanges of equal attributes and meaning-keeping rewordings are refused."""
+    rng = random.Random(4)
+    domain = ShapesDomain()
+    made = 0
+    for _ in range(400):
+        scene = random_scene(rng)
+        text = caption(scene, rng)
+        (known,) = domain.prepare([text])
+        assert known == scene
+        negative = domain.negative(text, known, rng)
+        if negative is not None:
+            made += 1
+            said = parse_caption(negative)
+            assert negative != text and not (said is not None and is_true_of(said, scene))
+        cut = domain.truncated(text, known, rng)
+        if cut is not None:
+            said = parse_caption(cut)
+            assert not (said is not None and is_true_of(said, scene)), cut
+        part = domain.partial(text, known, rng)
+        if len(scene.objects) > 1:
+            said = parse_caption(part)
+            assert is_true_of(said, scene) and said != scene
+        else:
+            assert part is None
+    assert made > 380
+    # "big" and "large" say the same: exchanging them is no negative.
+    same = "a big red circle on the left and a large blue square on the right"
+    (known,) = domain.prepare([same])
+    for seed in range(50):
+        negative = domain.negative(same, known, random.Random(seed))
+        assert not is_true_of(parse_caption(negative) or Scene(()), known), negative
+
+
+def test_shapes_domain_marks_batch_texts_true_of_other_images() -> None:
+    domain = ShapesDomain()
+    texts = [
+        "a big red circle on the left and a small blue square on the right",
+        "a large red circle on the left",  # true of image 0, partly
+        "a small blue square on the left",
+        "click here",
+    ]
+    true_of = domain.true_of(texts, domain.prepare(texts))
+    assert true_of[0] == [True, True, False, False]
+    assert true_of[1] == [False, True, False, False]
+    assert [row[3] for row in true_of] == [False] * 4
+    assert TextDomain().true_of(texts, TextDomain().prepare(texts)) is None
+
+
+def test_reword_keeps_the_words_in_order_and_adds_an_opening_or_unknown_words() -> None:
+    text = "a big red circle on the left and a small blue square on the right"
+    kinds = set()
+    for seed in range(200):
+        new = reword(text, random.Random(seed), "[UNK]")
+        opening = next((o for o in OPENINGS if new.startswith(o + " ")), None)
+        rest = new[len(opening) + 1 :] if opening else new
+        unknown = rest.split().count("[UNK]")
+        kept = [w for w in rest.split() if w != "[UNK]"]
+        dropped = len(kept) < len(text.split())
+        assert kept == text.split() or kept == text.replace(" and", "").split()
+        assert unknown <= 3 and (opening or unknown)
+        kinds.add((opening is not None, unknown > 0, dropped))
+    assert {(True, False, False), (True, True, False), (False, True, False)} <= kinds
+    assert any(dropped for *_, dropped in kinds)
+
+
+def test_reworded_positives_come_with_negatives_reworded_as_often() -> None:
+    domain = ShapesDomain()
+    rng = random.Random(6)
+    texts = [caption(random_scene(rng, 2), rng) for _ in range(100)]
+    known = domain.prepare(texts)
+    shares = ExtraTextShares(composition=1.0, partial=1.0, reworded=1.0)
+    made = extra_texts(texts, known, shares, domain, rng)
+
+    def reworded(text: str) -> bool:
+        return "[UNK]" in text or text.startswith(OPENINGS)
+
+    positives = [t for t, m in zip(made.texts, made.matches, strict=True) if m]
+    negatives = [t for t, m in zip(made.texts, made.matches, strict=True) if not m]
+    assert len(positives) == 200 and all(reworded(t) for t in positives)  # partial ones too
+    assert len(negatives) >= 95 and all(reworded(t) for t in negatives)
+    frames = extra_texts(texts, known, ExtraTextShares(unreadable=1.0), domain, rng)
+    assert frames.texts == [unreadable(t, "[UNK]") for t in texts] and not any(frames.matches)
+
+
+def test_unreadable_keeps_only_closed_class_words() -> None:
+    text = "a big red circle on the left , a man riding a horse"
+    assert unreadable(text, "[UNK]") == (
+        "a [UNK] [UNK] [UNK] on the [UNK] , a [UNK] riding a [UNK]"
+    )
+
+
+def test_extra_texts_follow_their_shares() -> None:
+    domain = ShapesDomain()
+    rng = random.Random(5)
+    texts = [caption(random_scene(rng, 2), rng) for _ in range(200)]
+    known = domain.prepare(texts)
+    none = extra_texts(texts, known, ExtraTextShares(), domain, rng)
+    assert none.rows == []
+    made = extra_texts(texts, known, ExtraTextShares(1.0, 0.0, 0.5), domain, rng)
+    negatives = [m for m in made.matches if not m]
+    assert len(negatives) >= 195 and 70 < sum(made.matches) < 130
+    for row, text, true in zip(made.rows, made.texts, made.matches, strict=True):
+        said = parse_caption(text)
+        assert (said is not None and is_true_of(said, known[row])) == true
 
 
 def _match_probability(loaded, pixels: torch.Tensor, texts: list[str]) -> torch.Tensor:
@@ -331,11 +597,13 @@ def test_truncated_negatives_teach_the_filter_to_reject_cut_texts(pairs32: Train
     enc = loaded.tokenizer.convert_tokens_to_ids(ENC_TOKEN)
     groups = torch.from_numpy(pairs32.groups)
     rng = random.Random(1)
+    domain = TextDomain()
+    known = domain.prepare(pairs32.texts)
 
     def loss() -> torch.Tensor:
-        rows, cut = truncated_negatives(pairs32.texts, 1.0, rng)
-        cut_ids, cut_mask = _tokenize(loaded, cut)
-        extra = (torch.tensor(rows), cut_ids, cut_mask)
+        made = extra_texts(pairs32.texts, known, ExtraTextShares(truncated=1.0), domain, rng)
+        made_ids, made_mask = _tokenize(loaded, made.texts)
+        extra = ExtraTexts(torch.tensor(made.rows), made_ids, made_mask, torch.tensor(made.matches))
         return filter_losses(
             loaded.model, Temperature(), pixels, ids, mask, enc, groups, None, extra
         ).itm
@@ -347,7 +615,7 @@ def test_truncated_negatives_teach_the_filter_to_reject_cut_texts(pairs32: Train
         loaded, pixels, [truncate_words(t, random.Random(7)) or t for t in pairs32.texts]
     )
     # Without the extra negatives both sit near the prior; with them cut texts are rejected.
-    assert cut.max() < 0.1 and full.mean() > 0.3
+    assert cut.mean() < 0.1 and (cut < 0.5).all() and full.mean() > 0.3
 
 
 def test_truncated_negatives_option_is_recorded_and_filter_only(
@@ -369,3 +637,28 @@ def test_truncated_negatives_option_is_recorded_and_filter_only(
         finetune_command, ["captioner", *common, "--truncated-negatives", "0.5"]
     )
     assert refused.exit_code == 2 and "No such option" in refused.output
+
+
+def test_composition_options_are_recorded_in_the_model_card(tmp_path: Path, clean: Path) -> None:
+    out = tmp_path / "filter"
+    common = ["--train", str(clean), "--out", str(out), "--base", "tiny", "--max-steps", "2"]
+    common += ["--batch-size", "8", "--device", "cpu", "--holdout", "0.25"]
+    runner = CliRunner()
+    options = ["--composition-negatives", "1.0", "--partial-positives", "0.25"]
+    options += ["--reworded-positives", "0.5", "--unreadable-negatives", "0.5"]
+    result = runner.invoke(
+        finetune_command,
+        ["filter", *common, *options, "--text-domain", "shapes"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    card = (out / "README.md").read_text()
+    assert "--composition-negatives 1.0" in card and "--text-domain shapes" in card
+    assert "composition negatives: 100% of pairs" in card
+    assert "partial positives: 25% of pairs" in card and "text domain: shapes" in card
+    assert "reworded positives: 50% of pairs" in card and "itm_accept_reworded" in card
+    assert "unreadable negatives: 50% of pairs" in card and "itm_reject_unreadable" in card
+    # The held-out evaluation measures what the extra texts teach.
+    assert "itm_reject_composition" in card and "itm_accept_partial" in card
+    refused = runner.invoke(finetune_command, ["filter", *common, *options])
+    assert isinstance(refused.exception, UsageError) and "--text-domain" in str(refused.exception)

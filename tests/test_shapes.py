@@ -12,18 +12,28 @@ import pytest
 from PIL import Image
 
 from curation.shapes import (
+    BINDING_TYPES,
     JOINERS,
     NOISE_TYPES,
     POSITION_PHRASES,
+    SHAPES,
     SIZE_WORDS,
+    TRUE_TYPES,
     Scene,
     ShapeObject,
     caption,
+    exchange_attribute,
+    exchange_positions,
+    fits,
+    is_true_of,
     make_clean_split,
     make_web_split,
+    noisy_text,
     parse_caption,
     random_scene,
     render,
+    rewrite,
+    truncate,
     wrong_attribute,
 )
 
@@ -160,27 +170,104 @@ def test_render_draws_the_scene_colours_where_the_objects_are() -> None:
     assert b > 150 and r < 90
 
 
+def _values(scene: Scene) -> dict[str, list[str]]:
+    """Each attribute's values over the objects, sorted: the words a text of the scene uses."""
+    fields = ("position", "shape", "colour", "size")
+    return {f: sorted(getattr(o, f) for o in scene.objects) for f in fields}
+
+
 def test_web_split_texts_are_what_their_noise_label_says(tmp_path) -> None:
-    rows = pq.read_table(make_web_split(400, 11, tmp_path / "web.parquet")).to_pylist()
+    rows = pq.read_table(make_web_split(600, 11, tmp_path / "web.parquet")).to_pylist()
     assert {r["noise_type"] for r in rows} == set(NOISE_TYPES)
     for row in rows:
         scene = Scene.from_json(row["scene"])
         kind, text = row["noise_type"], row["text"]
         parsed = parse_caption(text)
-        if kind == "correct":
+        if kind in ("correct", "rewritten"):
             assert parsed == scene, text
+        elif kind == "partial":
+            assert is_true_of(parsed, scene) and parsed != scene, text
         elif kind == "other_image":
-            assert parsed is not None and parsed != scene, text
+            assert parsed is not None and not is_true_of(parsed, scene), text
         elif kind == "wrong_attribute":
             assert parsed is not None and len(parsed.objects) == len(scene.objects), text
             assert _differences(scene, parsed) == 1, text
+        elif kind in BINDING_TYPES:
+            # Every word names something in the image; the binding is wrong.
+            assert _values(parsed) == _values(scene) and not is_true_of(parsed, scene), text
         elif kind == "empty_or_truncated":
-            assert parsed != scene, text
+            assert parsed is None, text
             assert text == "" or len(text.split()) >= 2, text
         else:
             assert parsed is None, text
+        assert (kind in TRUE_TYPES) == (parsed is not None and is_true_of(parsed, scene)), text
     keys = [r["key"] for r in rows]
     assert len(set(keys)) == len(keys)
+
+
+def test_exchanges_break_the_binding_and_never_exchange_equal_attributes() -> None:
+    rng = random.Random(6)
+    seen = set()
+    for _ in range(400):
+        scene = random_scene(rng, 2)
+        exchanged = exchange_attribute(scene, rng)
+        if exchanged is not None:
+            new, attribute = exchanged
+            seen.add(attribute)
+            assert _values(new) == _values(scene) and not is_true_of(new, scene)
+            moved = [(a, b) for a, b in zip(scene.objects, new.objects, strict=True) if a != b]
+            # Exactly two objects changed, in that attribute only, and they differed in it.
+            assert len(moved) == 2
+            assert getattr(moved[0][0], attribute) != getattr(moved[1][0], attribute)
+        moved_scene = exchange_positions(scene, rng)
+        if moved_scene is not None:
+            assert _values(moved_scene) == _values(scene) and not is_true_of(moved_scene, scene)
+    assert seen == {"shape", "colour", "size"}
+    red = Scene(
+        (
+            ShapeObject("left", "circle", "red", "large"),
+            ShapeObject("right", "square", "red", "large"),
+        )
+    )
+    for _ in range(50):
+        new, attribute = exchange_attribute(red, rng)
+        assert attribute == "shape"  # the only attribute the two objects differ in
+    twins = Scene(
+        (
+            ShapeObject("left", "circle", "red", "large"),
+            ShapeObject("right", "circle", "red", "large"),
+        )
+    )
+    assert exchange_attribute(twins, rng) is None and exchange_positions(twins, rng) is None
+    assert not fits("exchanged_attribute", twins) and not fits("partial", Scene(TWO.objects[:1]))
+    with pytest.raises(ValueError, match="cannot carry"):
+        noisy_text("exchanged_position", twins, rng)
+
+
+def test_rewritten_texts_differ_in_form_and_still_describe_the_scene() -> None:
+    rng = random.Random(8)
+    wordings = set()
+    for _ in range(300):
+        scene = random_scene(rng)
+        text = rewrite(scene, rng)
+        assert parse_caption(text) == scene, text
+        assert text != text.lower() or text[-1] in ".!", text  # never a plain caption
+        wordings.update(w for w in ("there is", " is ", ";", "an image of") if w in text.lower())
+    assert wordings == {"there is", " is ", ";", "an image of"}
+
+
+def test_truncated_texts_break_off_inside_a_phrase() -> None:
+    rng = random.Random(9)
+    ends = set()
+    for _ in range(300):
+        scene = random_scene(rng)
+        text = caption(scene, rng)
+        cut = truncate(text, scene, rng)
+        assert text.startswith(cut) and cut != text and parse_caption(cut) is None
+        last = cut.split()[-1]
+        assert last not in SHAPES and last not in {"left", "center", "middle", "right"}
+        ends.add(last)
+    assert {"the", "a", "and"} <= ends
 
 
 def test_splits_are_seeded_and_hold_decodable_images(tmp_path) -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Retrain the bundled shapes models on CPU with `curation finetune`, as they were trained.
 # Usage: models/bundled/reproduce.sh [OUT_DIR]   (default: models/bundled)
-# Under an hour on 2 CPU cores (about 55 min). Intermediate stages and training data go to a temp folder.
+# About an hour on 2 quiet CPU cores (see models/bundled/README.md for the time of each
+# stage). Intermediate stages and training data go to a temp folder.
 set -euo pipefail
 out=${1:-models/bundled}
 if [ -d .venv/bin ]; then PATH="$PWD/.venv/bin:$PATH"; fi  # the venv of `make setup`
@@ -10,9 +11,9 @@ trap 'rm -rf "$work"' EXIT
 
 python -c "
 from curation.shapes import make_clean_split
-make_clean_split(40000, 1, '$work/shapes-train.parquet')
-make_clean_split(40000, 2, '$work/shapes-train-2.parquet')
-make_clean_split(40000, 3, '$work/shapes-train-3.parquet')
+for seed in range(1, 9):
+    name = 'shapes-train' + ('' if seed == 1 else f'-{seed}')
+    make_clean_split(40000, seed, f'$work/{name}.parquet')
 "
 # Thread counts are those the bundled models were trained with; they change speed and
 # floating-point rounding, not the recipe.
@@ -30,6 +31,31 @@ curation finetune filter --train "$work/shapes-train.parquet" --out "$work/filte
   --base "$out/captioner" --lr 5e-4 --epochs 5 --max-steps 3000 --threads 2 "${common[@]}"
 curation finetune filter --train "$work/shapes-train-2.parquet" --out "$work/filter-2" \
   --base "$work/filter-1" --lr 2e-4 --epochs 5 --max-steps 2500 --threads 2 "${common[@]}"
-curation finetune filter --train "$work/shapes-train-3.parquet" --out "$out/filter" \
+curation finetune filter --train "$work/shapes-train-3.parquet" --out "$work/filter-3" \
   --base "$work/filter-2" --lr 2e-4 --epochs 5 --max-steps 2000 --truncated-negatives 0.25 \
   --threads 2 "${common[@]}"
+
+# Composition: texts whose words all belong to the image but bind wrongly as negatives
+# (exact exchanges between objects, checked with the shapes parser), partial but true texts
+# and reworded texts as positives (from stage 6 on, unreadable texts as negatives). Stages 4
+# and 5 kept fp32 weights between stages. One epoch of 39,200 pairs is 612 steps.
+composition=(--composition-negatives 1.0 --truncated-negatives 0.25 --text-domain shapes)
+curation finetune filter --train "$work/shapes-train-4.parquet" --out "$work/filter-4" \
+  --base "$work/filter-3" --lr 2e-4 --epochs 1 --max-steps 300 --seed 1 \
+  --partial-positives 0.25 --threads 1 "${composition[@]}" "${common[@]}" --save-dtype fp32
+curation finetune filter --train "$work/shapes-train-5.parquet" --out "$work/filter-5" \
+  --base "$work/filter-4" --lr 3e-4 --epochs 1 --max-steps 600 --seed 2 \
+  --partial-positives 0.5 --reworded-positives 0.5 --threads 1 "${composition[@]}" \
+  "${common[@]}" --save-dtype fp32
+curation finetune filter --train "$work/shapes-train-6.parquet" --out "$work/filter-6" \
+  --base "$work/filter-5" --lr 3e-4 --epochs 1 --max-steps 800 --seed 3 \
+  --partial-positives 0.5 --reworded-positives 0.5 --unreadable-negatives 0.5 --threads 1 \
+  "${composition[@]}" "${common[@]}"
+curation finetune filter --train "$work/shapes-train-7.parquet" --out "$work/filter-7" \
+  --base "$work/filter-6" --lr 3e-4 --epochs 1 --max-steps 800 --seed 4 \
+  --partial-positives 0.5 --reworded-positives 0.5 --unreadable-negatives 0.5 --threads 1 \
+  "${composition[@]}" "${common[@]}"
+curation finetune filter --train "$work/shapes-train-8.parquet" --out "$out/filter" \
+  --base "$work/filter-7" --lr 2e-4 --epochs 1 --max-steps 800 --seed 5 \
+  --partial-positives 0.5 --reworded-positives 1.0 --unreadable-negatives 0.5 --threads 1 \
+  "${composition[@]}" "${common[@]}"

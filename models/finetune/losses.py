@@ -6,8 +6,10 @@
 - Filter: image-text contrastive loss (ITC) on normalised projections of [CLS] with a
   learnable temperature (init 0.07), plus image-text matching (ITM) with one hard negative
   text per image and one hard negative image per text, drawn with ``torch.multinomial`` from
-  the in-batch ITC softmax with the positives zeroed; cross-entropy over B positives and 2B
-  negatives, with [ENC] at position 0 (``models/blip_retrieval.py`` BLIP_Retrieval.forward).
+  the in-batch ITC softmax with the positives zeroed; cross-entropy over B positives and up
+  to 2B negatives, with [ENC] at position 0 (``models/blip_retrieval.py``
+  BLIP_Retrieval.forward). Optional extra texts (:mod:`models.finetune.text_negatives`)
+  join the ITM pairs with their own labels.
 """
 
 from __future__ import annotations
@@ -94,23 +96,86 @@ def same_group(groups: torch.Tensor | None, batch: int, device: torch.device) ->
     return groups.view(-1, 1) == groups.view(1, -1)
 
 
-def sample_hard_negatives(
-    sim: torch.Tensor, positives: torch.Tensor, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """For each row of ``sim`` draw one column with probability softmax(row), positives zeroed.
+#: Index of "no negative" in :func:`sample_hard_negatives`.
+NO_NEGATIVE = -1
 
-    More similar (harder) negatives are drawn more often. A row whose only candidates are
-    positives falls back to a uniform draw over the other columns.
+
+def sample_hard_negatives(
+    sim: torch.Tensor, excluded: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """For each row of ``sim`` draw one column with probability softmax(row), ``excluded``
+    columns (the row's matches) zeroed.
+
+    More similar (harder) negatives are drawn more often. A row whose every column is
+    excluded has no negative in the batch: it gets :data:`NO_NEGATIVE`, never a match.
     """
     weights = F.softmax(sim.float(), dim=1) + 1e-5
-    weights = weights.masked_fill(positives, 0.0)
+    weights = weights.masked_fill(excluded, 0.0)
     empty = weights.sum(dim=1) == 0
-    if empty.any():
-        fallback = (
-            ~torch.eye(sim.size(0), sim.size(1), dtype=torch.bool, device=sim.device)
-        ).float()
-        weights[empty] = fallback[empty]
-    return torch.multinomial(weights, 1, generator=generator).squeeze(1)
+    # multinomial needs a non-zero row; the draw of an empty row is discarded below.
+    weights[empty] = 1.0
+    picked = torch.multinomial(weights, 1, generator=generator).squeeze(1)
+    return picked.masked_fill(empty, NO_NEGATIVE)
+
+
+@dataclass
+class ExtraTexts:
+    """Texts beyond the batch's own, each paired with the image of one row of the batch.
+
+    ``matches`` says whether the text is true of that image (an ITM positive, such as a
+    partial description) or not (an ITM negative, such as a composition-breaking rewrite);
+    see :mod:`models.finetune.text_negatives`.
+    """
+
+    rows: torch.Tensor
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    matches: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.rows.numel())
+
+
+@dataclass
+class ItmPairs:
+    """The (image, text, label) triples of one ITM step: indices into the batch's images and
+    into its texts followed by the extra texts."""
+
+    images: torch.Tensor
+    texts: torch.Tensor
+    labels: torch.Tensor
+
+
+def itm_pairs(
+    sim_i2t: torch.Tensor,
+    excluded: torch.Tensor,
+    generator: torch.Generator | None = None,
+    extra: ExtraTexts | None = None,
+) -> ItmPairs:
+    """BLIP's ITM pairs: every matching pair, one hard negative text per image and one hard
+    negative image per text (drawn from the ITC similarities ``sim_i2t``, never where
+    ``excluded`` is set), then the extra texts with their own labels.
+
+    A row with no possible negative in the batch (every other pair matches it) contributes
+    no negative rather than a matching pair labelled as one.
+    """
+    batch = sim_i2t.size(0)
+    device = sim_i2t.device
+    rows = torch.arange(batch, device=device)
+    neg_text = sample_hard_negatives(sim_i2t, excluded, generator)
+    neg_image = sample_hard_negatives(sim_i2t.t(), excluded.t(), generator)
+    has_text, has_image = neg_text != NO_NEGATIVE, neg_image != NO_NEGATIVE
+    images = [rows, neg_image[has_image], rows[has_text]]
+    texts = [rows, rows[has_image], neg_text[has_text]]
+    labels = [
+        torch.ones(batch, dtype=torch.long, device=device),
+        torch.zeros(int(has_image.sum()) + int(has_text.sum()), dtype=torch.long, device=device),
+    ]
+    if extra is not None and len(extra):
+        images.append(extra.rows.to(device))
+        texts.append(batch + torch.arange(len(extra), device=device))
+        labels.append(extra.matches.to(device=device, dtype=torch.long))
+    return ItmPairs(images=torch.cat(images), texts=torch.cat(texts), labels=torch.cat(labels))
 
 
 def _pad_to(tokens: torch.Tensor, width: int) -> torch.Tensor:
@@ -127,17 +192,17 @@ def filter_losses(
     enc_token_id: int,
     groups: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    extra_negatives: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    extra: ExtraTexts | None = None,
+    true_of: torch.Tensor | None = None,
 ) -> FilterLosses:
     """ITC and ITM (hard negatives) losses of a batch of matching (image, text) pairs.
 
     ``groups`` (optional, one integer per pair) marks pairs that describe the same content:
     they are positives of each other for ITC and never drawn as ITM negatives.
-    ``extra_negatives`` (rows, input ids, attention mask) are further texts that do not
-    match the images of those rows (:mod:`models.finetune.text_negatives`); they join the
-    ITM negatives only.
+    ``true_of`` (optional ``B x B`` boolean, image by text) marks further texts of the batch
+    that are true of an image without being its caption (a partial description, say): they
+    are not drawn as its ITM negatives either. ``extra`` texts join the ITM pairs only.
     """
-    batch = pixel_values.size(0)
     image_embeds = model.vision_model(pixel_values=pixel_values).last_hidden_state
     image_feat = F.normalize(model.vision_proj(image_embeds[:, 0, :]), dim=-1)
     text_embeds = model.text_encoder(
@@ -148,41 +213,30 @@ def filter_losses(
     temp = temperature()
     sim_i2t = image_feat @ text_feat.t() / temp
     sim_t2i = sim_i2t.t()
-    positives = same_group(groups, batch, sim_i2t.device)
+    positives = same_group(groups, pixel_values.size(0), sim_i2t.device)
     targets = positives.float() / positives.float().sum(dim=1, keepdim=True)
     itc = (
         -(F.log_softmax(sim_i2t, dim=1) * targets).sum(dim=1).mean()
         - (F.log_softmax(sim_t2i, dim=1) * targets).sum(dim=1).mean()
     ) / 2
 
-    enc_ids = input_ids.clone()
-    enc_ids[:, 0] = enc_token_id
+    excluded = positives if true_of is None else positives | true_of.to(positives.device)
     with torch.no_grad():
-        neg_text = sample_hard_negatives(sim_i2t.detach(), positives, generator)
-        neg_image = sample_hard_negatives(sim_t2i.detach(), positives, generator)
-    all_ids = torch.cat([enc_ids, enc_ids, enc_ids[neg_text]], dim=0)
-    all_mask = torch.cat([attention_mask, attention_mask, attention_mask[neg_text]], dim=0)
-    all_images = torch.cat([image_embeds, image_embeds[neg_image], image_embeds], dim=0)
-    negatives = 2 * batch
-    if extra_negatives is not None and extra_negatives[0].numel():
-        rows, extra_ids, extra_mask = extra_negatives
-        extra_ids = extra_ids.clone()
-        extra_ids[:, 0] = enc_token_id
-        width = max(all_ids.size(1), extra_ids.size(1))
-        all_ids = torch.cat([_pad_to(all_ids, width), _pad_to(extra_ids, width)], dim=0)
-        all_mask = torch.cat([_pad_to(all_mask, width), _pad_to(extra_mask, width)], dim=0)
-        all_images = torch.cat([all_images, image_embeds[rows]], dim=0)
-        negatives += rows.numel()
-    all_atts = torch.ones(all_images.shape[:2], dtype=torch.long, device=all_images.device)
+        pairs = itm_pairs(sim_i2t.detach(), excluded, generator, extra)
+    ids, mask = input_ids, attention_mask
+    if extra is not None and len(extra):
+        width = max(ids.size(1), extra.input_ids.size(1))
+        ids = torch.cat([_pad_to(ids, width), _pad_to(extra.input_ids, width)])
+        mask = torch.cat([_pad_to(mask, width), _pad_to(extra.attention_mask, width)])
+    enc_ids = ids[pairs.texts].clone()
+    enc_ids[:, 0] = enc_token_id
+    images = image_embeds[pairs.images]
     hidden = model.text_encoder(
-        input_ids=all_ids,
-        attention_mask=all_mask,
-        encoder_hidden_states=all_images,
-        encoder_attention_mask=all_atts,
+        input_ids=enc_ids,
+        attention_mask=mask[pairs.texts],
+        encoder_hidden_states=images,
+        encoder_attention_mask=torch.ones(images.shape[:2], dtype=torch.long, device=images.device),
     ).last_hidden_state
     logits = model.itm_head(hidden[:, 0, :])
-    labels = torch.cat(
-        [torch.ones(batch, dtype=torch.long), torch.zeros(negatives, dtype=torch.long)]
-    ).to(logits.device)
-    itm = F.cross_entropy(logits, labels)
+    itm = F.cross_entropy(logits, pairs.labels.to(logits.device))
     return FilterLosses(itc=itc, itm=itm)

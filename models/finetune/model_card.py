@@ -44,11 +44,8 @@ def render_model_card(
         f"- optimiser: AdamW, learning rate {result.lr:g}, weight decay {settings.weight_decay:g},"
         f" warmup {settings.warmup:.0%} then cosine decay",
     ]
-    if result.kind == "filter" and settings.truncated_negatives:
-        lines.append(
-            f"- extra ITM negatives: {settings.truncated_negatives:.0%} of pairs also get their"
-            " own text cut short as a negative"
-        )
+    if result.kind == "filter":
+        lines += _extra_text_lines(settings)
     lines += [
         f"- time: {result.seconds:.0f} s",
         "- final losses (mean of the last logged steps): "
@@ -62,6 +59,46 @@ def render_model_card(
         lines += ["", "| reference | beam-search caption |", "| --- | --- |"]
         lines += [f"| {ref} | {got} |" for ref, got in result.examples]
     return "\n".join(lines) + "\n"
+
+
+def _extra_text_lines(settings: TrainSettings) -> list[str]:
+    """The extra ITM texts of a filter's training, one line each."""
+    shares = settings.extra_texts
+    lines = []
+    if shares.composition:
+        lines.append(
+            f"- composition negatives: {shares.composition:.0%} of pairs also get their own"
+            " text with its words kept and its composition broken (modifiers, nouns or noun"
+            " phrases exchanged, neighbouring words shuffled) as an ITM negative"
+        )
+    if shares.truncated:
+        lines.append(
+            f"- truncated negatives: {shares.truncated:.0%} of pairs also get their own text"
+            " broken off inside a phrase as an ITM negative"
+        )
+    if shares.partial:
+        lines.append(
+            f"- partial positives: {shares.partial:.0%} of pairs also get a true text that"
+            " describes part of their image as an ITM positive (partial texts are to be kept)"
+        )
+    if shares.reworded:
+        lines.append(
+            f"- reworded positives: {shares.reworded:.0%} of pairs also get their own text with"
+            " an opening or unknown words inserted as an ITM positive (the other extra"
+            " texts reworded as often)"
+        )
+    if shares.unreadable:
+        lines.append(
+            f"- unreadable negatives: {shares.unreadable:.0%} of pairs also get their own text"
+            " with every open-class word unknown as an ITM negative"
+        )
+    if settings.text_domain != "general":
+        lines.append(
+            f"- text domain: {settings.text_domain} (captions parsed: exact attribute and"
+            " position exchanges, negatives checked to be false, texts true of an image"
+            " never drawn as its in-batch negatives)"
+        )
+    return lines
 
 
 def write_model_card(

@@ -1,45 +1,365 @@
-"""Extra ITM negatives made from the positive texts themselves.
+"""Extra ITM texts made from the training captions themselves.
 
 In-batch negatives teach the filter to reject another image's text, and hard negatives
-drawn from the ITC similarities to reject a text that differs in a detail. Neither shows it
-a text cut short: a truncated alt-text mentions only true things, so a filter trained on
-in-batch negatives alone tends to accept it. ``--truncated-negatives SHARE`` adds, for that
-share of the pairs, the pair's own text cut after a random word of its second half as one
-more negative of its image. Use it when complete texts are what you want to keep (a caption
-that is a true prefix of a longer one is then rejected too).
+drawn from the ITC similarities to reject a text that differs in a detail. Neither shows
+it a text whose words all belong to its image but are put together wrongly, so a filter
+trained on them alone scores a caption much like a bag of words (Yuksekgonul et al. 2023,
+"When and why vision-language models behave like bags-of-words"; their NegCLIP trains
+with such negatives). Three kinds of extra texts fill the gap:
+
+- **Composition negatives** (``--composition-negatives SHARE``): the caption with its
+  words kept and its meaning broken (:data:`TRANSFORMS`): two noun phrases' modifiers or
+  head nouns exchanged, two noun phrases exchanged, or a few neighbouring words shuffled
+  across a phrase boundary. Noun phrases come from :mod:`models.finetune.phrases`.
+- **Truncated negatives** (``--truncated-negatives SHARE``): the caption broken off inside
+  a phrase. A cut after a complete phrase is a partial but true text and is never used.
+- **Partial positives** (``--partial-positives SHARE``, a domain that can tell which parts
+  of a caption are true on their own): a text describing some of the image, as a positive.
+- **Reworded positives** (``--reworded-positives SHARE``): the caption with an opening
+  ("a photo of") or up to three words the tokenizer does not know inserted, as a positive;
+  the other extra texts are reworded at the same rate, so wording says nothing of the match.
+  A filter whose tokenizer was built from its training captions otherwise rejects correct
+  texts that use other words.
+- **Unreadable negatives** (``--unreadable-negatives SHARE``): the caption with every
+  open-class word replaced by the unknown-word token, as a negative: a text with nothing
+  the filter can check (spam, to a small domain vocabulary) is not kept. Use it with
+  reworded positives, which otherwise teach that unknown words are harmless.
+
+A :class:`TextDomain` makes them; :class:`ShapesDomain` knows the shapes grammar exactly
+(it adds attribute and position exchanges between objects, and checks every negative with
+the parser, so that none is true of its image).
 """
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from curation.shapes import (
+    Scene,
+    caption,
+    exchange_attribute,
+    exchange_positions,
+    is_true_of,
+    parse_caption,
+    partial_scene,
+)
+from models.finetune.phrases import Chunk, chunks, heads, is_open, symmetric_between, words_of
 
 #: Texts with fewer words are never cut.
 MIN_WORDS = 4
+#: Openings that captions often start with, and that say nothing of the image.
+OPENINGS = ("a picture of", "an image of", "a photo of", "there is", "this is")
+#: Words that join two phrases of a list; one may be dropped without changing the meaning.
+JOINERS = frozenset({"and", ","})
+#: Width of the word-order shuffle window.
+SHUFFLE_WINDOW = 3
+DOMAINS = ("general", "shapes")
+
+Transform = Callable[[list[str], random.Random], list[str] | None]
 
 
 def truncate_words(text: str, rng: random.Random) -> str | None:
-    """``text`` cut after a random word, keeping at least half and dropping at least one word.
+    """``text`` cut inside a phrase, keeping at least half and dropping at least one word.
 
-    ``None`` for a text of fewer than :data:`MIN_WORDS` words.
+    The kept part never ends on a head noun (:func:`models.finetune.phrases.heads`): it ends
+    on a determiner, a modifier, a preposition or a conjunction. ``None`` for a text of
+    fewer than :data:`MIN_WORDS` words or with no such cut.
     """
     words = text.split()
     if len(words) < MIN_WORDS:
         return None
-    keep = rng.randint((len(words) + 1) // 2, len(words) - 1)
-    return " ".join(words[:keep])
+    ends = heads(words_of(" ".join(words)))
+    # Words of text.split() and words_of() differ only by commas split off; map back.
+    cuts = [
+        k for k in range((len(words) + 1) // 2, len(words)) if _last_index(words, k) not in ends
+    ]
+    return " ".join(words[: rng.choice(cuts)]) if cuts else None
 
 
-def truncated_negatives(
-    texts: list[str], share: float, rng: random.Random
-) -> tuple[list[int], list[str]]:
-    """Rows chosen with probability ``share`` and their texts cut short (rows whose text is
-    too short to cut are skipped)."""
-    rows: list[int] = []
-    cut: list[str] = []
-    if share <= 0:
-        return rows, cut
-    for row, text in enumerate(texts):
-        if rng.random() < share and (short := truncate_words(text, rng)) is not None:
-            rows.append(row)
-            cut.append(short)
-    return rows, cut
+def _last_index(words: list[str], keep: int) -> int:
+    """Index in ``words_of`` of the last word of ``words[:keep]``."""
+    return len(words_of(" ".join(words[:keep]))) - 1
+
+
+def _pairs(found: list[Chunk], rng: random.Random) -> list[tuple[Chunk, Chunk]]:
+    pairs = [(a, b) for i, a in enumerate(found) for b in found[i + 1 :]]
+    rng.shuffle(pairs)
+    return pairs
+
+
+def _exchanges_phrases(words: list[str], new: list[str], a: Chunk, b: Chunk) -> bool:
+    """True when ``new`` is ``words`` with phrases ``a`` and ``b`` exchanged around only
+    symmetric words: the same meaning ("a red ball and a blue ball" -> "a blue ball and a red
+    ball")."""
+    same = " ".join(new[a.start : a.head + 1]) == b.text(words) and " ".join(
+        new[b.start : b.head + 1]
+    ) == a.text(words)
+    return same and symmetric_between(words, a, b)
+
+
+def swap_modifiers(words: list[str], rng: random.Random) -> list[str] | None:
+    """Exchange one modifier between two noun phrases, counted from the head ("a small red
+    circle and a large blue square" -> "a small blue circle and a large red square")."""
+    for a, b in _pairs(chunks(words), rng):
+        depth = min(len(a.modifiers), len(b.modifiers))
+        for d in rng.sample(range(1, depth + 1), depth):
+            i, j = a.head - d, b.head - d
+            if words[i] == words[j]:
+                continue
+            new = list(words)
+            new[i], new[j] = words[j], words[i]
+            if not _exchanges_phrases(words, new, a, b):
+                return new
+    return None
+
+
+def _open_alike(words: list[str], a: Chunk, b: Chunk) -> bool:
+    """Both phrases open with the same determiner, or both without one."""
+    return a.determiner == b.determiner and (not a.determiner or words[a.start] == words[b.start])
+
+
+def swap_heads(words: list[str], rng: random.Random) -> list[str] | None:
+    """Exchange the head nouns of two noun phrases that open alike ("a man riding a horse"
+    -> "a horse riding a man")."""
+    for a, b in _pairs(chunks(words), rng):
+        if words[a.head] == words[b.head] or not _open_alike(words, a, b):
+            continue
+        new = list(words)
+        new[a.head], new[b.head] = words[b.head], words[a.head]
+        if not _exchanges_phrases(words, new, a, b):
+            return new
+    return None
+
+
+def swap_phrases(words: list[str], rng: random.Random) -> list[str] | None:
+    """Exchange two whole noun phrases that open alike (both with or both without a
+    determiner), unless only symmetric words ("and", "next to") stand between them."""
+    for a, b in _pairs(chunks(words), rng):
+        if (
+            a.text(words) == b.text(words)
+            or not _open_alike(words, a, b)
+            or symmetric_between(words, a, b)
+        ):
+            continue
+        first, second = sorted((a, b), key=lambda c: c.start)
+        return (
+            words[: first.start]
+            + words[second.start : second.head + 1]
+            + words[first.head + 1 : second.start]
+            + words[first.start : first.head + 1]
+            + words[second.head + 1 :]
+        )
+    return None
+
+
+def shuffle_words(words: list[str], rng: random.Random) -> list[str] | None:
+    """Shuffle :data:`SHUFFLE_WINDOW` neighbouring words that span a phrase boundary, so
+    that a closed-class word (determiner, preposition, conjunction, verb) moves among the
+    open ones: word order, not just the words, carries meaning. Reordering open words alone
+    ("a big circle red") could keep the meaning and is never done."""
+    starts = [
+        s
+        for s in range(len(words) - SHUFFLE_WINDOW + 1)
+        if any(is_open(w) for w in words[s : s + SHUFFLE_WINDOW])
+        and not all(is_open(w) for w in words[s : s + SHUFFLE_WINDOW])
+    ]
+    if not starts:
+        return None
+    s = rng.choice(starts)
+    window = words[s : s + SHUFFLE_WINDOW]
+    closed = [is_open(w) for w in window]
+    orders = [
+        order
+        for order in itertools.permutations(range(SHUFFLE_WINDOW))
+        if [is_open(window[i]) for i in order] != closed
+    ]
+    order = rng.choice(orders)
+    return words[:s] + [window[i] for i in order] + words[s + SHUFFLE_WINDOW :]
+
+
+TRANSFORMS: dict[str, Transform] = {
+    "modifiers": swap_modifiers,
+    "heads": swap_heads,
+    "phrases": swap_phrases,
+    "shuffle": shuffle_words,
+}
+
+
+def composition_negative(
+    text: str, rng: random.Random, accept: Callable[[str], bool] | None = None
+) -> str | None:
+    """``text`` with its words kept and its composition broken by one of :data:`TRANSFORMS`
+    (tried in random order), or None when none applies. ``accept`` may refuse a result
+    (for example one that a domain parser reads as true)."""
+    words = words_of(text)
+    for name in rng.sample(list(TRANSFORMS), len(TRANSFORMS)):
+        new = TRANSFORMS[name](words, rng)
+        if new is None or new == words:
+            continue
+        result = " ".join(new)
+        if accept is None or accept(result):
+            return result
+    return None
+
+
+def reword(text: str, rng: random.Random, unknown: str) -> str:
+    """``text`` in other words with the same meaning: an :data:`OPENINGS` phrase before it,
+    up to three ``unknown`` tokens (the tokenizer's unknown-word token) between its words,
+    or both; and sometimes one joiner ("and", a comma) dropped, as BLIP's text cleaning
+    drops the full stop or semicolon between two sentences."""
+    words = text.split()
+    joiners = [i for i, word in enumerate(words) if word in JOINERS]
+    if joiners and rng.random() < 0.3:
+        del words[rng.choice(joiners)]
+    opening = rng.random() < 0.5
+    for _ in range(rng.randint(0 if opening else 1, 3)):
+        words.insert(rng.randint(0, len(words)), unknown)
+    return " ".join(([rng.choice(OPENINGS)] if opening else []) + words)
+
+
+def unreadable(text: str, unknown: str) -> str:
+    """``text`` with every open-class word (nouns, adjectives, ...) replaced by ``unknown``:
+    its frame without anything that could be checked against an image."""
+    return " ".join(word if not is_open(word) else unknown for word in words_of(text))
+
+
+class TextDomain:
+    """Extra ITM texts for any caption dataset: the general transformations."""
+
+    name = "general"
+
+    def prepare(self, texts: list[str]) -> list[object]:
+        """What the domain knows of each training text's image (nothing here)."""
+        return [None] * len(texts)
+
+    def negative(self, text: str, known: object, rng: random.Random) -> str | None:
+        """A composition negative of ``text`` for its own image."""
+        return composition_negative(text, rng)
+
+    def truncated(self, text: str, known: object, rng: random.Random) -> str | None:
+        """``text`` broken off inside a phrase."""
+        return truncate_words(text, rng)
+
+    def partial(self, text: str, known: object, rng: random.Random) -> str | None:
+        """A true text describing part of the image (none without domain knowledge)."""
+        return None
+
+    def true_of(self, texts: list[str], known: list[object]) -> list[list[bool]] | None:
+        """``B x B`` (image by text): texts of the batch true of another pair's image."""
+        return None
+
+
+class ShapesDomain(TextDomain):
+    """The shapes domain (:mod:`curation.shapes`): captions are read with the parser, so
+    negatives are exact and checked to be false, and partial descriptions are known true.
+
+    A training caption that does not parse is treated as in :class:`TextDomain`.
+    """
+
+    name = "shapes"
+
+    def prepare(self, texts: list[str]) -> list[object]:
+        return [parse_caption(text) for text in texts]
+
+    def negative(self, text: str, known: object, rng: random.Random) -> str | None:
+        if not isinstance(known, Scene):
+            return super().negative(text, known, rng)
+        if rng.random() < 0.5:
+            exchanged = exchange_attribute(known, rng)
+            scene = exchanged[0] if exchanged else exchange_positions(known, rng)
+            if scene is not None:
+                return caption(scene, rng)
+        return composition_negative(text, rng, accept=lambda t: not self._true(t, known))
+
+    def truncated(self, text: str, known: object, rng: random.Random) -> str | None:
+        cut = super().truncated(text, known, rng)
+        if cut is None or (isinstance(known, Scene) and self._true(cut, known)):
+            return None
+        return cut
+
+    def partial(self, text: str, known: object, rng: random.Random) -> str | None:
+        part = partial_scene(known, rng) if isinstance(known, Scene) else None
+        return None if part is None else caption(part, rng)
+
+    def true_of(self, texts: list[str], known: list[object]) -> list[list[bool]] | None:
+        return [
+            [
+                isinstance(scene, Scene) and isinstance(said, Scene) and is_true_of(said, scene)
+                for said in known
+            ]
+            for scene in known
+        ]
+
+    @staticmethod
+    def _true(text: str, scene: Scene) -> bool:
+        said = parse_caption(text)
+        return said is not None and is_true_of(said, scene)
+
+
+def text_domain(name: str) -> TextDomain:
+    """The :class:`TextDomain` called ``name`` (one of :data:`DOMAINS`)."""
+    if name not in DOMAINS:
+        raise ValueError(f"unknown text domain {name!r}; choose one of {', '.join(DOMAINS)}")
+    return ShapesDomain() if name == "shapes" else TextDomain()
+
+
+@dataclass
+class ExtraTextShares:
+    """Shares of training pairs that get each kind of extra text (0 turns a kind off)."""
+
+    composition: float = 0.0
+    truncated: float = 0.0
+    partial: float = 0.0
+    reworded: float = 0.0
+    unreadable: float = 0.0
+
+
+@dataclass
+class ExtraTextRows:
+    """Extra texts of a batch: the row whose image each belongs to, and whether it is true."""
+
+    rows: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    matches: list[bool] = field(default_factory=list)
+
+    def add(self, row: int, text: str | None, matches: bool) -> None:
+        if text:
+            self.rows.append(row)
+            self.texts.append(text)
+            self.matches.append(matches)
+
+
+def extra_texts(
+    texts: list[str],
+    known: list[object],
+    shares: ExtraTextShares,
+    domain: TextDomain,
+    rng: random.Random,
+    unknown: str = "[UNK]",
+) -> ExtraTextRows:
+    """For each text, with the given shares: a composition negative, a truncated negative,
+    a partial positive, a reworded positive and an unreadable negative (rows whose text
+    allows none are skipped). With a ``reworded`` share, the composition, truncated and
+    partial texts are reworded (:func:`reword`) at that rate too."""
+    extra = ExtraTextRows()
+
+    def maybe_reworded(text: str | None) -> str | None:
+        if text and shares.reworded and rng.random() < shares.reworded:
+            return reword(text, rng, unknown)
+        return text
+
+    for row, (text, fact) in enumerate(zip(texts, known, strict=True)):
+        if shares.composition and rng.random() < shares.composition:
+            extra.add(row, maybe_reworded(domain.negative(text, fact, rng)), matches=False)
+        if shares.truncated and rng.random() < shares.truncated:
+            extra.add(row, maybe_reworded(domain.truncated(text, fact, rng)), matches=False)
+        if shares.partial and rng.random() < shares.partial:
+            extra.add(row, maybe_reworded(domain.partial(text, fact, rng)), matches=True)
+        if shares.reworded and rng.random() < shares.reworded:
+            extra.add(row, reword(text, rng, unknown), matches=True)
+        if shares.unreadable and rng.random() < shares.unreadable:
+            extra.add(row, unreadable(text, unknown), matches=False)
+    return extra

@@ -25,9 +25,16 @@ from transformers import (
 )
 
 from models.finetune.data import TrainingPairs, read_pairs
-from models.finetune.losses import Temperature, captioner_loss, filter_losses
+from models.finetune.losses import ExtraTexts, Temperature, captioner_loss, filter_losses
 from models.finetune.model_card import write_model_card
-from models.finetune.text_negatives import truncated_negatives
+from models.finetune.text_negatives import (
+    ExtraTextShares,
+    TextDomain,
+    extra_texts,
+    reword,
+    text_domain,
+    unreadable,
+)
 from models.finetune.warm_start import filter_from_captioner, is_captioner_folder
 from models.loading import LoadedModel, load_captioner, load_filter, resolve_device
 from models.preprocess import pixel_values
@@ -57,7 +64,8 @@ class TrainSettings:
     weight_decay: float = 0.05
     warmup: float = 0.05
     max_steps: int | None = None
-    truncated_negatives: float = 0.0
+    extra_texts: ExtraTextShares = field(default_factory=ExtraTextShares)
+    text_domain: str = "general"
     seed: int = 0
     holdout: float = 0.05
     log_every: int = 20
@@ -184,6 +192,8 @@ def train(
     generator = torch.Generator(device=loaded.device).manual_seed(settings.seed)
     model = loaded.model
     model.train()
+    domain = text_domain(settings.text_domain)
+    known = domain.prepare(pairs.texts) if kind == "filter" else []
     temperature = Temperature().to(loaded.device)
     params = list(model.parameters()) + (list(temperature.parameters()) if kind == "filter" else [])
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=settings.weight_decay)
@@ -219,13 +229,20 @@ def train(
                     if batch.groups is None
                     else torch.from_numpy(batch.groups).to(loaded.device)
                 )
-                rows, cut = truncated_negatives(batch.texts, settings.truncated_negatives, text_rng)
-                extra = None
-                if rows:
-                    cut_ids, cut_mask = _tokenize(loaded, cut)
-                    extra = (torch.tensor(rows, device=loaded.device), cut_ids, cut_mask)
+                batch_known = [known[i] for i in index]
+                extra = _extra_texts(loaded, batch.texts, batch_known, settings, domain, text_rng)
+                true_of = domain.true_of(batch.texts, batch_known)
                 losses = filter_losses(
-                    model, temperature, pixels, ids, mask, enc_id, groups, generator, extra
+                    model,
+                    temperature,
+                    pixels,
+                    ids,
+                    mask,
+                    enc_id,
+                    groups,
+                    generator,
+                    extra,
+                    None if true_of is None else torch.tensor(true_of, device=loaded.device),
                 )
                 loss = losses.total
                 values = {"loss": loss.item(), "itc": losses.itc.item(), "itm": losses.itm.item()}
@@ -238,6 +255,27 @@ def train(
             step += 1
     model.eval()
     return total, time.perf_counter() - meter.start, meter.last
+
+
+def _extra_texts(
+    loaded: LoadedModel,
+    texts: list[str],
+    known: list[object],
+    settings: TrainSettings,
+    domain: TextDomain,
+    rng: random.Random,
+) -> ExtraTexts | None:
+    """The batch's extra ITM texts (:mod:`models.finetune.text_negatives`), tokenized."""
+    made = extra_texts(texts, known, settings.extra_texts, domain, rng, loaded.tokenizer.unk_token)
+    if not made.rows:
+        return None
+    ids, mask = _tokenize(loaded, made.texts)
+    return ExtraTexts(
+        rows=torch.tensor(made.rows, device=loaded.device),
+        input_ids=ids,
+        attention_mask=mask,
+        matches=torch.tensor(made.matches, device=loaded.device),
+    )
 
 
 @torch.no_grad()
@@ -292,10 +330,19 @@ def evaluate_captioner(
 
 @torch.no_grad()
 def evaluate_filter(
-    loaded: LoadedModel, pairs: TrainingPairs, batch_size: int = 64
+    loaded: LoadedModel,
+    pairs: TrainingPairs,
+    batch_size: int = 64,
+    domain: TextDomain | None = None,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Held-out ITC recall@1 (image to text), and ITM accuracy at 0.5 on the matching pairs
-    and on each image paired with its most ITC-similar non-matching text (a hard negative)."""
+    and on each image paired with its most ITC-similar non-matching text (a hard negative).
+
+    With a ``domain``, also on one text of each extra kind per held-out pair (composition,
+    truncated and unreadable negatives, partial and reworded positives), where the domain
+    makes them (seeded).
+    """
     model = loaded.model
     enc_id = loaded.tokenizer.convert_tokens_to_ids(ENC_TOKEN)
     image_embeds, image_feats, text_feats = [], [], []
@@ -317,18 +364,18 @@ def evaluate_filter(
     matches = (groups.view(-1, 1) == groups.view(1, -1)).to(sim.device)
     recall = matches[torch.arange(n), sim.argmax(dim=1)].float().mean().item()
     hardest = sim.masked_fill(matches, -2.0).argmax(dim=1)
-    enc_ids = ids.clone()
-    enc_ids[:, 0] = enc_id
 
-    def itm(text_index: torch.Tensor) -> torch.Tensor:
+    def itm(rows: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """ITM probability of text ``k`` against image ``rows[k]``."""
+        text_ids = text_ids.clone()
+        text_ids[:, 0] = enc_id
         probs = []
-        for start in range(0, n, batch_size):
-            rows = torch.arange(start, min(start + batch_size, n), device=sim.device)
-            cols = text_index[rows]
-            images = embeds_all[rows]
+        for start in range(0, len(rows), batch_size):
+            chunk = slice(start, start + batch_size)
+            images = embeds_all[rows[chunk]]
             hidden = model.text_encoder(
-                input_ids=enc_ids[cols],
-                attention_mask=mask[cols],
+                input_ids=text_ids[chunk],
+                attention_mask=text_mask[chunk],
                 encoder_hidden_states=images,
                 encoder_attention_mask=torch.ones(
                     images.shape[:2], dtype=torch.long, device=sim.device
@@ -337,13 +384,38 @@ def evaluate_filter(
             probs.append(model.itm_head(hidden[:, 0]).softmax(-1)[:, 1])
         return torch.cat(probs)
 
-    positive = itm(torch.arange(n, device=sim.device))
-    negative = itm(hardest)
-    return {
+    rows = torch.arange(n, device=sim.device)
+    metrics = {
         "itc_recall_at_1": recall,
-        "itm_accept_matching": (positive >= 0.5).float().mean().item(),
-        "itm_reject_hard_negative": (negative < 0.5).float().mean().item(),
+        "itm_accept_matching": (itm(rows, ids, mask) >= 0.5).float().mean().item(),
+        "itm_reject_hard_negative": (itm(rows, ids[hardest], mask[hardest]) < 0.5)
+        .float()
+        .mean()
+        .item(),
     }
+    if domain is None:
+        return metrics
+    known = domain.prepare(pairs.texts)
+    rng = random.Random(seed)
+    unknown = loaded.tokenizer.unk_token
+    makers = {
+        "itm_reject_composition": (domain.negative, False),
+        "itm_reject_truncated": (domain.truncated, False),
+        "itm_accept_partial": (domain.partial, True),
+        "itm_accept_reworded": (lambda text, _, r: reword(text, r, unknown), True),
+        "itm_reject_unreadable": (lambda text, _, r: unreadable(text, unknown), False),
+    }
+    for name, (make, true) in makers.items():
+        made_rows, texts = [], []
+        for row, (text, fact) in enumerate(zip(pairs.texts, known, strict=True)):
+            if made := make(text, fact, rng):
+                made_rows.append(row)
+                texts.append(made)
+        if texts:
+            made_ids, made_mask = _tokenize(loaded, texts)
+            probs = itm(torch.tensor(made_rows, device=sim.device), made_ids, made_mask)
+            metrics[name] = ((probs >= 0.5) == true).float().mean().item()
+    return metrics
 
 
 def save(kind: str, loaded: LoadedModel, out: str | Path, dtype: str = "fp32") -> Path:
@@ -402,7 +474,9 @@ def finetune(
     elif kind == "captioner":
         evaluation, examples = evaluate_captioner(loaded, heldout)
     else:
-        evaluation = evaluate_filter(loaded, heldout)
+        evaluation = evaluate_filter(
+            loaded, heldout, domain=text_domain(settings.text_domain), seed=settings.seed
+        )
     result = TrainResult(
         kind=kind,
         steps=steps,
