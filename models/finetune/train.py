@@ -8,7 +8,6 @@ safetensors weights, tokenizer, image processor and a model card.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -17,13 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 from transformers import (
     BlipForConditionalGeneration,
     BlipForImageTextRetrieval,
     BlipImageProcessorPil,
     BlipProcessor,
+    get_cosine_schedule_with_warmup,
 )
 
+from curation.caption_settings import CaptionSettings
 from models.finetune.data import TrainingPairs, read_pairs
 from models.finetune.losses import ExtraTexts, Temperature, captioner_loss, filter_losses
 from models.finetune.model_card import write_model_card
@@ -48,7 +50,7 @@ from models.presets import (
 )
 
 KINDS = ("captioner", "filter")
-PROMPT = "a picture of "
+PROMPT = CaptionSettings.prompt
 MAX_TOKENS = 35
 
 Progress = Callable[[str], None]
@@ -131,13 +133,6 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.n
         yield order[start : start + batch_size]
 
 
-def _schedule(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 def _tokenize(loaded: LoadedModel, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     tokens = loaded.tokenizer(
         texts, padding="longest", truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
@@ -169,12 +164,15 @@ class _Meter:
             self.sums, self.count = {}, 0
             if self.progress is not None:
                 elapsed = time.perf_counter() - self.start
-                rate = (step + 1) * self.batch_size / elapsed
-                eta = (self.total - step - 1) * elapsed / (step + 1)
                 parts = "  ".join(f"{name} {value:.4f}" for name, value in self.last.items())
-                self.progress(
-                    f"step {step + 1}/{self.total}  {parts}  {rate:.1f} pairs/s  eta {eta:.0f}s"
+                meter = tqdm.format_meter(
+                    (step + 1) * self.batch_size,
+                    self.total * self.batch_size,
+                    elapsed,
+                    unit=" pairs",
+                    bar_format="{rate_fmt}, {elapsed}<{remaining}",
                 )
+                self.progress(f"step {step + 1}/{self.total}  {parts}  {meter}")
 
 
 def train(
@@ -206,7 +204,7 @@ def train(
     if settings.max_steps is not None:
         total = min(total, settings.max_steps)
     warmup = max(1, int(total * settings.warmup))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, total, warmup))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
     prompt_length = _prompt_length(loaded)
     enc_id = loaded.tokenizer.convert_tokens_to_ids(ENC_TOKEN)
     meter = _Meter(total, settings.batch_size, settings.log_every, progress)
