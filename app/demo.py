@@ -9,7 +9,6 @@ synthetic captions, and the throughput, into ``metrics.json``.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +29,34 @@ def bundled_model(kind: str) -> Path:
     return Path(models.__file__).parent / "bundled" / kind
 
 
+#: Run settings the demo sets; every other setting keeps its default (CapFilt's).
+DEMO_OVERRIDES: dict[str, Any] = {"captions_per_image": 1, "batch_size": 16, "device": "cpu"}
+
+#: The settings recorded in ``metrics.json``: those that decide the demo's outputs.
+RECORDED_SETTINGS = (
+    "captioner",
+    "filter",
+    "captions_per_image",
+    "threshold",
+    "first_token",
+    "sample",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "max_length",
+    "min_length",
+    "seed",
+    "batch_size",
+    "device",
+)
+
+
 def demo_settings() -> dict[str, Any]:
-    """Run settings of the demo besides input and output: CapFilt's defaults, bundled models."""
+    """Run settings of the demo besides input and output: the bundled models, the defaults."""
     return {
         "captioner": str(bundled_model("captioner")),
         "filter": str(bundled_model("filter")),
-        "captions_per_image": 1,
-        "threshold": 0.5,
-        "first_token": "enc",
-        "sample": True,
-        "top_p": 0.9,
-        "top_k": 50,
-        "repetition_penalty": 1.1,
-        "max_length": 30,
-        "min_length": 10,
-        "seed": 0,
-        "batch_size": 16,
-        "device": "cpu",
+        **DEMO_OVERRIDES,
     }
 
 
@@ -61,23 +71,23 @@ def run_demo(
     from app.demo_metrics import run_metrics, write_metrics
     from curation.config import RunConfig
     from curation.shapes import make_web_split
+    from curation.storage import Location
     from pipelines.runner import run_pipeline
 
-    out_dir = Path(out)
-    shutil.rmtree(out_dir / "run", ignore_errors=True)  # measure a full run, not a cached re-run
+    out_dir = Location(out)
+    (out_dir / "run").remove()  # measure a full run, not a cached re-run
     data = make_web_split(
-        rows, seed, out_dir / "input" / "shapes-web.parquet", texture=DEMO_TEXTURE
+        rows, seed, (out_dir / "input" / "shapes-web.parquet").url, texture=DEMO_TEXTURE
     )
-    settings = demo_settings()
     config = RunConfig(
-        input=(str(data),),
-        out=str(out_dir / "run"),
+        input=(data,),
+        out=(out_dir / "run").url,
         workers=workers,
         progress=progress,
         key_column="key",
         text_column="text",
         image_column="image",
-        **settings,
+        **demo_settings(),
     )
     result = run_pipeline(config)
     metrics = run_metrics(result.out_dir, data)
@@ -88,8 +98,8 @@ def run_demo(
         "workers": workers,
     }
     metrics["reasons"] = result.manifest.get("counts", {})
-    metrics["dataset"] = {"rows": rows, "seed": seed, "path": str(data), "texture": DEMO_TEXTURE}
-    metrics["settings"] = settings
+    metrics["dataset"] = {"rows": rows, "seed": seed, "path": data, "texture": DEMO_TEXTURE}
+    metrics["settings"] = {name: getattr(config, name) for name in RECORDED_SETTINGS}
     write_metrics(metrics, out_dir / "metrics.json")
     return metrics
 
@@ -157,9 +167,11 @@ def summary(metrics: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json instead of the digest.")
 def demo_command(out: str, rows: int, seed: int, workers: int, as_json: bool) -> None:
     """Curate a generated shapes dataset with the bundled models and measure quality."""
+    from curation.storage import Location
+
     metrics = run_demo(out, rows=rows, seed=seed, workers=workers)
     if as_json:
         click.echo(json.dumps(metrics, indent=2, sort_keys=True))
     else:
         click.echo(summary(metrics))
-        click.echo(f"metrics written to {Path(out) / 'metrics.json'}")
+        click.echo(f"metrics written to {(Location(out) / 'metrics.json').url}")

@@ -16,15 +16,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.audit.tables import RunTables
 from curation.reasons import Reason
 from curation.shapes import BINDING_TYPES, NOISE_TYPES, TRUE_TYPES, Scene, parse_caption
+from curation.storage import Location
 
 #: True types whose texts describe the whole image.
 COMPLETE_TYPES = ("correct", "rewritten")
@@ -87,22 +87,18 @@ def caption_metrics(
     }
 
 
-def _read(folder: Path, columns: list[str]) -> pa.Table:
-    files = sorted(folder.glob("*.parquet"))
-    if not files:
-        return pa.table({c: pa.array([], pa.string()) for c in columns})
-    return pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
+def _decisions(run_dir: str) -> Iterator[dict[str, Any]]:
+    columns = ["key", "text_origin", "text", "itm", "reason", "threshold"]
+    for batch in RunTables(run_dir).batches("decisions", columns):
+        yield from batch.to_pylist()
 
 
-def run_metrics(out_dir: str | Path, truth_path: str | Path) -> dict[str, Any]:
+def run_metrics(run_dir: str, truth_path: str) -> dict[str, Any]:
     """Metrics of a finished run folder, joined by ``key`` with the input's ground truth."""
-    out_dir = Path(out_dir)
-    truth = pq.read_table(truth_path, columns=["key", "noise_type", "scene"]).to_pylist()
+    with Location(truth_path).open() as handle:
+        truth = pq.read_table(handle, columns=["key", "noise_type", "scene"]).to_pylist()
     by_key = {row["key"]: row for row in truth}
-    decisions = _read(
-        out_dir / "decisions",
-        ["key", "text_origin", "caption_index", "text", "itm", "decision", "reason", "threshold"],
-    ).to_pylist()
+    decisions = _decisions(run_dir)
 
     noise_types: list[str] = []
     rejected: list[bool] = []
@@ -131,8 +127,6 @@ def run_metrics(out_dir: str | Path, truth_path: str | Path) -> dict[str, Any]:
     }
 
 
-def write_metrics(metrics: dict[str, Any], path: str | Path) -> Path:
-    """Write ``metrics`` as indented JSON."""
-    path = Path(path)
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
+def write_metrics(metrics: dict[str, Any], target: Location) -> None:
+    """Write ``metrics`` as indented JSON with sorted keys."""
+    target.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

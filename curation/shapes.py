@@ -29,6 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from curation.storage import Location
+
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -459,18 +461,18 @@ def noisy_text(kind: str, scene: Scene, rng: random.Random) -> str:
     return "" if rng.random() < 0.3 else truncate(caption(scene, rng), scene, rng)
 
 
-def _write(rows: dict[str, list], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write(rows: dict[str, list], path: str | Path) -> str:
+    target = Location(str(path))
     schema = pa.schema(
         [("key", pa.string()), ("image", pa.binary()), ("text", pa.string())]
         + [(name, pa.string()) for name in rows if name not in ("key", "image", "text")]
     )
-    pq.write_table(pa.table(rows, schema=schema), path, row_group_size=256)
-    return path
+    table = pa.table(rows, schema=schema)
+    target.write_with(lambda handle: pq.write_table(table, handle, row_group_size=256))
+    return target.url
 
 
-def make_clean_split(n: int, seed: int, path: str | Path, prefix: str = "clean") -> Path:
+def make_clean_split(n: int, seed: int, path: str | Path, prefix: str = "clean") -> str:
     """``n`` images with a correct caption each (columns key, image, text, scene)."""
     rng = random.Random(seed)
     rows: dict[str, list] = {"key": [], "image": [], "text": [], "scene": []}
@@ -490,7 +492,7 @@ def make_web_split(
     noise_mix: Mapping[str, float] | None = None,
     prefix: str = "web",
     texture: float = 0.0,
-) -> Path:
+) -> str:
     """``n`` images with web-like alt-texts; ``noise_type`` labels each text.
 
     ``noise_mix`` maps noise types to weights (default :data:`DEFAULT_NOISE_MIX`);

@@ -10,6 +10,7 @@ import pytest
 
 from app.demo_metrics import caption_metrics, rejection_metrics, run_metrics, write_metrics
 from curation.schemas import DECISIONS_SCHEMA
+from curation.storage import Location
 
 RED_LEFT = '[{"shape":"circle","colour":"red","size":"large","position":"left"}]'
 BLUE_RIGHT = '[{"shape":"square","colour":"blue","size":"small","position":"right"}]'
@@ -121,8 +122,16 @@ def test_run_metrics_join_decisions_with_ground_truth_by_key(tmp_path) -> None:
     pq.write_table(
         pa.Table.from_pylist(rows[4:], schema=DECISIONS_SCHEMA), folder / "part-1.parquet"
     )
+    # a file a killed command left behind: not in the committed state, not counted
+    pq.write_table(
+        pa.Table.from_pylist(rows[:1], schema=DECISIONS_SCHEMA), folder / "part-stale.parquet"
+    )
+    files = ["decisions/part-0.parquet", "decisions/part-1.parquet"]
+    (tmp_path / "run" / "manifest.json").write_text(
+        json.dumps({"tables": {"decisions": {"files": files}}})
+    )
 
-    m = run_metrics(tmp_path / "run", tmp_path / "input.parquet")
+    m = run_metrics(str(tmp_path / "run"), str(tmp_path / "input.parquet"))
     f = m["filter"]
     assert f["texts"] == 4  # a, b, c, e
     assert f["precision"] == pytest.approx(1.0)
@@ -133,8 +142,8 @@ def test_run_metrics_join_decisions_with_ground_truth_by_key(tmp_path) -> None:
     assert c["kept_correct_share"] == pytest.approx(1 / 2)
     assert c["noise_ratio"] == pytest.approx(1 / 3)
 
-    path = write_metrics(m, tmp_path / "metrics.json")
-    assert json.loads(path.read_text()) == json.loads(json.dumps(m))
+    write_metrics(m, Location(str(tmp_path / "metrics.json")))
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(m))
 
 
 def test_demo_command_curates_a_small_generated_split_with_the_bundled_models(tmp_path) -> None:
