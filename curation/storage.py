@@ -16,10 +16,12 @@ process writes another sees at once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
 import stat
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -222,6 +224,22 @@ class Location:
 
     def read_text(self) -> str:
         return self.read_bytes().decode("utf-8")
+
+    def local_path(self) -> str:
+        """A local path holding this file, for libraries that only open local files (FAISS
+        memory-maps them). Object-store files are copied once per machine into the
+        temporary folder, named by URL and size."""
+        if self.is_local:
+            return self.path
+        tag = hashlib.sha256(f"{self.url}:{self.size()}".encode()).hexdigest()[:16]
+        target = os.path.join(tempfile.gettempdir(), f"curation-{tag}-{self.name}")
+        if not os.path.exists(target):
+            partial = f"{target}.{os.getpid()}.tmp"
+            with self.open("rb") as source, open(partial, "wb") as sink:
+                while chunk := source.read(1 << 24):
+                    sink.write(chunk)
+            os.replace(partial, target)
+        return target
 
     def read_json(self) -> Any:
         return json.loads(self.read_text())

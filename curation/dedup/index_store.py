@@ -31,9 +31,6 @@ with :func:`curation.dedup.near.query_previous`, then :func:`keys_for_ids` for t
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -315,27 +312,11 @@ def _check_folder(folder: str | Location) -> tuple[Location, dict[str, Any], dic
     return path, info, files
 
 
-def _local_file(location: Location) -> str:
-    """A local path holding the file (object-store files are copied once per machine into
-    the temporary folder, named by URL and size, so FAISS can memory-map them)."""
-    if location.is_local:
-        return location.path
-    tag = hashlib.sha256(f"{location.url}:{location.size()}".encode()).hexdigest()[:16]
-    target = os.path.join(tempfile.gettempdir(), f"curation-index-{tag}-{location.name}")
-    if not os.path.exists(target):
-        partial = f"{target}.{os.getpid()}.tmp"
-        with location.open("rb") as source, open(partial, "wb") as sink:
-            while chunk := source.read(1 << 24):
-                sink.write(chunk)
-        os.replace(partial, target)
-    return target
-
-
 def _read_faiss(location: Location, flags: int = 0) -> Any:
     import faiss
 
     try:
-        index = faiss.read_index(_local_file(location), flags)
+        index = faiss.read_index(location.local_path(), flags)
     except (OSError, RuntimeError) as exc:
         raise InputError(f"index folder {location.parent.url!r} is unreadable: {exc}") from exc
     if not (isinstance(index, (faiss.IndexIDMap2, faiss.IndexIVF))):

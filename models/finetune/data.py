@@ -9,13 +9,13 @@ when curating.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from curation.decode import DecodeError, decode_image
 from curation.errors import InputError
+from curation.storage import Location
 from models.scorer import normalize_text
 
 
@@ -59,7 +59,7 @@ def _image_bytes(cell: object) -> bytes | None:
 
 
 def read_pairs(
-    path: str | Path,
+    path: str,
     image_size: int,
     image_column: str = "image",
     text_column: str = "text",
@@ -71,15 +71,17 @@ def read_pairs(
     Rows whose image does not decode or whose text is empty after normalisation are skipped;
     a missing column raises :class:`InputError` naming the file and the column.
     """
-    path = Path(path)
-    if not path.exists():
+    location = Location(str(path))
+    if not location.is_file():
         raise InputError(f"training data not found: {path}")
-    schema = pq.read_schema(path)
     columns = [image_column, text_column] + ([group_column] if group_column else [])
-    for column in columns:
-        if column not in schema.names:
-            raise InputError(f"{path}: no column {column!r} (columns: {', '.join(schema.names)})")
-    table = pq.read_table(path, columns=columns)
+    with location.open() as handle:
+        parquet = pq.ParquetFile(handle)
+        names = parquet.schema_arrow.names
+        for column in columns:
+            if column not in names:
+                raise InputError(f"{path}: no column {column!r} (columns: {', '.join(names)})")
+        table = parquet.read(columns=columns)
     if limit is not None:
         table = table.slice(0, limit)
     images, texts, group_values = [], [], []

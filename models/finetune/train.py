@@ -455,7 +455,7 @@ def finetune(
     torch.manual_seed(settings.seed)
     loaded = None if is_preset(base) else prepare_base(kind, base, [], device)
     image_size = PRESETS[base][0] if loaded is None else loaded.image_size
-    pairs = read_pairs(train_path, image_size, image_column, text_column, group_column)
+    pairs = read_pairs(str(train_path), image_size, image_column, text_column, group_column)
     if loaded is None:
         loaded = prepare_base(kind, base, pairs.texts, device)
     train_pairs, heldout = pairs.split(settings.holdout, settings.seed)
