@@ -71,7 +71,7 @@ def run_command(input: tuple[str, ...], config_file: str | None, **flags: Any) -
       curation run 'data/*.parquet' --out runs/r1 -k 3 --threshold 0.5
       curation run s3://bucket/shards/ --out s3://bucket/runs/r1 --config run.yaml
 
-    Exit codes: 0 done, 2 unusable input or configuration (nothing was run), 3 the run
+    Exit codes: 0 done (with --detach on a remote runner: submitted), 2 unusable input or configuration (nothing was run), 3 the run
     finished but more than --max-error-rate of the rows hit an error, 130 interrupted
     (re-run the same command to resume).
     """
@@ -79,6 +79,14 @@ def run_command(input: tuple[str, ...], config_file: str | None, **flags: Any) -
     from pipelines.runner import run_pipeline  # Beam and torch load only for a valid config
 
     result = run_pipeline(config)
+    if result.submitted:
+        job = f"job {result.job}" if result.job else "the job"
+        click.echo(
+            f"submitted {job} ({result.rows} input rows); it commits into {result.out_dir} "
+            "when it ends. Follow it on the runner; then: curation report "
+            f"{result.out_dir}"
+        )
+        return
     print_summary(result)
     if result.error_rate > config.max_error_rate:
         click.echo(

@@ -162,6 +162,11 @@ class RunConfig(InputSettings):
         le=1,
     )
     progress: bool = flag("Live progress line on stderr.", default=True)
+    detach: bool = flag(
+        "Submit the job and return: the job commits its own result and releases --out "
+        "(for Dataflow; Flex Templates always detach).",
+        default=False,
+    )
     beam_args: tuple[str, ...] = flag(
         "Extra Beam pipeline option, e.g. --beam-arg=--runner=DataflowRunner (repeatable).",
         default=(),

@@ -111,29 +111,38 @@ class FinalizeResult:
     index: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(
-        cls, tables: dict[str, TableFiles], counters: Mapping[str, int], listing: Mapping[str, Any]
-    ) -> FinalizeResult:
-        """The result from the written tables, the step's ``final_*`` counters and its
-        listing (index, error examples)."""
+    def of(cls, tables: dict[str, TableFiles], listing: Mapping[str, Any]) -> FinalizeResult:
+        """The result from the written tables and the step's listing (counts, index, error
+        examples)."""
+        counts: Mapping[str, int] = listing.get("counts", {})
         return cls(
             tables=tables,
-            reasons={r.value: int(counters.get(f"final_reason_{r.value}", 0)) for r in Reason},
+            reasons={r.value: int(counts.get(f"reason:{r.value}", 0)) for r in Reason},
             texts={
                 origin.value: {
-                    d.value: int(counters.get(f"final_{origin.value}_{d.value}", 0))
+                    d.value: int(counts.get(f"text:{origin.value}:{d.value}", 0))
                     for d in Decision
                 }
                 for origin in TextOrigin
             },
             duplicates={
-                k.value: int(counters[f"final_duplicates_{k.value}"])
+                k.value: int(counts[f"duplicate:{k.value}"])
                 for k in DuplicateKind
-                if counters.get(f"final_duplicates_{k.value}")
+                if counts.get(f"duplicate:{k.value}")
             },
             error_examples=list(listing.get("errors", [])),
             index=dict(listing.get("index", {})),
         )
+
+
+def decision_counts(row: Row) -> tuple[str, str]:
+    """What a final decision adds to the counts of :meth:`FinalizeResult.of`."""
+    return f"reason:{row['reason']}", f"text:{row['text_origin']}:{row['decision']}"
+
+
+def duplicate_count(row: Row) -> str:
+    """What a ``duplicates`` row adds to the counts of :meth:`FinalizeResult.of`."""
+    return f"duplicate:{row['kind']}"
 
 
 class KeySet:

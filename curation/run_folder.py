@@ -189,6 +189,10 @@ class RunFolder:
     def lock(self, command: str) -> RunLock:
         return RunLock(self.root / LOCK, command)
 
+    def release_lock(self, token: str) -> None:
+        """Release the lock held with ``token`` (by the detached job that holds it)."""
+        release_detached(self.root / LOCK, token)
+
 
 class RunLock:
     """Held by the one command writing into a run folder; a second one is refused.
@@ -197,6 +201,10 @@ class RunLock:
     thread. A lock whose owner is a process of this machine that no longer exists, or whose
     heartbeat stopped more than :data:`LOCK_STALE_SECONDS` ago, belongs to a killed command
     and is taken over.
+
+    A *detached* lock is handed to a job that outlives the command which submitted it
+    (``curation run --detach``): it has no heartbeat, the job releases it when it commits
+    (:func:`release_detached`), and only a person can clear it if the job dies.
     """
 
     def __init__(self, location: Location, command: str) -> None:
@@ -206,32 +214,43 @@ class RunLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _record(self) -> dict[str, Any]:
+    def _record(self, detached: bool = False) -> dict[str, Any]:
         return {
             "token": self.token,
             "command": self.command,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "heartbeat": time.time(),
+            "detached": detached,
         }
 
-    def acquire(self) -> list[str]:
-        """Take the lock (returns notes, e.g. a stale lock taken over) or raise RunLockedError."""
+    def acquire(self, detached: bool = False) -> list[str]:
+        """Take the lock (returns notes, e.g. a stale lock taken over) or raise RunLockedError.
+
+        ``detached``: the lock is for a job that releases it itself (no heartbeat here)."""
         import json
 
         notes: list[str] = []
         for _ in range(2):
-            if self.location.create_exclusive(json.dumps(self._record()).encode()):
-                self._start_heartbeat()
+            if self.location.create_exclusive(json.dumps(self._record(detached)).encode()):
+                if not detached:
+                    self._start_heartbeat()
                 return notes
             holder = self._read_holder()
             if holder is None:
                 continue
+            if holder.get("detached"):
+                raise RunLockedError(
+                    f"{self.location.parent.url} is in use by a detached job "
+                    f"({holder.get('command')!r}, submitted {_ago(holder)} from "
+                    f"{holder.get('host')}); wait for it to finish, or delete "
+                    f"{self.location.url} if the job failed or was cancelled"
+                )
             if not _is_stale(holder):
                 raise RunLockedError(
                     f"{self.location.parent.url} is in use by another command "
                     f"({holder.get('command')!r}, pid {holder.get('pid')} on {holder.get('host')}, "
-                    f"last seen {time.time() - float(holder.get('heartbeat', 0)):.0f} s ago); "
+                    f"last seen {_ago(holder)}); "
                     f"wait for it to finish, or delete {self.location.url} if it was killed"
                 )
             notes.append(
@@ -260,9 +279,7 @@ class RunLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        holder = self._read_holder()
-        if holder is not None and holder.get("token") == self.token:
-            self.location.remove()
+        release_detached(self.location, self.token)
 
     def __enter__(self) -> RunLock:
         self.acquire()
@@ -270,6 +287,20 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def release_detached(location: Location, token: str) -> None:
+    """Remove the lock file at ``location`` if ``token`` still holds it."""
+    try:
+        holder = location.read_json()
+    except (FileNotFoundError, ValueError):
+        return
+    if holder.get("token") == token:
+        location.remove()
+
+
+def _ago(holder: dict[str, Any]) -> str:
+    return f"{time.time() - float(holder.get('heartbeat', 0)):.0f} s ago"
 
 
 def _is_stale(holder: dict[str, Any]) -> bool:

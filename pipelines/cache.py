@@ -8,6 +8,8 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from curation.model_cache import (
     ModelCache,
@@ -60,7 +62,8 @@ class JournalFn(beam.DoFn):
     """Persists fresh model outputs every ``flush_every`` images, so a killed run can resume.
 
     A journal write that fails is counted and logged; the run goes on (the results are in
-    the pipeline and are written to the compacted cache at the end).
+    the pipeline and are written to the compacted cache at the end). Each bundle outputs
+    the number of images it journaled, so that committing the cache can wait for them.
     """
 
     def __init__(self, folder: str, flush_every: int) -> None:
@@ -73,9 +76,11 @@ class JournalFn(beam.DoFn):
 
     def start_bundle(self) -> None:
         self._rows: list[dict[str, Any]] = []
+        self._seen = 0
 
-    def process(self, element: tuple[ImageGroup, GroupScores]) -> Iterator[None]:
+    def process(self, element: tuple[ImageGroup, GroupScores]) -> Iterator[int]:
         group, scores = element
+        self._seen += 1
         self._rows.append(cache_row(cache_key(group), group.texts, scores))
         if len(self._rows) >= self._flush_every:
             self._flush()
@@ -91,8 +96,9 @@ class JournalFn(beam.DoFn):
             self._failed.inc()
             logging.getLogger(__name__).warning("cache journal write failed: %s", error)
 
-    def finish_bundle(self) -> None:
+    def finish_bundle(self) -> Iterator[WindowedValue]:
         self._flush()
+        yield WindowedValue(self._seen, GlobalWindow().max_timestamp(), [GlobalWindow()])
 
 
 def to_cache_row(element: tuple[ImageGroup, GroupScores]) -> dict[str, Any]:

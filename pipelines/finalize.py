@@ -23,9 +23,9 @@ read back from there by ``curation dedup`` and ``rethreshold``). Steps:
   batch on the workers, and one worker merges the codes and writes the files (memory: the
   codes, about ``D`` bytes per vector, and the id table).
 
-Counts come from Beam metrics (``final_*`` counters); the written shards, the index's
-``index.json`` content and a few ``error`` decisions are written as a listing that the
-launcher commits in the manifest.
+The final counts (per reason, per origin and decision, per duplicate kind) are computed
+as data, exact under retries; they, the written shards, the index's ``index.json`` content
+and a few ``error`` decisions make the step's listing, which the manifest commits.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from curation.decide import Row, duplicate_row
@@ -51,6 +50,8 @@ from curation.finalize import (
     KeySet,
     NearItem,
     Removal,
+    decision_counts,
+    duplicate_count,
     keeps_row,
     mark_duplicate,
     near_item,
@@ -60,7 +61,6 @@ from curation.reasons import Decision, DuplicateKind, Reason
 from curation.storage import Location
 from curation.thresholds import Thresholds
 from pipelines.components import KeepPerComponent
-from pipelines.guarded import NAMESPACE
 from pipelines.write import WriteListing, WriteTable
 
 BATCH = 4096
@@ -90,12 +90,6 @@ class FinalizeSettings:
 
 
 # --- decisions and images ------------------------------------------------------------
-
-
-def _count_final(row: Row) -> Row:
-    Metrics.counter(NAMESPACE, f"final_reason_{row['reason']}").inc()
-    Metrics.counter(NAMESPACE, f"final_{row['text_origin']}_{row['decision']}").inc()
-    return row
 
 
 def _kept_image(row: Row) -> Iterator[str]:
@@ -298,11 +292,6 @@ def _annotate(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Row]:
 
 def _kept_candidate(row: Row, threshold: float, column: str, removed: KeySet) -> bool:
     return keeps_row(row, threshold) and row[column] not in removed
-
-
-def _count_duplicate(row: Row) -> Row:
-    Metrics.counter(NAMESPACE, f"final_duplicates_{row['kind']}").inc()
-    return row
 
 
 def _error_example(row: Row) -> Iterator[tuple[str, Row]]:
@@ -594,13 +583,11 @@ class Finalize(beam.PTransform):
         prefix = f"part-{s.generation}"
         shards = [
             final_decisions
-            | "CountFinal" >> beam.Map(_count_final)
             | "WriteDecisions" >> WriteTable("decisions", s.folder("decisions"), s.schemas["decisions"], prefix),
             clean | "WriteClean" >> WriteTable("clean", s.folder("clean"), s.schemas["clean"], prefix),
             synthetic
             | "WriteSynthetic" >> WriteTable("synthetic", s.folder("synthetic"), s.schemas["synthetic"], prefix),
             duplicates
-            | "CountDuplicates" >> beam.Map(_count_duplicate)
             | "WriteDuplicates" >> WriteTable("duplicates", s.folder("duplicates"), s.schemas["duplicates"], prefix),
         ]  # fmt: skip
         survivors = (
@@ -614,6 +601,15 @@ class Finalize(beam.PTransform):
             first_id=int(previous["max_id"]) + 1 if previous is not None else 0,
             compressed_before=previous is not None and info_is_compressed(previous),
         )
+        counts = (
+            (
+                final_decisions | "DecisionCounts" >> beam.FlatMap(decision_counts),
+                duplicates | "DuplicateCounts" >> beam.Map(duplicate_count),
+            )
+            | "AllCounts" >> beam.Flatten()
+            | "CountEach" >> beam.combiners.Count.PerElement()
+            | "Counts" >> beam.combiners.ToDict()
+        )
         errors = (
             final_decisions
             | "Errors" >> beam.FlatMap(_error_example)
@@ -623,5 +619,6 @@ class Finalize(beam.PTransform):
             *(shard_pc | f"Shard{i}" >> beam.Map(lambda e: ("shard", e)) for i, shard_pc in enumerate(shards)),
             index | "IndexEntry" >> beam.Map(lambda info: ("index", info)),
             errors | "ErrorEntry" >> beam.Map(lambda rows: ("errors", [r for _, r in rows])),
+            counts | "CountsEntry" >> beam.Map(lambda c: ("counts", c)),
         )  # fmt: skip
         return entries | "AllEntries" >> beam.Flatten() | "Listing" >> WriteListing(self._listing)

@@ -1,15 +1,16 @@
-"""Finalize a run on the engine and commit the result: after `curation run`'s pipeline, and
-for `curation dedup` / `rethreshold`, which finalize the staged tables again with other
+"""Finalize staged tables on the engine and commit the result: within `curation run`'s job,
+and for `curation dedup` / `rethreshold`, which finalize the staged tables again with other
 settings (:func:`republish`), without models.
 
-The launcher only reads listings and writes the manifest: its memory does not grow with the
-number of images.
+The launcher (or, for a detached run, the job's last step) only reads listings and writes
+the manifest: its memory does not grow with the number of images.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import apache_beam as beam
@@ -17,25 +18,19 @@ import pyarrow.parquet as pq
 
 from curation.errors import ConfigError
 from curation.finalize import FinalizeResult, TableFiles
-from curation.manifest import rebuild_manifest
-from curation.run_folder import FINAL_TABLES, STAGE_TABLES, RunFolder, new_generation
+from curation.manifest import build_manifest, rebuild_manifest
+from curation.run_folder import FINAL_TABLES, RunFolder, new_generation
 from curation.schemas import run_schemas, schema_from_text
-from curation.shards import read_rows
 from curation.storage import Location
 from curation.thresholds import Thresholds
 from pipelines.finalize import Finalize, FinalizeSettings
 from pipelines.options import RunnerChoice, choose_runner
-from pipelines.progress import beam_counters
+from pipelines.stage import read_stage
 
 
-def read_stage(pipeline: beam.Pipeline, run: RunFolder, listing: dict[str, Any]) -> dict[str, Any]:
-    """The staged tables of ``listing`` as PCollections of rows (read per shard)."""
-    return {
-        name: pipeline
-        | f"Stage{name.title()}" >> beam.Create(run.stage_files(name, listing), reshuffle=True)
-        | f"Read{name.title()}" >> beam.FlatMap(read_rows)
-        for name in STAGE_TABLES
-    }
+def final_listing(run: RunFolder, generation: str) -> Location:
+    """Where the finalize step of ``generation`` writes its listing."""
+    return run.stage / f"final-{generation}.json"
 
 
 def _table_files(
@@ -56,18 +51,83 @@ def _table_files(
     return tables
 
 
+def finalize_result(run: RunFolder, settings: FinalizeSettings) -> FinalizeResult:
+    """The result of the finalize step of ``settings.generation``, from its listing."""
+    written = final_listing(run, settings.generation).read_json()
+    return FinalizeResult.of(_table_files(run, written, settings), written)
+
+
+def commit_manifest(run: RunFolder, manifest: dict[str, Any]) -> None:
+    """Publish ``manifest`` and delete the finalize step's listing."""
+    run.publish(manifest)
+    final_listing(run, manifest["generation"]).remove()
+
+
 def finalize(
     run: RunFolder, listing: dict[str, Any], settings: FinalizeSettings, runner: RunnerChoice
 ) -> FinalizeResult:
     """Run the finalize pipeline over the staged tables of ``listing``; its result."""
-    target = run.stage / f"final-{settings.generation}.json"
     pipeline = beam.Pipeline(runner=runner.runner, options=runner.options)
-    read_stage(pipeline, run, listing) | "Finalize" >> Finalize(settings, target.url)
-    result = pipeline.run()
-    result.wait_until_finish()
-    written = target.read_json()
-    target.remove()
-    return FinalizeResult.of(_table_files(run, written, settings), beam_counters(result), written)
+    listings = pipeline | "StageListing" >> beam.Create([listing])
+    target = final_listing(run, settings.generation).url
+    read_stage(listings, run.url) | "Finalize" >> Finalize(settings, target)
+    pipeline.run().wait_until_finish()
+    return finalize_result(run, settings)
+
+
+@dataclass(frozen=True)
+class RunCommit:
+    """What a run's manifest needs besides the finalize result, fixed at launch (it travels
+    to the job's last step when the job commits itself)."""
+
+    finalize: FinalizeSettings
+    config: dict[str, Any]
+    facts: dict[str, Any]  # inputs, layout, models, device, runner...
+    changes: dict[str, Any]
+    started_at: float  # epoch seconds
+    lock_token: str
+
+
+def publish_run(run_commit: RunCommit, counters: dict[str, int] | None) -> dict[str, Any]:
+    """Build and commit the manifest of a run whose job has finished (``counters``: the
+    job's Beam counters, None when the job commits itself); returns it. A repeated call for
+    the same generation returns the committed manifest."""
+    settings = run_commit.finalize
+    run = RunFolder.at(settings.run_url)
+    previous = run.read_manifest() or {}
+    if previous.get("generation") == settings.generation:
+        return previous
+    result = finalize_result(run, settings)
+    images = run.read_stage_listing().get("images", {})
+    manifest = build_manifest(
+        run_id=settings.run_id,
+        generation=settings.generation,
+        command="run",
+        config=run_commit.config,
+        result=result,
+        timings={"total": time.time() - run_commit.started_at},
+        history=list(previous.get("history", [])),
+        changes=run_commit.changes,
+        extra={
+            **run_commit.facts,
+            "pipeline": counters,
+            "images": {
+                "scored": images.get("scored", 0),
+                "cached": images.get("cached", 0),
+                "indexed_this_round": result.index.get("added", 0),
+                "index_total": result.index.get("count", 0),
+            },
+        },
+    )
+    commit_manifest(run, manifest)
+    return manifest
+
+
+def publish_in_job(_: str, run_commit: RunCommit) -> str:
+    """The last step of a detached run's job: commit the manifest, release the run's lock."""
+    publish_run(run_commit, None)
+    RunFolder.at(run_commit.finalize.run_url).release_lock(run_commit.lock_token)
+    return run_commit.finalize.generation
 
 
 def _unit(name: str, value: float, low_open: bool = False) -> float:
@@ -149,5 +209,5 @@ def republish(
             result=result,
             timings={command: time.monotonic() - started},
         )
-        run.publish(new)
+        commit_manifest(run, new)
     return new

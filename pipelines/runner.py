@@ -1,13 +1,15 @@
-"""Run the CapFilt job: check everything, run the Beam pipeline, finalize, publish.
+"""Run the CapFilt job: check everything, run one Beam job, publish.
 
 1. :func:`prepare` checks the configuration, the inputs (every file's schema), the models
    (their configs only), the previous-round index and the runner options, and fixes the
    exact model identities, before any work. Every problem is a :class:`UsageError`.
 2. The run folder's lock is taken and what a killed command left is repaired.
-3. :func:`build_pipeline` wires read -> screen -> copies -> cache -> models -> decide ->
-   write; the staged tables of this pipeline go to a new ``_stage/<generation>/``.
-4. After the pipeline: the stage listing is committed, the cache compacted, finalize
-   writes the final tables and index, and the manifest commits them.
+3. :func:`build_pipeline` wires one job: read -> screen -> copies -> cache -> models ->
+   decide -> write the staged tables to a new ``_stage/<generation>/`` -> commit the stage
+   (:mod:`pipelines.stage`) -> finalize (:mod:`pipelines.finalize`): final tables, index.
+4. The manifest commits the result (:func:`pipelines.publish.publish_run`): written by this
+   command when the job ends, or, for a detached run (``--detach``, Flex Templates), by the
+   job's last step, which also releases the lock.
 """
 
 from __future__ import annotations
@@ -20,35 +22,34 @@ from typing import Any, TextIO
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.runners.runner import PipelineState
 
 from curation.config import RunConfig
 from curation.errors import ConfigError
-from curation.finalize import FinalizeResult
 from curation.inputs import InputFile, resolve_inputs
 from curation.layout import Layout, check_inputs
-from curation.manifest import build_manifest
 from curation.model_cache import CACHE_SCHEMA, ModelCache, fingerprint
 from curation.reader import ImageFiles, row_group_sizes
-from curation.run_folder import STAGE_LISTING, STAGE_TABLES, RunFolder, new_generation
+from curation.run_folder import RunFolder, new_generation
 from curation.schemas import DECISIONS_SCHEMA, run_schemas, schema_to_text
 from curation.screen import ScreenSettings
 from curation.storage import Location, check_writable_folder
 from pipelines.cache import CountCachedFn, JournalFn, read_cached, route, to_cache_row
 from pipelines.copies import GroupCopies
 from pipelines.decide import TABLES, CountDecisionFn, DecideFn
-from pipelines.finalize import FinalizeSettings
+from pipelines.finalize import Finalize, FinalizeSettings
 from pipelines.guarded import ERRORS
 from pipelines.inference import CaptionAndScore
 from pipelines.options import RunnerChoice, choose_runner
 from pipelines.progress import LiveLine, beam_counters
-from pipelines.publish import finalize
+from pipelines.publish import RunCommit, final_listing, publish_in_job, publish_run
 from pipelines.read import FetchImagesFn, ReadPairs, Unit
 from pipelines.screen import REJECTED, Screen
-from pipelines.write import WriteListing, WriteTable
+from pipelines.stage import CommitStage, StageSettings, read_stage
+from pipelines.write import WriteTable
 
 #: Images per model batch when ``batch_size`` is 0, by device.
 BATCH_SIZES = {"cpu": 8, "cuda": 64}
-PIPELINE_LISTING = "listing.json"
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,12 @@ class RunResult:
     counters: dict[str, int] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    job: str | None = None  # the runner's job id of a detached run still running
+
+    @property
+    def submitted(self) -> bool:
+        """A detached run whose job has not ended yet (no manifest to show)."""
+        return not self.manifest
 
     @property
     def error_rate(self) -> float:
@@ -205,10 +212,16 @@ def prepare(config: RunConfig) -> RunPlan:
 
 
 def build_pipeline(
-    pipeline: beam.Pipeline, plan: RunPlan, *, run_id: str, stage: Location, cache_files: list[str]
-) -> None:
-    """Wire the whole CapFilt job into ``pipeline``."""
+    pipeline: beam.Pipeline,
+    plan: RunPlan,
+    settings: FinalizeSettings,
+    cache_files: list[str],
+) -> beam.PCollection:
+    """Wire the whole CapFilt job into ``pipeline``; the output is the URL of the finalize
+    step's listing, once everything is written."""
     c = plan.config
+    run_id = settings.run_id
+    stage = plan.run.stage_generation(settings.generation)
     images = ImageFiles(tuple(c.image_roots), c.max_image_bytes)
     read = pipeline | "ReadPairs" >> ReadPairs(plan.units, plan.layout, images, run_id, c.threshold)
     file_order = {item.url: i for i, item in enumerate(plan.files)}
@@ -236,8 +249,15 @@ def build_pipeline(
     models = routed.todo | "Models" >> CaptionAndScore(c, plan.sizes, plan.batch_size, run_id)
     fresh = models["scored"]
     cache_folder = plan.run.cache(plan.fingerprint).url
-    fresh | "Journal" >> beam.ParDo(JournalFn(cache_folder, plan.batch_size))
+    journaled = fresh | "Journal" >> beam.ParDo(JournalFn(cache_folder, plan.batch_size))
     reused = routed.cached | "CountCached" >> beam.ParDo(CountCachedFn())
+    entries = [
+        journaled | "JournalEntries" >> beam.Map(lambda n: ("journaled", n)),
+        fresh | "ScoredImages" >> beam.combiners.Count.Globally()
+        | "ScoredEntry" >> beam.Map(lambda n: ("images_scored", n)),
+        reused | "CachedImages" >> beam.combiners.Count.Globally()
+        | "CachedEntry" >> beam.Map(lambda n: ("images_cached", n)),
+    ]  # fmt: skip
     shards = []
     for branch, scored in (("Scored", fresh), ("Cached", reused)):
         decided = scored | f"Decide{branch}" >> beam.ParDo(
@@ -271,12 +291,23 @@ def build_pipeline(
             | f"Count{name}" >> beam.ParDo(CountDecisionFn())
             | f"Write{name}" >> WriteTable("decisions", (stage / "decisions").url, DECISIONS_SCHEMA)
         )
-    (
-        shards
-        | "AllShards" >> beam.Flatten()
-        | "Tag" >> beam.Map(lambda shard: ("shard", shard))
-        | "Listing" >> WriteListing((stage / PIPELINE_LISTING).url)
+    tagged = shards | "AllShards" >> beam.Flatten() | "Tag" >> beam.Map(lambda s: ("shard", s))
+    committed = (
+        (tagged, *entries)
+        | "AllEntries" >> beam.Flatten()
+        | "Stage"
+        >> CommitStage(
+            StageSettings(
+                run_url=plan.run.url,
+                generation=settings.generation,
+                run_id=run_id,
+                fingerprint=plan.fingerprint,
+                clean_schema=schema_to_text(plan.schemas["clean"]),
+            )
+        )
     )
+    target = final_listing(plan.run, settings.generation).url
+    return read_stage(committed, plan.run.url) | "Finalize" >> Finalize(settings, target)
 
 
 def _cache_key(group: Any) -> str:
@@ -289,30 +320,6 @@ def _rejection_row(rejection: Any, run_id: str, threshold: float) -> dict[str, A
     from curation.decide import rejection_row
 
     return rejection_row(rejection, run_id, threshold)
-
-
-def _commit_stage(plan: RunPlan, generation: str, run_id: str) -> dict[str, Any]:
-    """Turn the pipeline's listing into ``_stage/stage.json`` and compact the cache."""
-    run = plan.run
-    stage = run.stage_generation(generation)
-    written = (stage / PIPELINE_LISTING).read_json()["tables"]
-    tables = {
-        name: [run.relative(s["url"]) for s in written.get(name, [])] for name in STAGE_TABLES
-    }
-    rows = {name: sum(s["rows"] for s in written.get(name, [])) for name in STAGE_TABLES}
-    listing = {
-        "generation": generation,
-        "run_id": run_id,
-        "tables": tables,
-        "rows": rows,
-        "clean_schema": schema_to_text(plan.schemas["clean"]),
-    }
-    (run.stage / STAGE_LISTING).write_json(listing)
-    ModelCache(run.cache(plan.fingerprint)).commit([s["url"] for s in written.get("cache", [])])
-    for child in run.stage.children():
-        if child.name not in (STAGE_LISTING, generation):
-            child.remove()
-    return listing
 
 
 def _run_beam(plan: RunPlan, pipeline: beam.Pipeline, stream: TextIO) -> Any:
@@ -331,34 +338,37 @@ def _run_beam(plan: RunPlan, pipeline: beam.Pipeline, stream: TextIO) -> Any:
     return result
 
 
+def _detached_by_options(runner: RunnerChoice) -> bool:
+    """Whether the options only describe the job (a template launch): nothing can wait."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    return bool(runner.options.view_as(GoogleCloudOptions).template_location)
+
+
 def run_pipeline(config: RunConfig, stream: TextIO | None = None) -> RunResult:
-    """Run the whole job into ``config.out``; a re-run reuses the cached model outputs."""
+    """Run the whole job into ``config.out``; a re-run reuses the cached model outputs.
+
+    Detached (``config.detach``, or a template launch), the job commits its own result and
+    this returns once it is submitted (local runners still run it to the end first).
+    """
     stream = stream or sys.stderr
-    started = time.monotonic()
+    started_at, started = time.time(), time.monotonic()
     plan = prepare(config)
     run = plan.run
+    detach = config.detach or _detached_by_options(plan.runner)
     lock = run.lock("run")
-    notes = lock.acquire()
+    notes = lock.acquire(detached=detach)
+    submitted = False
     try:
         notes += run.repair()
-        previous = run.read_manifest() or {}
         run_id = uuid.uuid4().hex[:12]
         generation = new_generation()
-        stage = run.stage_generation(generation)
         cache_files, warnings = ModelCache(run.cache(plan.fingerprint)).check()
         notes += warnings
         for note in notes:
             stream.write(f"note: {note}\n")
         if cache_files:
             stream.write(f"resuming: {len(cache_files)} cache file(s) of model outputs found\n")
-        pipeline = beam.Pipeline(runner=plan.runner.runner, options=plan.runner.options)
-        build_pipeline(pipeline, plan, run_id=run_id, stage=stage, cache_files=cache_files)
-        t0 = time.monotonic()
-        beam_result = _run_beam(plan, pipeline, stream)
-        counters = beam_counters(beam_result)
-        pipeline_seconds = time.monotonic() - t0
-        listing = _commit_stage(plan, generation, run_id)
-        t1 = time.monotonic()
         settings = FinalizeSettings(
             run_url=run.url,
             generation=generation,
@@ -369,40 +379,60 @@ def run_pipeline(config: RunConfig, stream: TextIO | None = None) -> RunResult:
             dimension=plan.embedding_dim,
             schemas=plan.schemas,
         )
-        result = finalize(run, listing, settings, plan.runner)
-        finalize_seconds = time.monotonic() - t1
-        seconds = time.monotonic() - started
-        manifest = build_manifest(
-            run_id=run_id,
-            generation=generation,
-            command="run",
+        run_commit = RunCommit(
+            finalize=settings,
             config=config.to_dict(),
-            result=result,
-            timings={"total": seconds, "pipeline": pipeline_seconds, "finalize": finalize_seconds},
-            history=list(previous.get("history", [])),
+            facts=_run_facts(plan),
             changes={
                 "threshold": config.threshold,
                 "synthetic_threshold": config.thresholds().synthetic,
                 "near_threshold": config.near_threshold,
             },
-            extra=_run_facts(plan, counters, result),
+            started_at=started_at,
+            lock_token=lock.token,
         )
-        run.publish(manifest)
+        pipeline = beam.Pipeline(runner=plan.runner.runner, options=plan.runner.options)
+        final = build_pipeline(pipeline, plan, settings, cache_files)
+        if detach:
+            final | "Publish" >> beam.Map(publish_in_job, run_commit=run_commit)
+            beam_result = pipeline.run()
+            submitted = True
+            if not PipelineState.is_terminal(beam_result.state):
+                return RunResult(
+                    out_dir=run.url,
+                    run_id=run_id,
+                    rows=plan.total_rows,
+                    seconds=time.monotonic() - started,
+                    notes=notes,
+                    job=_job_id(beam_result),
+                )
+            beam_result.wait_until_finish()
+            manifest = run.read_manifest() or {}
+        else:
+            beam_result = _run_beam(plan, pipeline, stream)
+            manifest = publish_run(run_commit, beam_counters(beam_result))
     finally:
-        lock.release()
+        if not submitted:
+            lock.release()
     return RunResult(
         out_dir=run.url,
         run_id=run_id,
         rows=plan.total_rows,
         seconds=time.monotonic() - started,
         counts=manifest["counts"],
-        counters=counters,
+        counters=beam_counters(beam_result),
         manifest=manifest,
         notes=notes,
     )
 
 
-def _run_facts(plan: RunPlan, counters: dict[str, int], result: FinalizeResult) -> dict[str, Any]:
+def _job_id(result: Any) -> str | None:
+    has_job = getattr(result, "has_job", False)
+    return str(result.job_id()) if has_job else None
+
+
+def _run_facts(plan: RunPlan) -> dict[str, Any]:
+    """What a run's manifest records about its inputs, models, device and runner."""
     config = plan.config
     return {
         "rows": plan.total_rows,
@@ -414,13 +444,6 @@ def _run_facts(plan: RunPlan, counters: dict[str, int], result: FinalizeResult) 
         "models": plan.models,
         "device": {"device": plan.device, "dtype": config.dtype, "batch_size": plan.batch_size},
         "runner": plan.runner.name,
-        "pipeline": counters,
-        "images": {
-            "scored": counters.get("images_scored", 0),
-            "cached": counters.get("images_cached", 0),
-            "indexed_this_round": result.index.get("added", 0),
-            "index_total": result.index.get("count", 0),
-        },
         "cache": plan.run.relative(plan.run.cache(plan.fingerprint)),
     }
 
