@@ -120,8 +120,7 @@ class FinalizeResult:
             reasons={r.value: int(counts.get(f"reason:{r.value}", 0)) for r in Reason},
             texts={
                 origin.value: {
-                    d.value: int(counts.get(f"text:{origin.value}:{d.value}", 0))
-                    for d in Decision
+                    d.value: int(counts.get(f"text:{origin.value}:{d.value}", 0)) for d in Decision
                 }
                 for origin in TextOrigin
             },
