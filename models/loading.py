@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from curation.errors import UsageError
+from models.fused_attention import use_fused_attention
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 DEFAULT_FILTER = "Salesforce/blip-itm-base-coco"
@@ -35,6 +36,9 @@ DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
 }
+
+#: Attention implementations: fused ``scaled_dot_product_attention``, or transformers' eager.
+ATTENTION = ("sdpa", "eager")
 
 _SAFE_WEIGHTS = ("*.safetensors",)
 _PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth")
@@ -99,9 +103,16 @@ def load_captioner(
     device: str = "auto",
     dtype: str = "fp32",
     allow_pickle: bool = False,
+    attention: str = "sdpa",
 ) -> LoadedModel:
-    """Load a ``BlipForConditionalGeneration`` captioner (hub id or local folder)."""
-    return _load(BlipForConditionalGeneration, name_or_path, revision, device, dtype, allow_pickle)
+    """Load a ``BlipForConditionalGeneration`` captioner (hub id or local folder).
+
+    ``attention``: ``"sdpa"`` (fused, :mod:`models.fused_attention`) or ``"eager"``
+    (transformers' own matmul + softmax).
+    """
+    return _load(
+        BlipForConditionalGeneration, name_or_path, revision, device, dtype, allow_pickle, attention
+    )
 
 
 def load_filter(
@@ -111,9 +122,13 @@ def load_filter(
     device: str = "auto",
     dtype: str = "fp32",
     allow_pickle: bool = False,
+    attention: str = "sdpa",
 ) -> LoadedModel:
-    """Load a ``BlipForImageTextRetrieval`` filter (hub id or local folder)."""
-    return _load(BlipForImageTextRetrieval, name_or_path, revision, device, dtype, allow_pickle)
+    """Load a ``BlipForImageTextRetrieval`` filter (hub id or local folder); ``attention`` as
+    for :func:`load_captioner`."""
+    return _load(
+        BlipForImageTextRetrieval, name_or_path, revision, device, dtype, allow_pickle, attention
+    )
 
 
 def _load(
@@ -123,7 +138,12 @@ def _load(
     device: str,
     dtype: str,
     allow_pickle: bool,
+    attention: str,
 ) -> LoadedModel:
+    if attention not in ATTENTION:
+        raise ModelLoadError(
+            f"unknown attention {attention!r}; choose one of {', '.join(ATTENTION)}"
+        )
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     local = Path(name).is_dir()
@@ -147,6 +167,8 @@ def _load(
         raise ModelLoadError(_explain(name, local, allow_pickle, err)) from err
     model.to(torch_device)
     model.eval()
+    if attention == "sdpa":
+        use_fused_attention(model)
     size = processor.size
     image_size = int(size["height"] if "height" in size else size["shortest_edge"])
     config_image_size = model.config.vision_config.image_size
