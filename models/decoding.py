@@ -28,14 +28,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from models.fused_attention import merge_heads, split_heads
 from models.sampling import TokenSampler
-
-
-def _bucket(n: int, device: torch.device) -> int:
-    """Workspace size for ``n`` rows or images: exact on CPU, a power of two on GPU."""
-    if device.type != "cuda":
-        return n
-    return 1 << max(0, (n - 1).bit_length())
+from models.shared_states import RowGroups, grouped_cross_attention, image_keys_values
 
 
 @dataclass
@@ -43,8 +38,6 @@ class _Workspace:
     """Static tensors of one decoding shape (rows x images); one CUDA graph replays them."""
 
     rows: int  # R: row slots (live rows first, then idle ones)
-    images: int  # N: image slots
-    slots: int  # S: row slots per image in cross-attention
     ids: torch.Tensor  # R: output row of each row slot (the scratch row when idle)
     live: torch.Tensor  # R bool: row slot holds an unfinished row
     tokens: torch.Tensor  # R: last token of each row
@@ -54,10 +47,9 @@ class _Workspace:
     seeds: torch.Tensor  # R x 2: sampling seeds
     self_keys: list[torch.Tensor]  # per layer R x heads x max_length x head_size
     self_values: list[torch.Tensor]
-    cross_keys: list[torch.Tensor]  # per layer N x heads x T x head_size
+    cross_keys: list[torch.Tensor]  # per layer N image slots x heads x T x head_size
     cross_values: list[torch.Tensor]
-    to_slots: torch.Tensor  # N*S: row slot feeding each (image, slot); R for an empty one
-    to_rows: torch.Tensor  # R: (image, slot) position of each row slot
+    groups: RowGroups  # rows by image for cross-attention
     graph: torch.cuda.CUDAGraph | None = None
 
 
@@ -71,8 +63,11 @@ class CaptionDecoder:
         *,
         max_length: int,
         pad_token_id: int,
+        static_shapes: bool | None = None,
         cuda_graphs: bool = True,
     ) -> None:
+        """``static_shapes``: workspaces in power-of-two sizes, kept and refilled (default: on
+        CUDA); ``cuda_graphs``: with static shapes on CUDA, replay each step as a graph."""
         config = text_decoder.config
         self.embeddings = text_decoder.bert.embeddings
         self.layers = list(text_decoder.bert.encoder.layer)
@@ -84,28 +79,12 @@ class CaptionDecoder:
         self.max_length = max_length
         self.pad_token_id = pad_token_id
         self.end_token_id = sampler.end_token_id
+        self.static_shapes = static_shapes
         self.cuda_graphs = cuda_graphs
-        self._graph_cache: dict[tuple[int, int, int, int], _Workspace] = {}
+        self._graph_cache: dict[tuple[int, ...], _Workspace] = {}
         self._pool: object | None = None
 
     # -- model pieces ---------------------------------------------------------------------
-
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        """``B x L x D`` -> ``B x heads x L x head_size``."""
-        return x.view(*x.shape[:-1], self.heads, self.head_size).transpose(1, 2)
-
-    def _merge(self, x: torch.Tensor) -> torch.Tensor:
-        """``B x heads x L x head_size`` -> ``B x L x D``."""
-        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
-
-    def image_keys_values(self, states: torch.Tensor) -> tuple[list[torch.Tensor], ...]:
-        """Cross-attention keys and values of every layer, once per image."""
-        keys, values = [], []
-        for layer in self.layers:
-            attention = layer.crossattention.self
-            keys.append(self._split(attention.key(states)).contiguous())
-            values.append(self._split(attention.value(states)).contiguous())
-        return keys, values
 
     def _prefill(
         self, prompt: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]
@@ -118,44 +97,52 @@ class CaptionDecoder:
         self_keys, self_values = [], []
         for i, layer in enumerate(self.layers):
             attention = layer.attention.self
-            key = self._split(attention.key(hidden))
-            value = self._split(attention.value(hidden))
-            query = self._split(attention.query(hidden))
+            key = split_heads(attention.key(hidden), self.heads)
+            value = split_heads(attention.value(hidden), self.heads)
+            query = split_heads(attention.query(hidden), self.heads)
             context = F.scaled_dot_product_attention(query, key, value, is_causal=True)
-            hidden = layer.attention.output(self._merge(context), hidden)
-            query = self._split(layer.crossattention.self.query(hidden))
+            hidden = layer.attention.output(merge_heads(context), hidden)
+            query = split_heads(layer.crossattention.self.query(hidden), self.heads)
             context = F.scaled_dot_product_attention(query, keys[i], values[i])
-            hidden = layer.crossattention.output(self._merge(context), hidden)
+            hidden = layer.crossattention.output(merge_heads(context), hidden)
             hidden = layer.feed_forward_chunk(hidden)
             self_keys.append(key)
             self_values.append(value)
         logits = self.head(hidden[:, -1:, :])[:, 0, :].float()
         return logits, self_keys, self_values
 
-    def _forward(self, ws: _Workspace) -> torch.Tensor:
-        """Logits after each row's last token, which sits at position ``length - 1``."""
+    def _forward(self, ws: _Workspace, length: int | None) -> torch.Tensor:
+        """Logits after each row's last token, which sits at position ``length - 1``.
+
+        ``length`` None (static shapes): attention over the whole cache, masked beyond the
+        position; else over the first ``length`` cache entries.
+        """
         position = (ws.length - 1).view(1, 1)
         hidden = self.embeddings(input_ids=ws.tokens[:, None], position_ids=position)
-        valid = (torch.arange(self.max_length, device=position.device) <= position).view(
-            1, 1, 1, -1
-        )
-        rows, dim = ws.rows, hidden.shape[-1]
+        valid = None
+        if length is None:
+            valid = torch.arange(self.max_length, device=position.device) <= position
+            valid = valid.view(1, 1, 1, -1)
         for i, layer in enumerate(self.layers):
             attention = layer.attention.self
-            ws.self_keys[i].index_copy_(2, position[0], self._split(attention.key(hidden)))
-            ws.self_values[i].index_copy_(2, position[0], self._split(attention.value(hidden)))
-            query = self._split(attention.query(hidden))
-            context = F.scaled_dot_product_attention(
-                query, ws.self_keys[i], ws.self_values[i], attn_mask=valid
+            ws.self_keys[i].index_copy_(
+                2, position[0], split_heads(attention.key(hidden), self.heads)
             )
-            hidden = layer.attention.output(self._merge(context), hidden)
+            ws.self_values[i].index_copy_(
+                2, position[0], split_heads(attention.value(hidden), self.heads)
+            )
+            query = split_heads(attention.query(hidden), self.heads)
+            keys, values = ws.self_keys[i], ws.self_values[i]
+            if length is not None:
+                keys, values = keys[:, :, :length], values[:, :, :length]
+            context = F.scaled_dot_product_attention(query, keys, values, attn_mask=valid)
+            hidden = layer.attention.output(merge_heads(context), hidden)
             # Cross-attention: the rows of each image attend together to its keys/values.
-            query = layer.crossattention.self.query(hidden).view(rows, dim)
-            query = torch.cat([query, query.new_zeros(1, dim)])[ws.to_slots]
-            query = query.view(ws.images, ws.slots, self.heads, self.head_size).transpose(1, 2)
-            context = F.scaled_dot_product_attention(query, ws.cross_keys[i], ws.cross_values[i])
-            context = context.transpose(1, 2).reshape(ws.images * ws.slots, dim)[ws.to_rows]
-            hidden = layer.crossattention.output(context.view(rows, 1, dim), hidden)
+            query = layer.crossattention.self.query(hidden)
+            context = grouped_cross_attention(
+                query, ws.cross_keys[i], ws.cross_values[i], ws.groups
+            )
+            hidden = layer.crossattention.output(context, hidden)
             hidden = layer.feed_forward_chunk(hidden)
         return self.head(hidden)[:, 0, :].float()
 
@@ -171,19 +158,21 @@ class CaptionDecoder:
         ws.live.logical_and_(tokens != self.end_token_id)
         ws.length.add_(1)
 
-    def _step(self, ws: _Workspace) -> None:
-        self._choose(ws, self._forward(ws))
+    def _step(self, ws: _Workspace, length: int | None = None) -> None:
+        self._choose(ws, self._forward(ws, length))
 
-    def _run_step(self, ws: _Workspace) -> None:
+    def _run_step(self, ws: _Workspace, length: int) -> None:
+        """One token for every row of ``ws``, whose rows hold ``length`` tokens."""
         if ws.graph is None and self._graphs_on(ws):
             self._capture(ws)
         if ws.graph is not None:
             ws.graph.replay()
         else:
-            self._step(ws)
+            self._step(ws, None if self._static(ws.length.device) else length)
 
     def _graphs_on(self, ws: _Workspace) -> bool:
-        return self.cuda_graphs and ws.length.device.type == "cuda"
+        device = ws.length.device
+        return self.cuda_graphs and device.type == "cuda" and self._static(device)
 
     def _capture(self, ws: _Workspace) -> None:
         """Record the step in a CUDA graph; warm-up runs on a copy of the state (kernels,
@@ -212,52 +201,60 @@ class CaptionDecoder:
 
     # -- workspaces -------------------------------------------------------------------------
 
-    def _workspace(
-        self, rows: int, images: int, slots: int, image_tokens: int, like: torch.Tensor
+    def _install(
+        self, rows: int, images: int, slots: int, state: dict[str, object], scratch: int
     ) -> _Workspace:
-        """A workspace of the given sizes, for keys/values like ``like``; on CUDA one is kept
-        per size for its graph."""
-        device = like.device
-        key = (rows, images, slots, image_tokens)
-        if self._graphs_on_device(device) and key in self._graph_cache:
-            return self._graph_cache[key]
-        layers = len(self.layers)
-        self_shape = (rows, self.heads, self.max_length, self.head_size)
-        cross_shape = (images, self.heads, image_tokens, self.head_size)
-        ws = _Workspace(
-            rows=rows,
-            images=images,
-            slots=slots,
-            ids=torch.zeros(rows, dtype=torch.long, device=device),
-            live=torch.zeros(rows, dtype=torch.bool, device=device),
-            tokens=torch.zeros(rows, dtype=torch.long, device=device),
-            length=torch.zeros((), dtype=torch.long, device=device),
-            history=torch.zeros(rows, self.max_length, dtype=torch.long, device=device),
-            seen=torch.zeros(rows, self.vocab_size, dtype=torch.bool, device=device),
-            seeds=torch.zeros(rows, 2, dtype=torch.long, device=device),
-            self_keys=[like.new_zeros(self_shape) for _ in range(layers)],
-            self_values=[like.new_zeros(self_shape) for _ in range(layers)],
-            cross_keys=[like.new_zeros(cross_shape) for _ in range(layers)],
-            cross_values=[like.new_zeros(cross_shape) for _ in range(layers)],
-            to_slots=torch.zeros(images * slots, dtype=torch.long, device=device),
-            to_rows=torch.zeros(rows, dtype=torch.long, device=device),
-        )
-        if self._graphs_on_device(device):
-            self._graph_cache[key] = ws
+        """A workspace of the given sizes holding ``state`` (the live rows and their images).
+
+        Without static shapes the sizes are exact and the workspace takes the tensors as
+        they are; with them, the workspace of these sizes is kept (with its CUDA graph) and
+        ``state`` copied into it, the idle rows and images padded (their tokens go to output
+        row ``scratch``).
+        """
+        cross = state["cross_keys"][0]
+        if not self._static(cross.device):
+            return _Workspace(
+                rows=rows, groups=RowGroups.empty(rows, images, slots, cross.device), **state
+            )
+        key = (rows, images, slots, cross.shape[2])
+        ws = self._graph_cache.get(key)
+        if ws is None:
+            ws = self._graph_cache[key] = self._allocate(rows, images, slots, state)
+        padding = {"ids": scratch, "history": self.pad_token_id}
+        for name, value in state.items():
+            target = getattr(ws, name)
+            if name == "length":
+                target.copy_(value)
+                continue
+            for into, source in zip(
+                *((target, value) if isinstance(target, list) else ([target], [value])), strict=True
+            ):
+                into[: source.shape[0]] = source
+                into[source.shape[0] :] = padding.get(name, 0)
         return ws
 
-    def _graphs_on_device(self, device: torch.device) -> bool:
-        return self.cuda_graphs and device.type == "cuda"
-
     @staticmethod
-    def _layout(ws: _Workspace, image_of_row: torch.Tensor, slot_of_row: torch.Tensor) -> None:
-        """Point each live row at its (image, slot) cross-attention position and back."""
-        live = image_of_row.shape[0]
-        position = image_of_row * ws.slots + slot_of_row
-        ws.to_slots.fill_(ws.rows)
-        ws.to_slots[position] = torch.arange(live, device=position.device)
-        ws.to_rows.zero_()
-        ws.to_rows[:live] = position
+    def _allocate(rows: int, images: int, slots: int, state: dict[str, object]) -> _Workspace:
+        """Zeroed static tensors shaped like ``state``, ``rows`` rows and ``images`` images."""
+
+        def like(value: torch.Tensor, n: int) -> torch.Tensor:
+            return value.new_zeros((n, *value.shape[1:])) if value.dim() else value.clone()
+
+        tensors = {}
+        for name, value in state.items():
+            n = images if name.startswith("cross") else rows
+            tensors[name] = (
+                [like(v, n) for v in value] if isinstance(value, list) else like(value, n)
+            )
+        device = state["ids"].device
+        return _Workspace(rows=rows, groups=RowGroups.empty(rows, images, slots, device), **tensors)
+
+    def _static(self, device: torch.device) -> bool:
+        return device.type == "cuda" if self.static_shapes is None else self.static_shapes
+
+    def _bucket(self, n: int, device: torch.device) -> int:
+        """Workspace size for ``n`` rows or images: a power of two with static shapes."""
+        return 1 << max(0, (n - 1).bit_length()) if self._static(device) else n
 
     # -- decoding ---------------------------------------------------------------------------
 
@@ -276,35 +273,38 @@ class CaptionDecoder:
         output = torch.full(
             (total + 1, self.max_length), self.pad_token_id, dtype=torch.long, device=device
         )
-        cross_keys, cross_values = self.image_keys_values(states)
+        cross_keys, cross_values = image_keys_values(self.layers, states)
         logits, prompt_keys, prompt_values = self._prefill(prompt, cross_keys, cross_values)
         owner = torch.arange(images, device=device).repeat_interleave(k)
-        ws = self._workspace(
-            _bucket(total, device), _bucket(images, device), k, states.shape[1], states
+        history = output[:total].clone()
+        history[:, :start] = prompt
+        seen = torch.zeros(total, self.vocab_size, dtype=torch.bool, device=device)
+        seen[:, prompt] = True
+        self_shape = (total, self.heads, self.max_length, self.head_size)
+        self_keys, self_values = [], []
+        for key, value in zip(prompt_keys, prompt_values, strict=True):
+            self_keys.append(key.new_zeros(self_shape))
+            self_keys[-1][:, :, :start] = key[owner]
+            self_values.append(value.new_zeros(self_shape))
+            self_values[-1][:, :, :start] = value[owner]
+        state = {
+            "ids": torch.arange(total, device=device),
+            "live": torch.ones(total, dtype=torch.bool, device=device),
+            "tokens": torch.zeros(total, dtype=torch.long, device=device),
+            "length": torch.tensor(start, device=device),
+            "history": history,
+            "seen": seen,
+            "seeds": seeds,
+            "self_keys": self_keys,
+            "self_values": self_values,
+            "cross_keys": cross_keys,
+            "cross_values": cross_values,
+        }
+        ws = self._install(
+            self._bucket(total, device), self._bucket(images, device), k, state, total
         )
-        live_ids = torch.arange(total, device=device)
-        ws.ids.fill_(total)
-        ws.ids[:total] = live_ids
-        ws.live.zero_()
-        ws.live[:total] = True
-        ws.length.fill_(start)
-        ws.history.fill_(self.pad_token_id)
-        ws.history[:total, :start] = prompt
-        ws.seen.zero_()
-        ws.seen[:total, prompt] = True
-        ws.seeds.zero_()
-        ws.seeds[:total] = seeds
-        for i in range(len(self.layers)):
-            ws.self_keys[i].zero_()
-            ws.self_values[i].zero_()
-            ws.self_keys[i][:total, :, :start] = prompt_keys[i][owner]
-            ws.self_values[i][:total, :, :start] = prompt_values[i][owner]
-            ws.cross_keys[i].zero_()
-            ws.cross_values[i].zero_()
-            ws.cross_keys[i][:images] = cross_keys[i]
-            ws.cross_values[i][:images] = cross_values[i]
-        del cross_keys, cross_values, prompt_keys, prompt_values
-        self._layout(ws, owner, torch.arange(k, device=device).repeat(images))
+        del state, cross_keys, cross_values, self_keys, self_values
+        ws.groups.assign(owner, torch.arange(k, device=device).repeat(images))
         first = logits.new_zeros(ws.rows, logits.shape[1])
         first[:total] = logits[owner]
         self._choose(ws, first)
@@ -313,10 +313,10 @@ class CaptionDecoder:
             remaining = int(ws.live[:live_rows].sum())
             if remaining == 0:
                 break
-            if _bucket(remaining, device) < ws.rows:
+            if self._bucket(remaining, device) < ws.rows:
                 ws = self._compact(ws, live_rows, output)
                 live_rows = remaining
-            self._run_step(ws)
+            self._run_step(ws, length)
             length += 1
         output[ws.ids[:live_rows]] = ws.history[:live_rows]
         return output[:total]
@@ -328,40 +328,36 @@ class CaptionDecoder:
         output[ws.ids[:live_rows]] = ws.history[:live_rows]
         keep = ws.live[:live_rows].nonzero().view(-1)
         rows = keep.shape[0]
-        kept_images, image_of_row = torch.unique(ws.to_rows[keep] // ws.slots, return_inverse=True)
+        image_slot = ws.groups.to_rows[keep] // ws.groups.slots
+        kept_images, image_of_row = torch.unique(image_slot, return_inverse=True)
         images = kept_images.shape[0]
-        counts = torch.bincount(image_of_row, minlength=images)
-        slot_of_row = torch.arange(rows, device=device) - (counts.cumsum(0) - counts)[image_of_row]
-        new = self._workspace(
-            _bucket(rows, device),
-            _bucket(images, device),
-            int(counts.max()),
-            ws.cross_keys[0].shape[2],
-            ws.self_keys[0],
+        slot_of_row, slots = RowGroups.ranks(image_of_row, images)
+        state = {
+            name: [t[keep] for t in getattr(ws, name)]
+            if isinstance(getattr(ws, name), list)
+            else getattr(ws, name)[keep]
+            for name in (
+                "ids",
+                "live",
+                "tokens",
+                "history",
+                "seen",
+                "seeds",
+                "self_keys",
+                "self_values",
+            )
+        }
+        state["length"] = ws.length.clone()
+        state["cross_keys"] = [t[kept_images] for t in ws.cross_keys]
+        state["cross_values"] = [t[kept_images] for t in ws.cross_values]
+        new = self._install(
+            self._bucket(rows, device),
+            self._bucket(images, device),
+            slots,
+            state,
+            output.shape[0] - 1,
         )
-        new.ids.fill_(output.shape[0] - 1)
-        new.ids[:rows] = ws.ids[keep]
-        new.live.zero_()
-        new.live[:rows] = True
-        new.tokens.zero_()
-        new.tokens[:rows] = ws.tokens[keep]
-        new.length.copy_(ws.length)
-        new.history.fill_(self.pad_token_id)
-        new.history[:rows] = ws.history[keep]
-        new.seen.zero_()
-        new.seen[:rows] = ws.seen[keep]
-        new.seeds.zero_()
-        new.seeds[:rows] = ws.seeds[keep]
-        for i in range(len(self.layers)):
-            for target, source, index in (
-                (new.self_keys[i], ws.self_keys[i], keep),
-                (new.self_values[i], ws.self_values[i], keep),
-                (new.cross_keys[i], ws.cross_keys[i], kept_images),
-                (new.cross_values[i], ws.cross_values[i], kept_images),
-            ):
-                target[index.shape[0] :].zero_()
-                target[: index.shape[0]] = source[index]
-        self._layout(new, image_of_row, slot_of_row)
+        new.groups.assign(image_of_row, slot_of_row)
         return new
 
 

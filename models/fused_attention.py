@@ -81,6 +81,16 @@ class FusedBlipTextAttention(BlipTextSelfAttention):
         return context, None
 
 
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``B x L x D`` -> ``B x heads x L x D/heads`` (a view)."""
+    return x.view(*x.shape[:-1], heads, x.shape[-1] // heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """``B x heads x L x d`` -> ``B x L x heads*d``."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
+
+
 _FUSED: dict[type, type] = {
     BlipAttention: FusedBlipAttention,
     BlipTextSelfAttention: FusedBlipTextAttention,

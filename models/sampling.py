@@ -46,8 +46,11 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def gumbel_noise(seeds: torch.Tensor, step: int | torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Gumbel(0, 1) noise of shape ``rows x vocab``, a pure function of (seed row, step, token).
+def gumbel_noise(
+    seeds: torch.Tensor, step: int | torch.Tensor, tokens: torch.Tensor
+) -> torch.Tensor:
+    """Gumbel(0, 1) noise for token ids ``tokens`` (``vocab`` for all rows, or ``rows x n``), a
+    pure function of (seed row, step, token id).
 
     ``step`` is the row length before the token is drawn (prompt included), a Python int or
     a 0-dim int64 tensor on the seeds' device.
@@ -55,8 +58,7 @@ def gumbel_noise(seeds: torch.Tensor, step: int | torch.Tensor, vocab_size: int)
     step = torch.as_tensor(step, dtype=torch.int64, device=seeds.device)
     step_word = _mix32(step * 0x9E3779B9 + 0x632BE5AB)
     state = _mix32(seeds[:, 0] ^ _mix32(seeds[:, 1] ^ step_word))
-    tokens = _mix32(torch.arange(vocab_size, device=seeds.device, dtype=torch.int64) * 0x9E3779B1)
-    bits = _mix32(state[:, None] ^ tokens[None, :]) >> 8
+    bits = _mix32(state[:, None] ^ _mix32(tokens.to(torch.int64) * 0x9E3779B1)) >> 8
     uniform = (bits.to(torch.float32) + 0.5) * (1.0 / (1 << 24))
     return -torch.log(-torch.log(uniform))
 
@@ -65,7 +67,7 @@ def top_k_top_p(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Scores outside the top k, then outside the nucleus of mass ``top_p``, set to -inf.
 
     As transformers' ``TopKLogitsWarper`` then ``TopPLogitsWarper`` (ties at the k-th score
-    kept; the most probable token always kept).
+    kept; the most probable token always kept), sorting the whole vocabulary.
     """
     if 0 < top_k < scores.shape[-1]:
         kth = torch.topk(scores, top_k)[0][..., -1, None]
@@ -77,6 +79,33 @@ def top_k_top_p(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
         remove[..., -1:] = False
         scores = scores.masked_fill(remove.scatter(1, order, remove), -math.inf)
     return scores
+
+
+def _top_candidates(
+    scores: torch.Tensor, top_k: int, top_p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same filter as :func:`top_k_top_p` without sorting the vocabulary: the ``2k`` best
+    scores (descending, -inf where filtered) and their token ids.
+
+    transformers' top-p sorts the whole row, in which the tokens outside the top k are -inf
+    and come first; that row is rebuilt here from the candidates, so the softmax and the
+    cumulative sum see the same numbers in the same places. Ties at the k-th score are kept
+    as transformers keeps them, up to ``k`` of them.
+    """
+    vocab = scores.shape[-1]
+    values, index = torch.topk(scores, min(2 * top_k, vocab))
+    values = values.masked_fill(values < values[:, top_k - 1 : top_k], -math.inf)
+    if top_p < 1.0:
+        ascending = values.flip(-1)
+        row = torch.cat(
+            [ascending.new_full((len(values), vocab - ascending.shape[1]), -math.inf), ascending],
+            dim=1,
+        )
+        cumulative = row.softmax(dim=-1).cumsum(dim=-1)[:, -ascending.shape[1] :]
+        remove = cumulative <= (1 - top_p)
+        remove[..., -1:] = False
+        values = values.masked_fill(remove.flip(-1), -math.inf)
+    return values, index
 
 
 class TokenSampler:
@@ -125,6 +154,15 @@ class TokenSampler:
             scores[:, self.end_token_id] = blocked
         if not self.sample:
             return scores.argmax(dim=-1)
-        scores = top_k_top_p(scores, self.top_k, self.top_p)
-        noise = gumbel_noise(seeds, length, scores.shape[-1])
-        return (scores.float().log_softmax(dim=-1) + noise).argmax(dim=-1)
+        if not 0 < self.top_k < scores.shape[-1]:
+            scores = top_k_top_p(scores, self.top_k, self.top_p)
+            tokens = torch.arange(scores.shape[-1], device=scores.device)
+            noise = gumbel_noise(seeds, length, tokens)
+            return (scores.float().log_softmax(dim=-1) + noise).argmax(dim=-1)
+        # Only the candidates can be drawn: noise for them alone, log-probabilities over the
+        # whole filtered row (as the full computation normalises them).
+        values, index = _top_candidates(scores, self.top_k, self.top_p)
+        filtered = torch.full_like(scores, -math.inf).scatter_(1, index, values)
+        log_probs = filtered.float().log_softmax(dim=-1).gather(1, index)
+        choice = (log_probs + gumbel_noise(seeds, length, index)).argmax(dim=-1, keepdim=True)
+        return index.gather(1, choice)[:, 0]

@@ -2,8 +2,10 @@
 
 ``BlipForImageTextRetrieval.forward`` re-runs the vision transformer for every text; here
 the vision states of a batch are computed once and the text encoder is run over all texts
-of all images, bucketed by length; cross-attention keys and values are projected once per
-image (``models.shared_states``). Scores per text:
+of all images, in chunks of similar length (little padding); cross-attention keys and
+values are projected once per image and each image's texts attend to them together
+(``models.shared_states``). Only position 0 is read from the text encoder, so its last
+layer runs for that position alone. Scores per text:
 
 - ITM: ``softmax(itm_head(text_encoder(text, image states)[:, 0]))[:, 1]``, the CapFilt rule's
   probability (salesforce/BLIP issue #46).
@@ -20,11 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.fused_attention import merge_heads, split_heads
 from models.loading import LoadedModel
 from models.preprocess import pixel_values
-from models.shared_states import SharedCrossAttention
+from models.shared_states import RowGroups, grouped_cross_attention, image_keys_values
 
 ENC_TOKEN = "[ENC]"
+#: A chunk of texts closes when padding would exceed this share of its real tokens.
+_PADDING_ALLOWED = 0.25
 _PUNCTUATION = re.compile(r"""([.!"()*#:;~])""")
 
 
@@ -112,6 +117,55 @@ class Scorer:
             for i, (n, end) in enumerate(zip(counts, ends, strict=True))
         ]
 
+    def _chunks(self, lengths: torch.Tensor) -> list[torch.Tensor]:
+        """Text indices in chunks of similar length: shortest first, at most
+        ``text_batch_size`` texts, padding at most a quarter of the real tokens."""
+        order = torch.argsort(lengths.cpu(), stable=True)
+        chunks, start, tokens = [], 0, 0
+        for i, n in enumerate(lengths.cpu()[order].tolist()):
+            rows = i - start
+            if rows and (
+                rows >= self.text_batch_size
+                or (rows + 1) * n > (1 + _PADDING_ALLOWED) * (tokens + n)
+            ):
+                chunks.append(order[start:i])
+                start, tokens = i, 0
+            tokens += n
+        chunks.append(order[start:])
+        return [chunk.to(lengths.device) for chunk in chunks]
+
+    def _encode(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        cross: tuple[list[torch.Tensor], list[torch.Tensor], RowGroups] | None = None,
+    ) -> torch.Tensor:
+        """The text encoder's output at position 0 (``B x D``), with cross-attention to each
+        text's image when ``cross`` (per-layer image keys, values, and the texts' groups)."""
+        text = self.loaded.model.text_encoder
+        layers = text.encoder.layer
+        heads = text.config.num_attention_heads
+        attend = mask.bool()[:, None, None, :]
+        hidden = text.embeddings(input_ids=ids)
+        for i, layer in enumerate(layers):
+            attention = layer.attention.self
+            # After the last layer only position 0 is read: its queries alone go on.
+            queries = hidden[:, :1] if i == len(layers) - 1 else hidden
+            context = F.scaled_dot_product_attention(
+                split_heads(attention.query(queries), heads),
+                split_heads(attention.key(hidden), heads),
+                split_heads(attention.value(hidden), heads),
+                attn_mask=attend,
+            )
+            hidden = layer.attention.output(merge_heads(context), queries)
+            if cross is not None:
+                keys, values, groups = cross
+                query = layer.crossattention.self.query(hidden)
+                context = grouped_cross_attention(query, keys[i], values[i], groups)
+                hidden = layer.crossattention.output(context, hidden)
+            hidden = layer.feed_forward_chunk(hidden)
+        return hidden[:, 0]
+
     def _score_texts(
         self,
         states: torch.Tensor,
@@ -131,30 +185,26 @@ class Scorer:
         input_ids = tokens.input_ids.to(loaded.device)
         attention = tokens.attention_mask.to(loaded.device)
         lengths = attention.sum(dim=1)
-        order = torch.argsort(lengths, stable=True)
-        with loaded.inference(), SharedCrossAttention(model.text_encoder, states) as shared:
+        with loaded.inference():
             itm = torch.empty(len(texts), dtype=torch.float32, device=loaded.device)
             itc = torch.empty(len(texts), dtype=torch.float32, device=loaded.device)
-            for chunk in order.split(self.text_batch_size):
+            image_keys, image_values = image_keys_values(model.text_encoder.encoder.layer, states)
+            for chunk in self._chunks(lengths):
                 width = int(lengths[chunk].max())
                 ids = input_ids[chunk, :width]
                 mask = attention[chunk, :width]
                 images = owner[chunk]
-                text_cls = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-                text_feat = F.normalize(model.text_proj(text_cls[:, 0, :]).float(), dim=-1)
+                text_feat = F.normalize(model.text_proj(self._encode(ids, mask)).float(), dim=-1)
                 itc[chunk] = (text_feat * embeddings[images]).sum(dim=-1)
                 if self.enc_token_id is not None:
                     ids = ids.clone()
                     ids[:, 0] = self.enc_token_id
-                image_states = shared.repeat(images)
-                fused = model.text_encoder(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    encoder_hidden_states=image_states,
-                    encoder_attention_mask=torch.ones(
-                        image_states.shape[:2], dtype=torch.long, device=loaded.device
-                    ),
-                ).last_hidden_state
-                logits = model.itm_head(fused[:, 0, :]).float()
-                itm[chunk] = logits.softmax(dim=-1)[:, 1]
+                used, image_of_row = torch.unique(images, return_inverse=True)
+                keys, values = image_keys, image_values
+                if len(used) < states.shape[0]:
+                    keys = [k[used] for k in keys]
+                    values = [v[used] for v in values]
+                groups = RowGroups.of(image_of_row, len(used))
+                fused = self._encode(ids, mask, (keys, values, groups))
+                itm[chunk] = model.itm_head(fused).float().softmax(dim=-1)[:, 1]
         return itm, itc

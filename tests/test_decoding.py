@@ -33,7 +33,7 @@ class ReferenceSampling(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
         for warp in self.warpers:
             scores = warp(input_ids, scores)
-        noise = gumbel_noise(self.seeds, input_ids.shape[1], scores.shape[-1])
+        noise = gumbel_noise(self.seeds, input_ids.shape[1], torch.arange(scores.shape[-1]))
         return scores.float().log_softmax(dim=-1) + noise
 
 
@@ -145,3 +145,22 @@ def test_rows_that_end_early_are_dropped_from_the_work(fused, images):
     assert steps[-1] < steps[0]
     assert sum(steps) < len(steps) * 3 * len(KEYS)
     assert lengths[0] < lengths[-1]
+
+
+def test_static_shapes_give_the_same_tokens_and_reuse_workspaces(stock, fused, images):
+    """The GPU layout (power-of-two workspaces, idle rows and images, kept for reuse) run on
+    CPU: same tokens; a second batch of the same size refills the same workspaces."""
+    settings = CaptionSettings(captions_per_image=3, min_length=3)
+    expected = reference_captions(stock, settings, images[:5], KEYS[:5])
+    captioner = Captioner(fused, settings)
+    captioner.decoder.static_shapes = True
+    assert captioner.caption(images[:5], KEYS[:5]) == expected  # 15 rows in 16, 5 images in 8
+    workspaces = dict(captioner.decoder._graph_cache)
+    assert (16, 8, 3, 17) in workspaces and len(workspaces) > 1  # and smaller ones after rows end
+    assert captioner.caption(images[:5], KEYS[:5]) == expected
+    assert captioner.decoder._graph_cache.keys() == workspaces.keys()
+    assert all(captioner.decoder._graph_cache[key] is ws for key, ws in workspaces.items())
+    other = [f"other-{i}" for i in range(5)]
+    assert captioner.caption(images[:5], other) == reference_captions(
+        stock, settings, images[:5], other
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import (
     MinLengthLogitsProcessor,
@@ -10,7 +11,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from models.sampling import TokenSampler, gumbel_noise, row_seeds, top_k_top_p
+from models.sampling import TokenSampler, _top_candidates, gumbel_noise, row_seeds, top_k_top_p
 
 
 def test_filters_equal_transformers_warpers_bit_for_bit():
@@ -66,9 +67,55 @@ def test_seeded_sampling_draws_from_the_filtered_distribution():
 
 def test_noise_is_a_function_of_seed_step_and_token():
     seeds = row_seeds(["a", "b"], seed=0, captions_per_image=2)
-    noise = gumbel_noise(seeds, 5, 100)
+    vocab = torch.arange(100)
+    noise = gumbel_noise(seeds, 5, vocab)
     assert noise.shape == (4, 100)
-    assert torch.equal(noise, gumbel_noise(seeds, torch.tensor(5), 100))
-    assert torch.equal(noise[2:], gumbel_noise(seeds[2:], 5, 100))
-    assert not torch.equal(noise, gumbel_noise(seeds, 6, 100))
+    assert torch.equal(noise, gumbel_noise(seeds, torch.tensor(5), vocab))
+    assert torch.equal(noise[2:], gumbel_noise(seeds[2:], 5, vocab))
+    assert not torch.equal(noise, gumbel_noise(seeds, 6, vocab))
     assert len({tuple(row.tolist()) for row in noise}) == 4
+    # Noise for some token ids per row is the same numbers as for the whole vocabulary.
+    picked = torch.tensor([[3, 99], [0, 50], [7, 7], [42, 1]])
+    assert torch.equal(gumbel_noise(seeds, 5, picked), noise.gather(1, picked))
+
+
+def _penalised(logits, seen):
+    scores = torch.where(seen, torch.where(logits < 0, logits * 1.1, logits / 1.1), logits)
+    scores[:, 0] = -torch.inf  # the end token, before the minimum length
+    return scores
+
+
+def _full_vocabulary_draw(logits, seen, seeds, top_k, top_p):
+    scores = top_k_top_p(_penalised(logits, seen), top_k, top_p)
+    noise = gumbel_noise(seeds, 4, torch.arange(logits.shape[1]))
+    return scores, (scores.log_softmax(dim=-1) + noise).argmax(dim=-1)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_candidate_sampling_equals_sampling_over_the_whole_vocabulary(ties):
+    """The top-k candidates path draws the token the full-vocabulary path draws. With tied
+    scores, ties at the k-th score are kept as transformers keeps them; which of several
+    equal scores falls at the nucleus edge is arbitrary in both (an unstable sort), so only
+    the nucleus size is compared there."""
+    generator = torch.Generator().manual_seed(2)
+    rows, vocab = 300, 1000
+    logits = torch.randn(rows, vocab, generator=generator) * 2
+    if ties:
+        logits = (logits * 32).round() / 32  # about bf16 resolution
+    seeds = row_seeds([f"k{i}" for i in range(rows)], seed=1, captions_per_image=1)
+    seen = torch.zeros(rows, vocab, dtype=torch.bool)
+    seen[:, :40] = True
+    for top_k, top_p in [(50, 0.9), (10, 0.5), (50, 1.0), (1, 0.9)]:
+        sampler = TokenSampler(
+            end_token_id=0, repetition_penalty=1.1, min_length=5, top_k=top_k, top_p=top_p
+        )
+        got = sampler(logits, seen, torch.tensor(4), seeds)
+        scores, expected = _full_vocabulary_draw(logits, seen, seeds, top_k, top_p)
+        if ties and top_p < 1.0 and top_k > 1:
+            values, _ = _top_candidates(_penalised(logits, seen), top_k, top_p)
+            assert torch.equal(values.isfinite().sum(-1), scores.isfinite().sum(-1))
+        else:
+            assert torch.equal(got, expected)
+    if ties:  # ties at the k-th score did occur, and were kept
+        kth = torch.topk(logits, 50).values[:, -1:]
+        assert ((logits >= kth).sum(dim=-1) > 50).any()
