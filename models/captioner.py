@@ -23,6 +23,7 @@ from transformers import GenerationConfig
 from curation.caption_settings import CaptionSettings
 from models.decoding import CaptionDecoder
 from models.loading import LoadedModel
+from models.phases import phase
 from models.preprocess import pixel_values
 from models.sampling import TokenSampler, row_seeds
 from models.shared_states import SharedCrossAttention
@@ -73,24 +74,28 @@ class Captioner:
                 pad_token_id=text_config.pad_token_id,
             )
 
-    def caption(self, pixels: np.ndarray, keys: Sequence[str]) -> list[list[str]]:
+    def caption(self, pixels: np.ndarray | torch.Tensor, keys: Sequence[str]) -> list[list[str]]:
         """Captions per image (prompt stripped, whitespace collapsed), in input order."""
         if len(keys) != len(pixels):
             raise ValueError(f"{len(pixels)} images but {len(keys)} keys")
         if len(keys) == 0:
             return []
         loaded = self.loaded
+        device = loaded.device
         k = self.settings.captions_per_image
         with loaded.inference():
-            states = loaded.model.vision_model(
-                pixel_values=pixel_values(pixels, loaded)
-            ).last_hidden_state
-            if self.decoder is not None:
-                seeds = row_seeds(keys, self.settings.seed, k).to(loaded.device)
-                prompt = self.prompt_ids[0].to(loaded.device)
-                output = self.decoder.decode(states, prompt, k, seeds)
-            else:
-                output = self._beam_search(states)
+            with phase("input", device):
+                batch = pixel_values(pixels, loaded)
+            with phase("vision", device):
+                states = loaded.model.vision_model(pixel_values=batch).last_hidden_state
+            with phase("decoding", device):
+                if self.decoder is not None:
+                    seeds = row_seeds(keys, self.settings.seed, k).to(device)
+                    prompt = self.prompt_ids[0].to(device)
+                    output = self.decoder.decode(states, prompt, k, seeds)
+                else:
+                    output = self._beam_search(states)
+                output = output.cpu()
         generated = output[:, self.prompt_ids.shape[1] :]
         texts = loaded.tokenizer.batch_decode(generated, skip_special_tokens=True)
         texts = [" ".join(text.split()) for text in texts]

@@ -82,6 +82,7 @@ class CaptionDecoder:
         self.static_shapes = static_shapes
         self.cuda_graphs = cuda_graphs
         self._graph_cache: dict[tuple[int, ...], _Workspace] = {}
+        self._buffer_cache: dict[tuple[object, ...], dict[str, object]] = {}
         self._pool: object | None = None
 
     # -- model pieces ---------------------------------------------------------------------
@@ -207,47 +208,61 @@ class CaptionDecoder:
         """A workspace of the given sizes holding ``state`` (the live rows and their images).
 
         Without static shapes the sizes are exact and the workspace takes the tensors as
-        they are; with them, the workspace of these sizes is kept (with its CUDA graph) and
-        ``state`` copied into it, the idle rows and images padded (their tokens go to output
-        row ``scratch``).
+        they are. With them, the tensors of ``rows`` rows and of ``images`` images are kept
+        (one set per size, shared by the workspaces of that size) and ``state`` is copied
+        in, idle rows and images padded (idle rows write to output row ``scratch``); a
+        workspace is kept per shape, with its CUDA graph.
         """
         cross = state["cross_keys"][0]
-        if not self._static(cross.device):
-            return _Workspace(
-                rows=rows, groups=RowGroups.empty(rows, images, slots, cross.device), **state
-            )
+        device = cross.device
+        if not self._static(device):
+            groups = RowGroups.empty(rows, images, slots, device)
+            return _Workspace(rows=rows, groups=groups, **state)
+        row_part = self._buffers(
+            ("rows", rows), {k: v for k, v in state.items() if not k.startswith("cross")}, rows
+        )
+        image_part = self._buffers(
+            ("images", images, cross.shape[2]),
+            {k: v for k, v in state.items() if k.startswith("cross")},
+            images,
+        )
         key = (rows, images, slots, cross.shape[2])
         ws = self._graph_cache.get(key)
         if ws is None:
-            ws = self._graph_cache[key] = self._allocate(rows, images, slots, state)
+            groups = RowGroups.empty(rows, images, slots, device)
+            ws = self._graph_cache[key] = _Workspace(
+                rows=rows, groups=groups, **row_part, **image_part
+            )
         padding = {"ids": scratch, "history": self.pad_token_id}
         for name, value in state.items():
-            target = getattr(ws, name)
-            if name == "length":
-                target.copy_(value)
-                continue
-            for into, source in zip(
-                *((target, value) if isinstance(target, list) else ([target], [value])), strict=True
-            ):
+            targets = getattr(ws, name)
+            pairs = (
+                zip(targets, value, strict=True) if isinstance(value, list) else [(targets, value)]
+            )
+            for into, source in pairs:
+                if into is source:
+                    continue
+                if name == "length":
+                    into.copy_(source)
+                    continue
                 into[: source.shape[0]] = source
                 into[source.shape[0] :] = padding.get(name, 0)
         return ws
 
-    @staticmethod
-    def _allocate(rows: int, images: int, slots: int, state: dict[str, object]) -> _Workspace:
-        """Zeroed static tensors shaped like ``state``, ``rows`` rows and ``images`` images."""
+    def _buffers(
+        self, key: tuple[object, ...], like: dict[str, object], n: int
+    ) -> dict[str, object]:
+        """Zeroed tensors shaped like ``like`` with ``n`` rows, kept under ``key``."""
+        if key not in self._buffer_cache:
 
-        def like(value: torch.Tensor, n: int) -> torch.Tensor:
-            return value.new_zeros((n, *value.shape[1:])) if value.dim() else value.clone()
+            def zeros(value: torch.Tensor) -> torch.Tensor:
+                return value.new_zeros((n, *value.shape[1:])) if value.dim() else value.clone()
 
-        tensors = {}
-        for name, value in state.items():
-            n = images if name.startswith("cross") else rows
-            tensors[name] = (
-                [like(v, n) for v in value] if isinstance(value, list) else like(value, n)
-            )
-        device = state["ids"].device
-        return _Workspace(rows=rows, groups=RowGroups.empty(rows, images, slots, device), **tensors)
+            self._buffer_cache[key] = {
+                name: [zeros(v) for v in value] if isinstance(value, list) else zeros(value)
+                for name, value in like.items()
+            }
+        return self._buffer_cache[key]
 
     def _static(self, device: torch.device) -> bool:
         return device.type == "cuda" if self.static_shapes is None else self.static_shapes
@@ -322,41 +337,27 @@ class CaptionDecoder:
         return output[:total]
 
     def _compact(self, ws: _Workspace, live_rows: int, output: torch.Tensor) -> _Workspace:
-        """Save every row's tokens, then gather the unfinished rows (and the images they
-        read) into a workspace of their size. Rows stay grouped by image, in order."""
+        """Save every row's tokens, then gather the unfinished rows into a workspace of their
+        size. Their images move to a smaller set only when that shrinks the image size;
+        rows stay grouped by image, in order."""
         device = ws.ids.device
         output[ws.ids[:live_rows]] = ws.history[:live_rows]
         keep = ws.live[:live_rows].nonzero().view(-1)
         rows = keep.shape[0]
-        image_slot = ws.groups.to_rows[keep] // ws.groups.slots
-        kept_images, image_of_row = torch.unique(image_slot, return_inverse=True)
-        images = kept_images.shape[0]
-        slot_of_row, slots = RowGroups.ranks(image_of_row, images)
-        state = {
-            name: [t[keep] for t in getattr(ws, name)]
-            if isinstance(getattr(ws, name), list)
-            else getattr(ws, name)[keep]
-            for name in (
-                "ids",
-                "live",
-                "tokens",
-                "history",
-                "seen",
-                "seeds",
-                "self_keys",
-                "self_values",
-            )
-        }
+        image_of_row = ws.groups.to_rows[keep] // ws.groups.slots
+        live_images, inverse = torch.unique(image_of_row, return_inverse=True)
+        images = ws.groups.images
+        state: dict[str, object] = {"cross_keys": ws.cross_keys, "cross_values": ws.cross_values}
+        if self._bucket(len(live_images), device) < images:
+            images, image_of_row = self._bucket(len(live_images), device), inverse
+            state = {name: [t[live_images] for t in value] for name, value in state.items()}
+        for name in ("ids", "live", "tokens", "history", "seen", "seeds"):
+            state[name] = getattr(ws, name)[keep]
+        state["self_keys"] = [t[keep] for t in ws.self_keys]
+        state["self_values"] = [t[keep] for t in ws.self_values]
         state["length"] = ws.length.clone()
-        state["cross_keys"] = [t[kept_images] for t in ws.cross_keys]
-        state["cross_values"] = [t[kept_images] for t in ws.cross_values]
-        new = self._install(
-            self._bucket(rows, device),
-            self._bucket(images, device),
-            slots,
-            state,
-            output.shape[0] - 1,
-        )
+        slot_of_row, slots = RowGroups.ranks(image_of_row, images)
+        new = self._install(self._bucket(rows, device), images, slots, state, output.shape[0] - 1)
         new.groups.assign(image_of_row, slot_of_row)
         return new
 

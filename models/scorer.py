@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from models.fused_attention import merge_heads, split_heads
 from models.loading import LoadedModel
+from models.phases import phase
 from models.preprocess import pixel_values
 from models.shared_states import RowGroups, grouped_cross_attention, image_keys_values
 
@@ -83,17 +84,21 @@ class Scorer:
                 )
             self.enc_token_id = vocab[ENC_TOKEN]
 
-    def embed_images(self, pixels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_images(self, pixels: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One vision pass: (vision states ``B x T x D``, L2-normalised ITC embeddings ``B x P``)."""
         model = self.loaded.model
+        device = self.loaded.device
         with self.loaded.inference():
-            states = model.vision_model(
-                pixel_values=pixel_values(pixels, self.loaded)
-            ).last_hidden_state
-            embeddings = F.normalize(model.vision_proj(states[:, 0, :]).float(), dim=-1)
+            with phase("input", device):
+                batch = pixel_values(pixels, self.loaded)
+            with phase("vision", device):
+                states = model.vision_model(pixel_values=batch).last_hidden_state
+                embeddings = F.normalize(model.vision_proj(states[:, 0, :]).float(), dim=-1)
         return states, embeddings
 
-    def score(self, pixels: np.ndarray, texts: Sequence[Sequence[str]]) -> list[ImageScores]:
+    def score(
+        self, pixels: np.ndarray | torch.Tensor, texts: Sequence[Sequence[str]]
+    ) -> list[ImageScores]:
         """Scores of ``texts[i]`` (any number, zero included) against image ``i``."""
         if len(texts) != len(pixels):
             raise ValueError(f"{len(pixels)} images but {len(texts)} text lists")
@@ -108,8 +113,9 @@ class Scorer:
             owner = torch.repeat_interleave(torch.arange(len(texts)), torch.tensor(counts)).to(
                 self.loaded.device
             )
-            itm_t, itc_t = self._score_texts(states, embeddings, owner, flat)
-            itm, itc = itm_t.cpu().numpy(), itc_t.cpu().numpy()
+            with phase("scoring", self.loaded.device):
+                itm_t, itc_t = self._score_texts(states, embeddings, owner, flat)
+                itm, itc = itm_t.cpu().numpy(), itc_t.cpu().numpy()
         ends = np.cumsum(counts)
         embeddings_np = embeddings.cpu().numpy().astype(np.float32)
         return [

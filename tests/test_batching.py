@@ -1,0 +1,126 @@
+"""Batch size by device, the prefetching feeder, phase timing and CPU process settings."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.batching import CPU_BATCH, MAX_BATCH, batch_size_for, bytes_per_image
+from models.feeder import prefetch
+from models.host import free_cores, prepare_cpu, reuse_freed_memory
+from models.loading import load_captioner, load_filter
+from models.phases import measure_phases, phase
+
+
+@pytest.fixture(scope="module")
+def models(tiny_captioner_dir: Path, tiny_filter_dir: Path):
+    return [
+        load_captioner(str(tiny_captioner_dir), device="cpu"),
+        load_filter(str(tiny_filter_dir), device="cpu"),
+    ]
+
+
+def test_batch_size_is_fixed_on_cpu_and_follows_memory_otherwise(models):
+    assert batch_size_for(models, 3) == CPU_BATCH
+    need = max(bytes_per_image(m, 3) for m in models)
+    assert bytes_per_image(models[0], 5) > bytes_per_image(models[0], 1)
+    sizes = [
+        batch_size_for(models, 3, free_bytes=int(need * n / 0.6)) for n in (1, 300, 1000, 10**7)
+    ]
+    assert sizes == [1, 256, 512, MAX_BATCH]
+    assert all(size & (size - 1) == 0 for size in sizes)
+    assert batch_size_for(models, 3, free_bytes=0) == 1
+
+
+def test_base_sized_models_get_hundreds_of_images_on_an_80_gib_gpu(tmp_path, tiny_tokenizer):
+    """BLIP-base in bf16 on an H100 (about 78 GiB free after loading): 512 images."""
+    from transformers import BlipForConditionalGeneration
+
+    from models.loading import LoadedModel
+    from models.presets import blip_config
+
+    config = blip_config("base", tiny_tokenizer)
+    with torch.device("meta"):
+        model = BlipForConditionalGeneration(config)
+    loaded = LoadedModel(
+        model, tiny_tokenizer, 384, (0, 0, 0), (1, 1, 1), "base", None,
+        torch.device("cuda"), torch.bfloat16, "x",
+    )  # fmt: skip
+    assert 40e6 < bytes_per_image(loaded, 3) < 90e6
+    assert batch_size_for([loaded], 3, free_bytes=78 * 2**30) == 512
+    assert batch_size_for([loaded], 1, free_bytes=78 * 2**30) == 512
+
+
+def test_prefetch_prepares_ahead_in_threads_and_keeps_order():
+    batches = [[i * 10 + j for j in range(n)] for i, n in enumerate([3, 3, 2, 3])]
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def prepare(item: int) -> np.ndarray:
+        with lock:
+            started.append(item)
+        time.sleep(0.01)
+        return np.full((4, 4, 3), item % 256, dtype=np.uint8)
+
+    seen = []
+    for batch, pixels in prefetch(batches, prepare, (4, 4, 3), workers=3, depth=2):
+        if not seen:  # while the first batch is held, the next one is prepared
+            deadline = time.monotonic() + 2
+            while 12 not in started and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert 12 in started
+        seen.append(batch)
+        assert pixels.dtype == torch.uint8 and pixels.shape == (len(batch), 4, 4, 3)
+        assert pixels[:, 0, 0, 0].tolist() == [item % 256 for item in batch]
+    assert seen == batches
+
+
+def test_prefetch_raises_the_error_of_its_batch():
+    def prepare(item: int) -> np.ndarray:
+        if item == 4:
+            raise ValueError("bad image 4")
+        return np.zeros((2, 2, 3), dtype=np.uint8)
+
+    feeder = prefetch([[1, 2], [3, 4], [5]], prepare, (2, 2, 3), workers=2)
+    assert next(feeder)[0] == [1, 2]
+    with pytest.raises(ValueError, match="bad image 4"):
+        next(feeder)
+
+
+def test_phases_are_timed_only_while_measured():
+    device = torch.device("cpu")
+    with phase("vision", device):
+        time.sleep(0.001)
+    with measure_phases() as totals:
+        for _ in range(2):
+            with phase("vision", device):
+                time.sleep(0.01)
+        with phase("decoding", device):
+            pass
+    with phase("vision", device):
+        time.sleep(0.02)
+    assert set(totals) == {"vision", "decoding"}
+    assert 0.02 <= totals["vision"] < 0.2
+
+
+def test_cpu_settings_never_raise_threads(monkeypatch):
+    assert 1 <= free_cores() <= (os.cpu_count() or 1)
+    assert reuse_freed_memory() in (True, False)
+    threads = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        torch.set_num_threads(1)
+        prepare_cpu()
+        assert torch.get_num_threads() == 1
+        monkeypatch.setattr("models.host.free_cores", lambda: 1)
+        torch.set_num_threads(2)
+        prepare_cpu()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
