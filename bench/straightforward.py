@@ -31,22 +31,31 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("-k", type=int, default=1, help="captions per image")
     parser.add_argument("--batch-size", type=int, default=8, help="images per batch")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     args = parser.parse_args()
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
 
     table = pq.read_table(args.data)
     keys = table.column("key").to_pylist()
     texts = table.column("text").to_pylist()
     images = [Image.open(io.BytesIO(b)).convert("RGB") for b in table.column("image").to_pylist()]
     cap_processor = BlipProcessor.from_pretrained(args.captioner)
-    captioner = BlipForConditionalGeneration.from_pretrained(args.captioner).eval()
+    captioner = BlipForConditionalGeneration.from_pretrained(args.captioner, dtype=dtype)
+    captioner = captioner.to(args.device).eval()
     flt_processor = BlipProcessor.from_pretrained(args.filter)
-    flt = BlipForImageTextRetrieval.from_pretrained(args.filter).eval()
+    flt = BlipForImageTextRetrieval.from_pretrained(args.filter, dtype=dtype)
+    flt = flt.to(args.device).eval()
 
     rows: dict[str, list] = {"key": [], "text": [], "origin": [], "itm": []}
     with torch.inference_mode():
         for start in range(0, len(images), args.batch_size):
             batch = images[start : start + args.batch_size]
             inputs = cap_processor(images=batch, text=[PROMPT] * len(batch), return_tensors="pt")
+            inputs = inputs.to(args.device)
+            inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
             output = captioner.generate(
                 **inputs,
                 do_sample=True,
@@ -67,8 +76,9 @@ def main() -> None:
                 text=[t for _, t, _ in candidates],
                 padding=True,
                 return_tensors="pt",
-            )
-            itm = flt(**scored, use_itm_head=True).itm_score.softmax(dim=-1)[:, 1]
+            ).to(args.device)
+            scored["pixel_values"] = scored["pixel_values"].to(dtype)
+            itm = flt(**scored, use_itm_head=True).itm_score.float().softmax(dim=-1)[:, 1]
             for (i, text, origin), score in zip(candidates, itm.tolist(), strict=True):
                 rows["key"].append(keys[start + i])
                 rows["text"].append(text)

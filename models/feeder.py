@@ -63,7 +63,7 @@ def prefetch(
     pending: deque[tuple[Sequence[T], torch.Tensor, list[Future[None]]]] = deque()
 
     def fill(buffer: torch.Tensor, index: int, item: T) -> None:
-        buffer[index] = torch.from_numpy(np.ascontiguousarray(prepare(item)))
+        buffer[index].numpy()[...] = prepare(item)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="feeder") as pool:
         source = iter(batches)

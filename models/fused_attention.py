@@ -44,6 +44,8 @@ class FusedBlipTextAttention(BlipTextSelfAttention):
         cache: object | None = None,
         **kwargs: object,
     ) -> tuple[torch.Tensor, None]:
+        if cache is None:  # transformers before 5.24 names it past_key_values
+            cache = kwargs.get("past_key_values")
         heads, size = self.num_attention_heads, self.attention_head_size
         query = self.query(hidden_states)
         query = query.view(*hidden_states.shape[:-1], heads, size).transpose(1, 2)

@@ -9,7 +9,7 @@
 - Threads: torch's OpenMP threads wait for each other at the end of every operation. When
   other processes keep the cores busy, a thread that lost its core stalls the others, and
   the small operations of caption decoding then ran 4-6x slower with 2 threads than with 1
-  on 2 shared cores. Threads are capped at the cores that are free (by load average).
+  on 2 shared cores. Threads are capped at the cores that are idle when the model loads.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import ctypes.util
 import functools
 import os
 
+import psutil
 import torch
 
 _M_TRIM_THRESHOLD = -1
@@ -49,10 +50,12 @@ def reuse_freed_memory() -> bool:
     )
 
 
-def free_cores() -> int:
-    """Cores this process may use that other work is not using: the cores it may run on
-    less the one-minute load average (rounded), at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, cores - round(load))
+def free_cores(interval: float = 0.25) -> int:
+    """Cores this process may run on that other work leaves idle, measured over ``interval``
+    seconds (while this thread sleeps), at least 1. A core counts when at least three
+    quarters of it are idle: a thread sharing a core stalls its team at every operation."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    busy = psutil.cpu_percent(interval=interval, percpu=True)
+    cores = [busy[i] for i in allowed if i < len(busy)] if allowed else busy
+    idle = sum(100.0 - percent for percent in cores) / 100.0
+    return max(1, int(idle + 0.25))

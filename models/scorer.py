@@ -64,10 +64,12 @@ class Scorer:
         *,
         first_token: str = "enc",
         max_tokens: int = 35,
-        text_batch_size: int = 64,
+        text_batch_size: int | None = None,
     ) -> None:
         if first_token not in {"enc", "cls"}:
             raise ValueError(f"first_token must be 'enc' or 'cls', not {first_token!r}")
+        if text_batch_size is None:
+            text_batch_size = 64 if loaded.device.type == "cpu" else 2048
         if text_batch_size < 1 or max_tokens < 2:
             raise ValueError("text_batch_size must be >= 1 and max_tokens >= 2")
         self.loaded = loaded
