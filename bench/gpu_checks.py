@@ -141,8 +141,8 @@ def scores_agree(folder: Path) -> dict[str, Any]:
                 itc = stock.model(input_ids=ids, pixel_values=batch, use_itm_head=False).itm_score
             worst = max(
                 worst,
-                abs(itm.softmax(-1)[0, 1].item() - result.itm[j]),
-                abs(itc[0, 0].item() - result.itc[j]),
+                abs(itm.softmax(-1)[0, 1].item() - float(result.itm[j])),
+                abs(itc[0, 0].item() - float(result.itc[j])),
             )
     return {"ok": worst < 1e-3, "max_abs_diff": worst}
 
@@ -150,7 +150,7 @@ def scores_agree(folder: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--base-images", type=int, default=32)
+    parser.add_argument("--base-images", type=int, default=32, help="images of the base checks")
     parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     args = parser.parse_args()
     global DEVICE
@@ -184,7 +184,7 @@ def main() -> None:
         "decoder_base_k3": lambda: same_captions(
             base, CaptionSettings(captions_per_image=3), args.base_images
         ),
-        "graphs_bf16": lambda: graphs_match(base, 64),
+        "graphs_bf16": lambda: graphs_match(base, 2 * args.base_images),
         "attention_bf16_filter": lambda: attention_agrees(mini["filter"], "filter"),
         "attention_bf16_captioner": lambda: attention_agrees(mini["captioner"], "captioner"),
         "scores_fp32": lambda: scores_agree(mini["filter"]),

@@ -31,8 +31,7 @@ def bytes_per_image(loaded: LoadedModel, captions_per_image: int, max_length: in
     activations = tokens * (5 * vision.hidden_size + 2 * vision.intermediate_size) * size
     cross = 2 * 2 * text.num_hidden_layers * tokens * text.hidden_size * size
     caption_rows = captions_per_image * (
-        2 * text.num_hidden_layers * max_length * text.hidden_size * size
-        + 8 * text.vocab_size * 4
+        2 * text.num_hidden_layers * max_length * text.hidden_size * size + 8 * text.vocab_size * 4
     )
     return activations + cross + caption_rows
 

@@ -23,6 +23,7 @@ them on CPU fp32).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +84,9 @@ class CaptionDecoder:
         self.cuda_graphs = cuda_graphs
         self._graph_cache: dict[tuple[int, ...], _Workspace] = {}
         self._buffer_cache: dict[tuple[object, ...], dict[str, object]] = {}
+        # Workspaces and graphs are reused across calls: one decode at a time (RunInference
+        # may share a model between a worker's threads).
+        self._lock = threading.Lock()
         self._pool: object | None = None
 
     # -- model pieces ---------------------------------------------------------------------
@@ -282,6 +286,12 @@ class CaptionDecoder:
     ) -> torch.Tensor:
         """Token ids ``(images * rows_per_image) x max_length`` (prompt first, padding after
         the end token), rows image-major as ``generate`` with ``num_return_sequences``."""
+        with self._lock:
+            return self._decode(states, prompt, rows_per_image, seeds)
+
+    def _decode(
+        self, states: torch.Tensor, prompt: torch.Tensor, rows_per_image: int, seeds: torch.Tensor
+    ) -> torch.Tensor:
         device = states.device
         images, k, start = states.shape[0], rows_per_image, prompt.shape[0]
         total = images * k
