@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,11 +67,10 @@ class LoadedModel:
 
     @contextmanager
     def inference(self) -> Iterator[None]:
-        """Context for a forward pass: no autograd, and autocast to the model dtype on CUDA."""
-        with ExitStack() as stack:
-            stack.enter_context(torch.inference_mode())
-            if self.device.type == "cuda" and self.dtype != torch.float32:
-                stack.enter_context(torch.autocast("cuda", dtype=self.dtype))
+        """Context for a forward pass: no autograd. The weights are already in the model
+        dtype, so no autocast: every layer runs in that dtype (bf16 end to end), and the
+        caption decoder's CUDA graphs never capture autocast's temporary weight casts."""
+        with torch.inference_mode():
             yield
 
 

@@ -124,3 +124,16 @@ def test_cpu_settings_never_raise_threads(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_pixels_from_the_feeder_feed_the_model_as_numpy_does(models):
+    from models.preprocess import pinned, pixel_values
+
+    loaded = models[1]
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    (_, pixels), *_ = prefetch([list(images)], lambda image: image, (32, 32, 3))
+    expected = pixel_values(images, loaded)
+    assert torch.equal(pixel_values(pixels, loaded), expected)
+    assert torch.equal(pixel_values(pinned(images), loaded), expected)
+    with pytest.raises(ValueError, match="uint8"):
+        pixel_values(pixels.float(), loaded)
