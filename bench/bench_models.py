@@ -300,7 +300,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     keys = [f"img-{i:05d}" for i in range(args.images)]
     web = [[WEB_TEXTS[i % len(WEB_TEXTS)]] for i in range(args.images)]
     scorer = Scorer(flt, first_token="cls")
-    batch = args.batch_size or min(args.images, batch_size_for([cap, flt], max(args.ks)))
+    configs = [cap.model.config, flt.model.config]
+    batch = args.batch_size or min(
+        args.images, batch_size_for(configs, cap.dtype, device, max(args.ks))
+    )
 
     # Warm-up at the measured batch shape on GPU (kernels, graphs), smaller on CPU.
     n = min(batch, args.images) if device.type == "cuda" else min(2, args.images)
@@ -373,7 +376,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["runs"].append(run_result)
         print(json.dumps(run_result), flush=True)
         if args.end_to_end:
-            e2e_batch = args.batch_size or batch_size_for([cap, flt], k)
+            e2e_batch = args.batch_size or batch_size_for(configs, cap.dtype, device, k)
             workers = args.feeder_workers or os.cpu_count() or 1
             e2e = end_to_end(
                 cap,

@@ -27,9 +27,11 @@ _M_MMAP_THRESHOLD = -3
 _THRESHOLD = 1 << 30
 
 
+@functools.cache
 def prepare_cpu() -> None:
-    """Settings for CPU inference in this process: :func:`reuse_freed_memory`, and torch's
-    threads capped at :func:`free_cores` (never raised; ``OMP_NUM_THREADS`` set wins)."""
+    """Settings for CPU inference in this process, once: :func:`reuse_freed_memory`, and
+    torch's threads capped at :func:`free_cores` (never raised; ``OMP_NUM_THREADS`` set
+    wins)."""
     reuse_freed_memory()
     if not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(max(1, min(torch.get_num_threads(), free_cores())))

@@ -27,34 +27,30 @@ def models(tiny_captioner_dir: Path, tiny_filter_dir: Path):
 
 
 def test_batch_size_is_fixed_on_cpu_and_follows_memory_otherwise(models):
-    assert batch_size_for(models, 3) == CPU_BATCH
-    need = max(bytes_per_image(m, 3) for m in models)
-    assert bytes_per_image(models[0], 5) > bytes_per_image(models[0], 1)
+    configs = [m.model.config for m in models]
+    cpu, fp32 = torch.device("cpu"), torch.float32
+    assert batch_size_for(configs, fp32, cpu, 3) == CPU_BATCH
+    need = max(bytes_per_image(c, fp32, 3) for c in configs)
+    assert bytes_per_image(configs[0], fp32, 5) > bytes_per_image(configs[0], fp32, 1)
+    assert bytes_per_image(configs[0], torch.bfloat16, 3) < bytes_per_image(configs[0], fp32, 3)
     sizes = [
-        batch_size_for(models, 3, free_bytes=int(need * n / 0.6)) for n in (1, 300, 1000, 10**7)
+        batch_size_for(configs, fp32, cpu, 3, free_bytes=int(need * n / 0.6))
+        for n in (1, 300, 1000, 10**7)
     ]
     assert sizes == [1, 256, 512, MAX_BATCH]
-    assert all(size & (size - 1) == 0 for size in sizes)
-    assert batch_size_for(models, 3, free_bytes=0) == 1
+    assert batch_size_for(configs, fp32, cpu, 3, free_bytes=0) == 1
 
 
-def test_base_sized_models_get_hundreds_of_images_on_an_80_gib_gpu(tmp_path, tiny_tokenizer):
-    """BLIP-base in bf16 on an H100 (about 78 GiB free after loading): 512 images."""
-    from transformers import BlipForConditionalGeneration
-
-    from models.loading import LoadedModel
+def test_base_sized_models_get_hundreds_of_images_on_a_gpu(tiny_tokenizer):
+    """BLIP-base in bf16: 512 images on an H100 (about 78 GiB free after loading), 1,024 on
+    an H200 (about 139 GiB)."""
     from models.presets import blip_config
 
     config = blip_config("base", tiny_tokenizer)
-    with torch.device("meta"):
-        model = BlipForConditionalGeneration(config)
-    loaded = LoadedModel(
-        model, tiny_tokenizer, 384, (0, 0, 0), (1, 1, 1), "base", None,
-        torch.device("cuda"), torch.bfloat16, "x",
-    )  # fmt: skip
-    assert 40e6 < bytes_per_image(loaded, 3) < 90e6
-    assert batch_size_for([loaded], 3, free_bytes=78 * 2**30) == 512
-    assert batch_size_for([loaded], 1, free_bytes=78 * 2**30) == 512
+    bf16, cuda = torch.bfloat16, torch.device("cuda")
+    assert 40e6 < bytes_per_image(config, bf16, 3) < 90e6
+    assert batch_size_for([config], bf16, cuda, 3, free_bytes=78 * 2**30) == 512
+    assert batch_size_for([config], bf16, cuda, 1, free_bytes=139 * 2**30) == 1024
 
 
 def test_prefetch_prepares_ahead_in_threads_and_keeps_order():
@@ -116,12 +112,17 @@ def test_cpu_settings_never_raise_threads(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
         torch.set_num_threads(1)
+        prepare_cpu.cache_clear()
         prepare_cpu()
         assert torch.get_num_threads() == 1
         monkeypatch.setattr("models.host.free_cores", lambda: 1)
         torch.set_num_threads(2)
+        prepare_cpu.cache_clear()
         prepare_cpu()
         assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        prepare_cpu()  # once per process
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
 
