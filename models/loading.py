@@ -27,7 +27,7 @@ from transformers import (
 
 from curation.errors import UsageError
 from models.fused_attention import use_fused_attention
-from models.host import prepare_cpu
+from models.host import reuse_freed_memory
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 DEFAULT_FILTER = "Salesforce/blip-itm-base-coco"
@@ -147,7 +147,7 @@ def _load(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     if torch_device.type == "cpu":
-        prepare_cpu()
+        reuse_freed_memory()
     local = Path(name).is_dir()
     if local:
         _check_local_weights(Path(name), allow_pickle)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 
 from models.batching import CPU_BATCH, MAX_BATCH, batch_size_for, bytes_per_image
 from models.feeder import prefetch
-from models.host import free_cores, prepare_cpu, reuse_freed_memory
+from models.host import reuse_freed_memory, threads_at_most
 from models.loading import load_captioner, load_filter
 from models.phases import measure_phases, phase
 
@@ -105,25 +104,37 @@ def test_phases_are_timed_only_while_measured():
     assert 0.02 <= totals["vision"] < 0.2
 
 
-def test_cpu_settings_never_raise_threads(monkeypatch):
-    assert 1 <= free_cores() <= (os.cpu_count() or 1)
+def test_threads_are_narrowed_for_small_work_and_restored():
     assert reuse_freed_memory() in (True, False)
     threads = torch.get_num_threads()
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
-        torch.set_num_threads(1)
-        prepare_cpu.cache_clear()
-        prepare_cpu()
-        assert torch.get_num_threads() == 1
-        monkeypatch.setattr("models.host.free_cores", lambda: 1)
         torch.set_num_threads(2)
-        prepare_cpu.cache_clear()
-        prepare_cpu()
-        assert torch.get_num_threads() == 1
-        torch.set_num_threads(2)
-        prepare_cpu()  # once per process
+        with threads_at_most(1):
+            assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == 2
+        with threads_at_most(8):  # never raised
+            assert torch.get_num_threads() == 2
     finally:
+        torch.set_num_threads(threads)
+
+
+def test_cpu_decoding_steps_run_one_thread_per_32_rows(models):
+    from curation.caption_settings import CaptionSettings
+    from models.captioner import Captioner
+
+    loaded = models[0]
+    seen: list[int] = []
+    hook = loaded.model.text_decoder.cls.register_forward_hook(
+        lambda *_: seen.append(torch.get_num_threads())
+    )
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        images = np.zeros((4, 32, 32, 3), dtype=np.uint8)
+        Captioner(loaded, CaptionSettings(captions_per_image=3)).caption(images, list("abcd"))
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+    finally:
+        hook.remove()
         torch.set_num_threads(threads)
 
 
