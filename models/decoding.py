@@ -24,20 +24,19 @@ them on CPU fp32).
 from __future__ import annotations
 
 import threading
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from models.fused_attention import merge_heads, split_heads
-from models.host import threads_at_most
+from models.host import ThreadTuner
 from models.sampling import TokenSampler
 from models.shared_states import RowGroups, grouped_cross_attention, image_keys_values
 
-#: On CPU, decoding steps get one thread per this many rows: their operations are small, and
-#: threads that wait for each other at every one of them cost more than they bring.
-ROWS_PER_THREAD = 32
+#: On CPU, threads for the decoding steps: operations on a few dozen rows, where threads
+#: that wait for each other can cost more than they bring (``models.host``).
+DECODING_STEPS = ThreadTuner()
 
 
 @dataclass
@@ -178,6 +177,9 @@ class CaptionDecoder:
             self._capture(ws)
         if ws.graph is not None:
             ws.graph.replay()
+        elif ws.length.device.type == "cpu":
+            with DECODING_STEPS.run(ws.rows):
+                self._step(ws, None if self._static(ws.length.device) else length)
         else:
             self._step(ws, None if self._static(ws.length.device) else length)
 
@@ -292,9 +294,7 @@ class CaptionDecoder:
     ) -> torch.Tensor:
         """Token ids ``(images * rows_per_image) x max_length`` (prompt first, padding after
         the end token), rows image-major as ``generate`` with ``num_return_sequences``."""
-        rows = states.shape[0] * rows_per_image
-        threads = max(1, rows // ROWS_PER_THREAD) if states.device.type == "cpu" else None
-        with self._lock, threads_at_most(threads) if threads else nullcontext():
+        with self._lock:
             return self._decode(states, prompt, rows_per_image, seeds)
 
     def _decode(

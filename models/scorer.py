@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from models.fused_attention import merge_heads, split_heads
+from models.host import ThreadTuner
 from models.loading import LoadedModel
 from models.phases import phase
 from models.preprocess import pixel_values
@@ -31,6 +33,8 @@ from models.shared_states import RowGroups, grouped_cross_attention, image_keys_
 ENC_TOKEN = "[ENC]"
 #: A chunk of texts closes when padding would exceed this share of its real tokens.
 _PADDING_ALLOWED = 0.25
+#: On CPU, threads for encoding a chunk of texts (``models.host``).
+TEXT_CHUNKS = ThreadTuner()
 _PUNCTUATION = re.compile(r"""([.!"()*#:;~])""")
 
 
@@ -197,22 +201,25 @@ class Scorer:
             itm = torch.empty(len(texts), dtype=torch.float32, device=loaded.device)
             itc = torch.empty(len(texts), dtype=torch.float32, device=loaded.device)
             image_keys, image_values = image_keys_values(model.text_encoder.encoder.layer, states)
+            cpu = loaded.device.type == "cpu"
             for chunk in self._chunks(lengths):
                 width = int(lengths[chunk].max())
-                ids = input_ids[chunk, :width]
-                mask = attention[chunk, :width]
-                images = owner[chunk]
-                text_feat = F.normalize(model.text_proj(self._encode(ids, mask)).float(), dim=-1)
-                itc[chunk] = (text_feat * embeddings[images]).sum(dim=-1)
-                if self.enc_token_id is not None:
-                    ids = ids.clone()
-                    ids[:, 0] = self.enc_token_id
-                used, image_of_row = torch.unique(images, return_inverse=True)
-                keys, values = image_keys, image_values
-                if len(used) < states.shape[0]:
-                    keys = [k[used] for k in keys]
-                    values = [v[used] for v in values]
-                groups = RowGroups.of(image_of_row, len(used))
-                fused = self._encode(ids, mask, (keys, values, groups))
-                itm[chunk] = model.itm_head(fused).float().softmax(dim=-1)[:, 1]
+                with TEXT_CHUNKS.run(len(chunk) * width) if cpu else nullcontext():
+                    ids = input_ids[chunk, :width]
+                    mask = attention[chunk, :width]
+                    images = owner[chunk]
+                    cls = self._encode(ids, mask)
+                    text_feat = F.normalize(model.text_proj(cls).float(), dim=-1)
+                    itc[chunk] = (text_feat * embeddings[images]).sum(dim=-1)
+                    if self.enc_token_id is not None:
+                        ids = ids.clone()
+                        ids[:, 0] = self.enc_token_id
+                    used, image_of_row = torch.unique(images, return_inverse=True)
+                    keys, values = image_keys, image_values
+                    if len(used) < states.shape[0]:
+                        keys = [k[used] for k in keys]
+                        values = [v[used] for v in values]
+                    groups = RowGroups.of(image_of_row, len(used))
+                    fused = self._encode(ids, mask, (keys, values, groups))
+                    itm[chunk] = model.itm_head(fused).float().softmax(dim=-1)[:, 1]
         return itm, itc

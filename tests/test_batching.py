@@ -12,7 +12,7 @@ import torch
 
 from models.batching import CPU_BATCH, MAX_BATCH, batch_size_for, bytes_per_image
 from models.feeder import prefetch
-from models.host import reuse_freed_memory, threads_at_most
+from models.host import ThreadTuner, reuse_freed_memory, threads_at_most
 from models.loading import load_captioner, load_filter
 from models.phases import measure_phases, phase
 
@@ -118,9 +118,28 @@ def test_threads_are_narrowed_for_small_work_and_restored():
         torch.set_num_threads(threads)
 
 
-def test_cpu_decoding_steps_run_one_thread_per_32_rows(models):
+def test_thread_tuner_keeps_the_faster_count_and_rechecks():
+    tuner = ThreadTuner(recheck=4)
+    used: list[int] = []
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for _ in range(9):
+            with tuner.run(units=2):
+                used.append(torch.get_num_threads())
+                time.sleep(0.002 if used[-1] == 1 else 0.02)  # one thread is faster here
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert used[:2] == [1, 2]  # each tried once
+    assert used[2:] == [1, 1, 2, 1, 1, 1, 2]  # then the faster, the other every 4th call
+    assert tuner.seconds_per_unit[1] < tuner.seconds_per_unit[2]
+
+
+def test_cpu_decoding_steps_run_under_the_tuner(models):
     from curation.caption_settings import CaptionSettings
     from models.captioner import Captioner
+    from models.decoding import DECODING_STEPS
 
     loaded = models[0]
     seen: list[int] = []
@@ -130,9 +149,12 @@ def test_cpu_decoding_steps_run_one_thread_per_32_rows(models):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
+        calls = DECODING_STEPS.calls
         images = np.zeros((4, 32, 32, 3), dtype=np.uint8)
         Captioner(loaded, CaptionSettings(captions_per_image=3)).caption(images, list("abcd"))
-        assert set(seen) == {1} and torch.get_num_threads() == 2
+        assert DECODING_STEPS.calls - calls == len(seen) - 1  # every step but the prompt's
+        assert set(DECODING_STEPS.seconds_per_unit) == {1, 2}
+        assert torch.get_num_threads() == 2
     finally:
         hook.remove()
         torch.set_num_threads(threads)
