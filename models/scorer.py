@@ -214,12 +214,9 @@ class Scorer:
                     if self.enc_token_id is not None:
                         ids = ids.clone()
                         ids[:, 0] = self.enc_token_id
-                    used, image_of_row = torch.unique(images, return_inverse=True)
-                    keys, values = image_keys, image_values
-                    if len(used) < states.shape[0]:
-                        keys = [k[used] for k in keys]
-                        values = [v[used] for v in values]
-                    groups = RowGroups.of(image_of_row, len(used))
-                    fused = self._encode(ids, mask, (keys, values, groups))
+                    # Every image of the batch keeps its keys/values in place (an image
+                    # with no text in this chunk only gets empty slots).
+                    groups = RowGroups.of(images, states.shape[0])
+                    fused = self._encode(ids, mask, (image_keys, image_values, groups))
                     itm[chunk] = model.itm_head(fused).float().softmax(dim=-1)[:, 1]
         return itm, itc
