@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,17 @@ from transformers import (
 )
 
 from curation.errors import UsageError
+from models.fused_attention import use_fused_attention
+from models.host import reuse_freed_memory
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
 }
+
+#: Attention implementations: fused ``scaled_dot_product_attention``, or transformers' eager.
+ATTENTION = ("sdpa", "eager")
 
 _SAFE_WEIGHTS = ("*.safetensors",)
 _PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth")
@@ -57,11 +62,10 @@ class LoadedModel:
 
     @contextmanager
     def inference(self) -> Iterator[None]:
-        """Context for a forward pass: no autograd, and autocast to the model dtype on CUDA."""
-        with ExitStack() as stack:
-            stack.enter_context(torch.inference_mode())
-            if self.device.type == "cuda" and self.dtype != torch.float32:
-                stack.enter_context(torch.autocast("cuda", dtype=self.dtype))
+        """Context for a forward pass: no autograd. The weights are already in the model
+        dtype, so no autocast: every layer runs in that dtype (bf16 end to end), and the
+        caption decoder's CUDA graphs never capture autocast's temporary weight casts."""
+        with torch.inference_mode():
             yield
 
 
@@ -94,9 +98,16 @@ def load_captioner(
     device: str = "auto",
     dtype: str = "fp32",
     allow_pickle: bool = False,
+    attention: str = "sdpa",
 ) -> LoadedModel:
-    """Load a ``BlipForConditionalGeneration`` captioner (hub id or local folder)."""
-    return _load(BlipForConditionalGeneration, name_or_path, revision, device, dtype, allow_pickle)
+    """Load a ``BlipForConditionalGeneration`` captioner (hub id or local folder).
+
+    ``attention``: ``"sdpa"`` (fused, :mod:`models.fused_attention`) or ``"eager"``
+    (transformers' own matmul + softmax).
+    """
+    return _load(
+        BlipForConditionalGeneration, name_or_path, revision, device, dtype, allow_pickle, attention
+    )
 
 
 def load_filter(
@@ -106,9 +117,13 @@ def load_filter(
     device: str = "auto",
     dtype: str = "fp32",
     allow_pickle: bool = False,
+    attention: str = "sdpa",
 ) -> LoadedModel:
-    """Load a ``BlipForImageTextRetrieval`` filter (hub id or local folder)."""
-    return _load(BlipForImageTextRetrieval, name_or_path, revision, device, dtype, allow_pickle)
+    """Load a ``BlipForImageTextRetrieval`` filter (hub id or local folder); ``attention`` as
+    for :func:`load_captioner`."""
+    return _load(
+        BlipForImageTextRetrieval, name_or_path, revision, device, dtype, allow_pickle, attention
+    )
 
 
 def _load(
@@ -118,9 +133,16 @@ def _load(
     device: str,
     dtype: str,
     allow_pickle: bool,
+    attention: str,
 ) -> LoadedModel:
+    if attention not in ATTENTION:
+        raise ModelLoadError(
+            f"unknown attention {attention!r}; choose one of {', '.join(ATTENTION)}"
+        )
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    if torch_device.type == "cpu":
+        reuse_freed_memory()
     local = _check_source(name, allow_pickle)
     options: dict[str, Any] = {
         "revision": revision,
@@ -140,6 +162,8 @@ def _load(
         raise ModelLoadError(_explain(name, local, allow_pickle, err)) from err
     model.to(torch_device)
     model.eval()
+    if attention == "sdpa":
+        use_fused_attention(model)
     size = processor.size
     image_size = int(size["height"] if "height" in size else size["shortest_edge"])
     config_image_size = model.config.vision_config.image_size

@@ -2,8 +2,10 @@
 
 ``BlipForImageTextRetrieval.forward`` re-runs the vision transformer for every text; here
 the vision states of a batch are computed once and the text encoder is run over all texts
-of all images, bucketed by length; cross-attention keys and values are projected once per
-image (``models.shared_states``). Scores per text:
+of all images, in chunks of similar length (little padding); cross-attention keys and
+values are projected once per image and each image's texts attend to them together
+(``models.shared_states``). Only position 0 is read from the text encoder, so its last
+layer runs for that position alone. Scores per text:
 
 - ITM: ``softmax(itm_head(text_encoder(text, image states)[:, 0]))[:, 1]``, the CapFilt rule's
   probability (salesforce/BLIP issue #46).
@@ -14,17 +16,25 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.fused_attention import merge_heads, split_heads
+from models.host import ThreadTuner
 from models.loading import LoadedModel
+from models.phases import phase
 from models.preprocess import pixel_values
-from models.shared_states import SharedCrossAttention
+from models.shared_states import RowGroups, grouped_cross_attention, image_keys_values
 
 ENC_TOKEN = "[ENC]"
+#: A chunk of texts closes when padding would exceed this share of its real tokens.
+_PADDING_ALLOWED = 0.25
+#: On CPU, threads for encoding a chunk of texts (``models.host``).
+TEXT_CHUNKS = ThreadTuner()
 _PUNCTUATION = re.compile(r"""([.!"()*#:;~])""")
 
 
@@ -58,10 +68,12 @@ class Scorer:
         *,
         first_token: str = "enc",
         max_tokens: int = 35,
-        text_batch_size: int = 64,
+        text_batch_size: int | None = None,
     ) -> None:
         if first_token not in {"enc", "cls"}:
             raise ValueError(f"first_token must be 'enc' or 'cls', not {first_token!r}")
+        if text_batch_size is None:
+            text_batch_size = 64 if loaded.device.type == "cpu" else 2048
         if text_batch_size < 1 or max_tokens < 2:
             raise ValueError("text_batch_size must be >= 1 and max_tokens >= 2")
         self.loaded = loaded
@@ -78,17 +90,21 @@ class Scorer:
                 )
             self.enc_token_id = vocab[ENC_TOKEN]
 
-    def embed_images(self, pixels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_images(self, pixels: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One vision pass: (vision states ``B x T x D``, L2-normalised ITC embeddings ``B x P``)."""
         model = self.loaded.model
+        device = self.loaded.device
         with self.loaded.inference():
-            states = model.vision_model(
-                pixel_values=pixel_values(pixels, self.loaded)
-            ).last_hidden_state
-            embeddings = F.normalize(model.vision_proj(states[:, 0, :]).float(), dim=-1)
+            with phase("input", device):
+                batch = pixel_values(pixels, self.loaded)
+            with phase("vision", device):
+                states = model.vision_model(pixel_values=batch).last_hidden_state
+                embeddings = F.normalize(model.vision_proj(states[:, 0, :]).float(), dim=-1)
         return states, embeddings
 
-    def score(self, pixels: np.ndarray, texts: Sequence[Sequence[str]]) -> list[ImageScores]:
+    def score(
+        self, pixels: np.ndarray | torch.Tensor, texts: Sequence[Sequence[str]]
+    ) -> list[ImageScores]:
         """Scores of ``texts[i]`` (any number, zero included) against image ``i``."""
         if len(texts) != len(pixels):
             raise ValueError(f"{len(pixels)} images but {len(texts)} text lists")
@@ -103,14 +119,64 @@ class Scorer:
             owner = torch.repeat_interleave(torch.arange(len(texts)), torch.tensor(counts)).to(
                 self.loaded.device
             )
-            itm_t, itc_t = self._score_texts(states, embeddings, owner, flat)
-            itm, itc = itm_t.cpu().numpy(), itc_t.cpu().numpy()
+            with phase("scoring", self.loaded.device):
+                itm_t, itc_t = self._score_texts(states, embeddings, owner, flat)
+                itm, itc = itm_t.cpu().numpy(), itc_t.cpu().numpy()
         ends = np.cumsum(counts)
         embeddings_np = embeddings.cpu().numpy().astype(np.float32)
         return [
             ImageScores(itm=itm[end - n : end], itc=itc[end - n : end], embedding=embeddings_np[i])
             for i, (n, end) in enumerate(zip(counts, ends, strict=True))
         ]
+
+    def _chunks(self, lengths: torch.Tensor) -> list[torch.Tensor]:
+        """Text indices in chunks of similar length: shortest first, at most
+        ``text_batch_size`` texts, padding at most a quarter of the real tokens."""
+        order = torch.argsort(lengths.cpu(), stable=True)
+        chunks, start, tokens = [], 0, 0
+        for i, n in enumerate(lengths.cpu()[order].tolist()):
+            rows = i - start
+            if rows and (
+                rows >= self.text_batch_size
+                or (rows + 1) * n > (1 + _PADDING_ALLOWED) * (tokens + n)
+            ):
+                chunks.append(order[start:i])
+                start, tokens = i, 0
+            tokens += n
+        chunks.append(order[start:])
+        return [chunk.to(lengths.device) for chunk in chunks]
+
+    def _encode(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        cross: tuple[list[torch.Tensor], list[torch.Tensor], RowGroups] | None = None,
+    ) -> torch.Tensor:
+        """The text encoder's output at position 0 (``B x D``), with cross-attention to each
+        text's image when ``cross`` (per-layer image keys, values, and the texts' groups)."""
+        text = self.loaded.model.text_encoder
+        layers = text.encoder.layer
+        heads = text.config.num_attention_heads
+        attend = mask.bool()[:, None, None, :]
+        hidden = text.embeddings(input_ids=ids)
+        for i, layer in enumerate(layers):
+            attention = layer.attention.self
+            # After the last layer only position 0 is read: its queries alone go on.
+            queries = hidden[:, :1] if i == len(layers) - 1 else hidden
+            context = F.scaled_dot_product_attention(
+                split_heads(attention.query(queries), heads),
+                split_heads(attention.key(hidden), heads),
+                split_heads(attention.value(hidden), heads),
+                attn_mask=attend,
+            )
+            hidden = layer.attention.output(merge_heads(context), queries)
+            if cross is not None:
+                keys, values, groups = cross
+                query = layer.crossattention.self.query(hidden)
+                context = grouped_cross_attention(query, keys[i], values[i], groups)
+                hidden = layer.crossattention.output(context, hidden)
+            hidden = layer.feed_forward_chunk(hidden)
+        return hidden[:, 0]
 
     def _score_texts(
         self,
@@ -131,30 +197,26 @@ class Scorer:
         input_ids = tokens.input_ids.to(loaded.device)
         attention = tokens.attention_mask.to(loaded.device)
         lengths = attention.sum(dim=1)
-        order = torch.argsort(lengths, stable=True)
-        with loaded.inference(), SharedCrossAttention(model.text_encoder, states) as shared:
+        with loaded.inference():
             itm = torch.empty(len(texts), dtype=torch.float32, device=loaded.device)
             itc = torch.empty(len(texts), dtype=torch.float32, device=loaded.device)
-            for chunk in order.split(self.text_batch_size):
+            image_keys, image_values = image_keys_values(model.text_encoder.encoder.layer, states)
+            cpu = loaded.device.type == "cpu"
+            for chunk in self._chunks(lengths):
                 width = int(lengths[chunk].max())
-                ids = input_ids[chunk, :width]
-                mask = attention[chunk, :width]
-                images = owner[chunk]
-                text_cls = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-                text_feat = F.normalize(model.text_proj(text_cls[:, 0, :]).float(), dim=-1)
-                itc[chunk] = (text_feat * embeddings[images]).sum(dim=-1)
-                if self.enc_token_id is not None:
-                    ids = ids.clone()
-                    ids[:, 0] = self.enc_token_id
-                image_states = shared.repeat(images)
-                fused = model.text_encoder(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    encoder_hidden_states=image_states,
-                    encoder_attention_mask=torch.ones(
-                        image_states.shape[:2], dtype=torch.long, device=loaded.device
-                    ),
-                ).last_hidden_state
-                logits = model.itm_head(fused[:, 0, :]).float()
-                itm[chunk] = logits.softmax(dim=-1)[:, 1]
+                with TEXT_CHUNKS.run(len(chunk) * width) if cpu else nullcontext():
+                    ids = input_ids[chunk, :width]
+                    mask = attention[chunk, :width]
+                    images = owner[chunk]
+                    cls = self._encode(ids, mask)
+                    text_feat = F.normalize(model.text_proj(cls).float(), dim=-1)
+                    itc[chunk] = (text_feat * embeddings[images]).sum(dim=-1)
+                    if self.enc_token_id is not None:
+                        ids = ids.clone()
+                        ids[:, 0] = self.enc_token_id
+                    # Every image of the batch keeps its keys/values in place (an image
+                    # with no text in this chunk only gets empty slots).
+                    groups = RowGroups.of(images, states.shape[0])
+                    fused = self._encode(ids, mask, (image_keys, image_values, groups))
+                    itm[chunk] = model.itm_head(fused).float().softmax(dim=-1)[:, 1]
         return itm, itc

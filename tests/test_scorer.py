@@ -28,6 +28,12 @@ def loaded(tiny_filter_dir: Path) -> LoadedModel:
 
 
 @pytest.fixture(scope="module")
+def stock(tiny_filter_dir: Path) -> LoadedModel:
+    """The filter as transformers runs it (eager attention): the reference."""
+    return load_filter(str(tiny_filter_dir), device="cpu", attention="eager")
+
+
+@pytest.fixture(scope="module")
 def images() -> np.ndarray:
     return np.random.default_rng(5).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
 
@@ -47,24 +53,24 @@ def _reference(loaded: LoadedModel, image: np.ndarray, text: str, first_token_id
     return itm.softmax(-1)[0, 1].item(), itc[0, 0].item()
 
 
-def test_scores_equal_transformers_forward_pair_by_pair(loaded, images):
+def test_scores_equal_transformers_forward_pair_by_pair(loaded, stock, images):
     scores = Scorer(loaded, first_token="cls", text_batch_size=2).score(images, TEXTS)
     assert [len(s.itm) for s in scores] == [len(t) for t in TEXTS]
     for image, texts, result in zip(images, TEXTS, scores, strict=True):
         assert result.itm.dtype == np.float32 and result.itc.dtype == np.float32
         for j, text in enumerate(texts):
-            itm, itc = _reference(loaded, image, text, None)
+            itm, itc = _reference(stock, image, text, None)
             assert result.itm[j] == pytest.approx(itm, abs=1e-5)
             assert result.itc[j] == pytest.approx(itc, abs=1e-5)
     itms = np.concatenate([s.itm for s in scores])
     assert np.ptp(itms) > 1e-4  # the texts are told apart, so equality above means something
 
 
-def test_enc_token_is_what_the_itm_branch_sees(loaded, images):
+def test_enc_token_is_what_the_itm_branch_sees(loaded, stock, images):
     enc_id = loaded.tokenizer.convert_tokens_to_ids("[ENC]")
     cls_scores = Scorer(loaded, first_token="cls").score(images, TEXTS)
     enc_scores = Scorer(loaded, first_token="enc").score(images, TEXTS)
-    itm, itc = _reference(loaded, images[0], TEXTS[0][1], enc_id)
+    itm, itc = _reference(stock, images[0], TEXTS[0][1], enc_id)
     assert enc_scores[0].itm[1] == pytest.approx(itm, abs=1e-5)
     assert enc_scores[0].itc[1] == pytest.approx(itc, abs=1e-5)
     for a, b in zip(cls_scores, enc_scores, strict=True):

@@ -62,3 +62,31 @@ def test_shared_projection_matches_repeated_states(loaded):
     # Projected once for the 3 images, skipped (empty input) for the second chunk, and
     # the plain tensor's rows projected as given.
     assert calls == [3] * layers + [0] * layers + [3] * layers
+
+
+def test_grouped_cross_attention_equals_attention_to_repeated_states(loaded):
+    """Texts of one image attend together to its keys/values, projected once per image:
+    the same as each text attending to its own copy (rows in any order, images skipped)."""
+    from models.shared_states import RowGroups, grouped_cross_attention, image_keys_values
+
+    layers = list(loaded.model.text_encoder.encoder.layer)
+    attention = layers[0].crossattention.self
+    heads, size = attention.num_attention_heads, attention.attention_head_size
+    states = torch.randn(4, 17, loaded.model.config.vision_config.hidden_size)
+    owner = torch.tensor([2, 0, 2, 2, 3, 0])  # image 1 has no text
+    query = torch.randn(6, 5, heads * size)
+    with torch.inference_mode():
+        keys, values = image_keys_values(layers, states)
+        groups = RowGroups.of(owner, 4)
+        got = grouped_cross_attention(query, keys[0], values[0], groups)
+        repeated = states[owner]
+        k = attention.key(repeated).view(6, 17, heads, size).transpose(1, 2)
+        v = attention.value(repeated).view(6, 17, heads, size).transpose(1, 2)
+        q = query.view(6, 5, heads, size).transpose(1, 2)
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert keys[0].shape == (4, heads, 17, size) and keys[0].is_contiguous()
+    assert (groups.images, groups.slots) == (4, 3)
+    assert sorted(groups.to_rows.tolist()) == [0, 1, 6, 7, 8, 9]
+    torch.testing.assert_close(
+        got, expected.transpose(1, 2).reshape(6, 5, -1), atol=1e-5, rtol=1e-5
+    )
