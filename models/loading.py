@@ -191,6 +191,8 @@ class ModelInfo:
     image_size: int  # square input side of the vision model
     max_positions: int  # longest token sequence the text model takes
     embedding_dim: int  # size of the ITC image embedding (the index's dimension)
+    config: Any  # the BlipConfig (sizes the batches before the weights are loaded)
+    weight_bytes: int | None  # size of a local folder's weight files, None for hub ids
 
 
 def check_model(
@@ -226,7 +228,13 @@ def check_model(
         image_size=int(vision.image_size),
         max_positions=int(text.max_position_embeddings),
         embedding_dim=int(getattr(config, "image_text_hidden_size", config.projection_dim)),
+        config=config,
+        weight_bytes=_weight_bytes(Path(name_or_path)) if local else None,
     )
+
+
+def _weight_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".safetensors", ".bin"))
 
 
 def _check_source(name: str, allow_pickle: bool) -> bool:

@@ -159,7 +159,9 @@ class CaptionHandler(BlipHandler):
         return Captioner(self._load("captioner"), self._config.caption_settings())
 
     def infer(self, batch: Sequence[ModelInput], model: Any) -> list[Any]:
-        pixels = np.stack([item.caption_pixels for item in batch])
+        from models.preprocess import pinned
+
+        pixels = pinned(np.stack([item.caption_pixels for item in batch]))
         return [tuple(c) for c in model.caption(pixels, [item.group.key for item in batch])]
 
     def get_num_bytes(self, batch: Sequence[ModelInput]) -> int:
@@ -180,7 +182,9 @@ class ScoreHandler(BlipHandler):
         return Scorer(self._load("filter"), first_token=self._config.first_token)
 
     def infer(self, batch: Sequence[ModelInput], model: Any) -> list[Any]:
-        pixels = np.stack([item.filter_pixels for item in batch])
+        from models.preprocess import pinned
+
+        pixels = pinned(np.stack([item.filter_pixels for item in batch]))
         texts = [list(item.group.texts) + list(item.captions) for item in batch]
         out = []
         for item, scores in zip(batch, model.score(pixels, texts), strict=True):

@@ -20,6 +20,19 @@ from curation.errors import ConfigError
 from curation.storage import Location
 
 DATAFLOW_REQUIRED = ("project", "region", "temp_location")
+#: Memory of the GPUs Dataflow attaches (``worker_accelerator=type:...``), in GiB.
+ACCELERATOR_MEMORY_GIB = {
+    "nvidia-tesla-t4": 16,
+    "nvidia-tesla-p4": 8,
+    "nvidia-tesla-v100": 16,
+    "nvidia-tesla-p100": 16,
+    "nvidia-l4": 24,
+    "nvidia-tesla-a100": 40,
+    "nvidia-a100-80gb": 80,
+    "nvidia-h100-80gb": 80,
+    "nvidia-h100-mega-80gb": 80,
+    "nvidia-h200-141gb": 141,
+}
 
 
 @dataclass
@@ -94,3 +107,21 @@ def choose_runner(
                     "not see; use object storage (gs://..., s3://...)"
                 )
     return RunnerChoice(options, None, short, local=local)
+
+
+def accelerator(beam_args: Sequence[str]) -> str | None:
+    """The GPU type of ``worker_accelerator`` in the Beam options (None when not given)."""
+    for arg in beam_args:
+        if "worker_accelerator" not in arg:
+            continue
+        for part in arg.split("worker_accelerator=", 1)[-1].split(";"):
+            if part.startswith("type:"):
+                return part[len("type:") :]
+        return ""
+    return None
+
+
+def accelerator_memory(beam_args: Sequence[str]) -> int | None:
+    """Memory in bytes of one GPU of the workers' accelerator, when its type is known."""
+    gib = ACCELERATOR_MEMORY_GIB.get(accelerator(beam_args) or "")
+    return gib * 2**30 if gib else None

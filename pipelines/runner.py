@@ -40,7 +40,7 @@ from pipelines.decide import TABLES, CountDecisionFn, DecideFn
 from pipelines.finalize import Finalize, FinalizeSettings
 from pipelines.guarded import ERRORS
 from pipelines.inference import CaptionAndScore
-from pipelines.options import RunnerChoice, choose_runner
+from pipelines.options import RunnerChoice, accelerator, accelerator_memory, choose_runner
 from pipelines.progress import LiveLine, beam_counters
 from pipelines.publish import RunCommit, final_listing, publish_in_job, publish_run
 from pipelines.read import FetchImagesFn, ReadPairs, Unit
@@ -48,8 +48,8 @@ from pipelines.screen import REJECTED, Screen
 from pipelines.stage import CommitStage, StageSettings, read_stage
 from pipelines.write import WriteTable
 
-#: Images per model batch when ``batch_size`` is 0, by device.
-BATCH_SIZES = {"cpu": 8, "cuda": 64}
+#: Images per GPU batch when the GPU's memory is not known before the run.
+GPU_FALLBACK_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -116,22 +116,52 @@ def _device(config: RunConfig, runner: RunnerChoice) -> str:
                 )
         return config.device
     if not runner.local:
-        accelerated = any("worker_accelerator" in arg for arg in config.beam_args)
-        return "cuda" if accelerated else "cpu"
+        return "cuda" if accelerator(config.beam_args) is not None else "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _batch_size(config: RunConfig, device: str, runner: RunnerChoice, infos: list[Any]) -> int:
+    """Images per model batch: ``--batch-size``, else by device (CPU: a fixed size; GPU: as
+    many as the memory left by the weights holds, for this machine's GPU on local runners and
+    the ``worker_accelerator`` type on remote ones)."""
+    from models.batching import CPU_BATCH, batch_size_for
+
+    if config.batch_size:
+        return config.batch_size
+    if not device.startswith("cuda"):
+        return CPU_BATCH
+    import torch
+
+    from models.loading import DTYPES
+
+    if runner.local:
+        memory: int | None = torch.cuda.mem_get_info(torch.device(device))[0]
+    else:
+        memory = accelerator_memory(config.beam_args)
+    if memory is None:
+        return GPU_FALLBACK_BATCH
+    weights = sum(info.weight_bytes or 0 for info in infos)
+    return batch_size_for(
+        [info.config for info in infos],
+        DTYPES[config.dtype],
+        torch.device("cuda"),
+        max(1, config.captions_per_image),
+        free_bytes=max(0, memory - weights),
+    )
+
+
 def _check_models(
     config: RunConfig,
-) -> tuple[tuple[int | None, int], int, dict[str, dict[str, Any]]]:
+) -> tuple[tuple[int | None, int], int, dict[str, dict[str, Any]], list[Any]]:
     from models.loading import check_model, model_identity
 
     filt = check_model(
         config.filter, revision=config.filter_revision, allow_pickle=config.allow_pickle
     )
     models = {"filter": model_identity(config.filter, config.filter_revision)}
+    infos = [filt]
     caption_size = None
     if config.captions_per_image > 0:
         cap = check_model(
@@ -144,7 +174,8 @@ def _check_models(
             )
         caption_size = cap.image_size
         models["captioner"] = model_identity(config.captioner, config.captioner_revision)
-    return (caption_size, filt.image_size), filt.embedding_dim, models
+        infos.append(cap)
+    return (caption_size, filt.image_size), filt.embedding_dim, models, infos
 
 
 def _check_previous(config: RunConfig, run: RunFolder, dimension: int) -> None:
@@ -182,7 +213,7 @@ def prepare(config: RunConfig) -> RunPlan:
     layout = check_inputs(
         files, config.image_column, config.text_column, config.key_column, config.drop_columns
     )
-    sizes, dimension, models = _check_models(config)
+    sizes, dimension, models, infos = _check_models(config)
     _check_previous(config, run, dimension)
     device = _device(config, runner)
     check_writable_folder(run.root, "--out")
@@ -205,7 +236,7 @@ def prepare(config: RunConfig) -> RunPlan:
         models=models,
         fingerprint=fingerprint(config.to_dict(), models),
         device=device,
-        batch_size=config.batch_size or BATCH_SIZES[device.split(":")[0]],
+        batch_size=_batch_size(config, device, runner, infos),
         runner=runner,
         schemas=schemas,
     )

@@ -171,3 +171,56 @@ def test_pixels_from_the_feeder_feed_the_model_as_numpy_does(models):
     assert torch.equal(pixel_values(pinned(images), loaded), expected)
     with pytest.raises(ValueError, match="uint8"):
         pixel_values(pixels.float(), loaded)
+
+
+@pytest.fixture(scope="module")
+def base_config_folder(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A folder with a BLIP-base-sized config (the weights are not read before the run)."""
+    from safetensors.torch import save_file
+
+    from models.presets import blip_config
+
+    folder = tmp_path_factory.mktemp("base-config")
+    blip_config("base", tiny_tokenizer).save_pretrained(folder)
+    save_file({"placeholder": torch.zeros(1)}, str(folder / "model.safetensors"))
+    return folder
+
+
+def test_a_dataflow_run_sizes_its_gpu_batches_from_the_accelerator_before_work(
+    gcs_bucket, base_config_folder, tmp_path
+) -> None:
+    """The batch size is fixed when the job is built, from the models' configs and the memory
+    of the GPU type the workers get: larger GPUs, larger batches; an unknown type, the
+    fallback; no accelerator, the CPU size; an explicit size wins."""
+    import fsspec
+    from images import gradient, jpeg_bytes, write_pairs_parquet
+
+    from curation.config import build_config
+    from pipelines.runner import GPU_FALLBACK_BATCH, prepare
+
+    local = tmp_path / "in.parquet"
+    write_pairs_parquet(local, [{"key": "a", "image": jpeg_bytes(gradient(32, 32)), "text": "t"}])
+    fs, path = fsspec.core.url_to_fs(f"{gcs_bucket}/batching/in.parquet")
+    fs.put_file(str(local), path)
+
+    def plan(accelerator: str | None, **extra):
+        beam_args = [
+            "--runner=DataflowRunner", "--project=test-project", "--region=us-central1",
+            f"--temp_location={gcs_bucket}/tmp",
+        ] + ([f"--dataflow_service_options=worker_accelerator=type:{accelerator};count:1"]
+             if accelerator else [])  # fmt: skip
+        return prepare(
+            build_config(
+                input=(f"{gcs_bucket}/batching/in.parquet",), out=f"{gcs_bucket}/batching/run",
+                captioner=str(base_config_folder), filter=str(base_config_folder),
+                dtype="bf16", beam_args=tuple(beam_args), **extra,
+            )
+        )  # fmt: skip
+
+    l4, h100 = plan("nvidia-l4"), plan("nvidia-h100-80gb")
+    assert l4.device == h100.device == "cuda"
+    assert 64 <= l4.batch_size < h100.batch_size <= MAX_BATCH
+    assert plan("nvidia-future-gpu").batch_size == GPU_FALLBACK_BATCH
+    cpu = plan(None)
+    assert (cpu.device, cpu.batch_size) == ("cpu", CPU_BATCH)
+    assert plan("nvidia-l4", batch_size=16).batch_size == 16
