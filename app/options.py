@@ -25,13 +25,24 @@ def _describe_default(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
-def _option(name: str, field: FieldInfo, required: Iterable[str]) -> Callable[[Any], Any]:
+def base_type(field: FieldInfo) -> Any:
+    """A setting's type without ``| None``."""
     annotation = field.annotation
     origin = typing.get_origin(annotation)
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     is_optional = origin in (typing.Union, types.UnionType) and len(args) == 1
-    base = args[0] if is_optional else annotation
+    return args[0] if is_optional else annotation
+
+
+def flag_name(name: str, field: FieldInfo) -> str:
+    """The flag of a setting: ``--field-name``, without the plural ``s`` for list settings."""
     flag = "--" + name.replace("_", "-")
+    return flag.removesuffix("s") if typing.get_origin(base_type(field)) is tuple else flag
+
+
+def _option(name: str, field: FieldInfo, required: Iterable[str]) -> Callable[[Any], Any]:
+    base = base_type(field)
+    flag = flag_name(name, field)
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
     decls = [flag] + ([extra["short"]] if extra.get("short") else [])
     help_text = field.description or ""
@@ -43,7 +54,6 @@ def _option(name: str, field: FieldInfo, required: Iterable[str]) -> Callable[[A
     if base is bool:
         decls = [f"{flag}/--no-{flag[2:]}"]
     elif typing.get_origin(base) is tuple:
-        decls = [flag.removesuffix("s")]
         kwargs["multiple"] = True
     elif typing.get_origin(base) is Literal:
         kwargs["type"] = click.Choice([str(v) for v in typing.get_args(base)])

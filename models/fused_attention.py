@@ -108,15 +108,3 @@ def use_fused_attention(model: torch.nn.Module) -> int:
             module.__class__ = fused
             switched += 1
     return switched
-
-
-def use_stock_attention(model: torch.nn.Module) -> int:
-    """Undo :func:`use_fused_attention`: transformers' own attention modules again."""
-    stock = {fused: original for original, fused in _FUSED.items()}
-    switched = 0
-    for module in model.modules():
-        original = stock.get(type(module))
-        if original is not None:
-            module.__class__ = original
-            switched += 1
-    return switched

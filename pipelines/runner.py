@@ -22,7 +22,6 @@ from typing import Any, TextIO
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.runners.runner import PipelineState
 
 from curation.config import RunConfig
 from curation.errors import ConfigError
@@ -380,7 +379,7 @@ def run_pipeline(config: RunConfig, stream: TextIO | None = None) -> RunResult:
     """Run the whole job into ``config.out``; a re-run reuses the cached model outputs.
 
     Detached (``config.detach``, or a template launch), the job commits its own result and
-    this returns once it is submitted (local runners still run it to the end first).
+    this returns once it is submitted (the local runner still runs it to the end first).
     """
     stream = stream or sys.stderr
     started_at, started = time.time(), time.monotonic()
@@ -428,7 +427,7 @@ def run_pipeline(config: RunConfig, stream: TextIO | None = None) -> RunResult:
             final | "Publish" >> beam.Map(publish_in_job, run_commit=run_commit)
             beam_result = pipeline.run()
             submitted = True
-            if not PipelineState.is_terminal(beam_result.state):
+            if plan.runner.runner is None:  # the runner has the job (or, templated, its file)
                 return RunResult(
                     out_dir=run.url,
                     run_id=run_id,

@@ -13,7 +13,6 @@ from models.fused_attention import (
     FusedBlipAttention,
     FusedBlipTextAttention,
     use_fused_attention,
-    use_stock_attention,
 )
 from models.loading import ModelLoadError, load_captioner, load_filter
 from models.presets import save_model_folder
@@ -50,9 +49,9 @@ def test_loading_switches_every_attention_module(folders):
         stock.config.vision_config.num_hidden_layers
         + 2 * stock.config.text_config.num_hidden_layers
     )
-    assert use_stock_attention(fused) == layers
-    assert _attention_types(fused) == {BlipAttention, BlipTextSelfAttention}
-    assert use_fused_attention(fused) == layers
+    assert use_fused_attention(fused) == 0  # already switched
+    assert use_fused_attention(stock) == layers
+    assert _attention_types(stock) == {FusedBlipAttention, FusedBlipTextAttention}
     with pytest.raises(ModelLoadError, match="attention"):
         load_captioner(str(folders["captioner"]), device="cpu", attention="flash")
 
