@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format bench clean check-images
+.PHONY: setup demo test lint format bench clean check-images lock
 
 setup: $(STAMP)
 
@@ -26,6 +26,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/vulture
+
+# constraints.txt pins the whole resolved environment; after changing pyproject.toml,
+# resolve it once (`pip install -e '.[dev]'` without -c) and record the result here.
+lock: $(STAMP)
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^#' \
+	  | sed 's/^torch==\([^+]*\)+cpu$$/torch==\1/' | sort -f; } > constraints.tmp
+	mv constraints.tmp constraints.txt
 
 format: $(STAMP)
 	$(BIN)/ruff format .

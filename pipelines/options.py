@@ -54,6 +54,16 @@ def _runner_name(args: list[str]) -> str | None:
     return None
 
 
+def _workers_on_this_machine(values: dict[str, Any]) -> bool:
+    """A portable job whose SDK workers run here: in this process (``LOOPBACK``) or in a
+    worker pool on loopback (``EXTERNAL`` at ``localhost:PORT``)."""
+    kind = str(values.get("environment_type", "")).upper()
+    if kind == "LOOPBACK":
+        return True
+    host = str(values.get("environment_config", "")).rsplit(":", 1)[0]
+    return kind == "EXTERNAL" and host in ("localhost", "127.0.0.1", "[::1]")
+
+
 def choose_runner(
     beam_args: Sequence[str], workers: int, locations: Sequence[tuple[str, str]]
 ) -> RunnerChoice:
@@ -97,7 +107,7 @@ def choose_runner(
         if not str(values["temp_location"]).startswith("gs://"):
             raise ConfigError("the Dataflow runner needs a gs:// --temp_location")
     local = short in ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner") or (
-        short == "PortableRunner" and values.get("environment_type") == "LOOPBACK"
+        short == "PortableRunner" and _workers_on_this_machine(values)
     )
     if not local:
         for what, where in locations:

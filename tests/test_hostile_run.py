@@ -22,7 +22,9 @@ from runs import manifest as read_manifest
 
 from app.cli import main
 from curation.config import InputSettings, build_config
+from curation.errors import ConfigError
 from curation.inspect import inspect_input
+from pipelines.options import choose_runner
 from pipelines.runner import run_pipeline
 
 
@@ -213,6 +215,13 @@ def test_settings_the_models_cannot_honour_are_refused_before_work(
     dataflow = CliRunner().invoke(main, [*base, "--beam-arg=--runner=DataflowRunner"])
     assert dataflow.exit_code == 2
     assert all(f"--{k}" in dataflow.stderr for k in ("project", "region", "temp_location"))
+    here = [("--out", str(tmp_path / "o"))]
+    portable = ["--runner=PortableRunner", "--job_endpoint=localhost:8099"]
+    pool = [*portable, "--environment_type=EXTERNAL", "--environment_config=localhost:50000"]
+    assert choose_runner(pool, 1, here).local  # a worker pool on this machine sees its disk
+    remote = [*portable, "--environment_type=EXTERNAL", "--environment_config=pool.example:50000"]
+    with pytest.raises(ConfigError, match="do not see"):
+        choose_runner(remote, 1, here)
 
 
 def test_flag_errors_appear_before_torch_and_beam_are_imported() -> None:
