@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import apache_beam as beam
@@ -97,10 +97,17 @@ def _kept_image(row: Row) -> Iterator[str]:
         yield row["image_key"]
 
 
+def _keyed_item(image: Row) -> tuple[str, NearItem]:
+    """A staged image as it is shuffled: the embedding as float32 (4 bytes a dimension,
+    not a list of Python floats), its kept texts counted after the join."""
+    return image["key"], near_item(image, 0)
+
+
 def _near_items(element: tuple[str, dict[str, list[Any]]]) -> Iterator[NearItem]:
     _, parts = element
-    for image in parts["image"]:
-        yield near_item(image, parts["kept"][0] if parts["kept"] else 0)
+    kept = parts["kept"][0] if parts["kept"] else 0
+    for item in parts["image"]:
+        yield replace(item, kept_texts=kept)
 
 
 class PreviousRoundFn(beam.DoFn):
@@ -186,15 +193,16 @@ def _assemble(
 
 def _assign(
     batch: list[NearItem], cells: cell_plan.Cells, nprobe: int
-) -> Iterator[tuple[int, tuple[str, np.ndarray, np.ndarray]]]:
+) -> Iterator[tuple[int, tuple[str, np.ndarray, tuple[int, ...]]]]:
     probes = cells.assign(np.stack([item.vector for item in batch]), nprobe)
-    for item, probe in zip(batch, probes, strict=True):
-        for cell in probe.tolist():
-            yield cell, (item.key, item.vector, probe)
+    for item, probe in zip(batch, probes.tolist(), strict=True):
+        cells_of_item = tuple(probe)  # a few small ints, not an array's pickle
+        for cell in cells_of_item:
+            yield cell, (item.key, item.vector, cells_of_item)
 
 
 def _cell_links(
-    element: tuple[int, Iterable[tuple[str, np.ndarray, np.ndarray]]], threshold: float
+    element: tuple[int, Iterable[tuple[str, np.ndarray, tuple[int, ...]]]], threshold: float
 ) -> Iterator[tuple[str, str, float]]:
     cell, entries = element
     entries = list(entries)
@@ -534,7 +542,7 @@ class Finalize(beam.PTransform):
         )
         items = (
             {
-                "image": stage["images"] | "KeyImages" >> beam.Map(lambda r: (r["key"], r)),
+                "image": stage["images"] | "KeyImages" >> beam.Map(_keyed_item),
                 "kept": kept,
             }
             | "JoinKept" >> beam.CoGroupByKey()
