@@ -31,6 +31,7 @@ and a few ``error`` decisions make the step's listing, which the manifest commit
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -381,18 +382,32 @@ def _trained(sample: list[tuple[int, NearItem]], settings: FinalizeSettings, tot
 
 
 class EncodeFn(beam.DoFn):
-    """Codes of a batch of ``(id, image)`` for the compressed index (per batch)."""
+    """Codes of a batch of ``(id, image)`` for the compressed index, written as a part file
+    under ``parts``; yields its URL. The merge reads the parts from storage, so no element
+    holds every code (26 GB at 100M images)."""
 
-    def process(self, batch: list[tuple[int, NearItem]], trained: bytes | None) -> Iterator[Any]:
+    def __init__(self, parts: str) -> None:
+        self._parts = parts
+
+    def process(self, batch: list[tuple[int, NearItem]], trained: bytes | None) -> Iterator[str]:
         if trained is None:
             return
         from curation.dedup.compressed_index import encode_shard
+        from curation.dedup.index_store import write_codes_part
 
         index = self._index(trained)
         vectors = np.stack([item.vector for _, item in batch])
         ids = np.array([i for i, _ in batch], dtype=np.int64)
-        rows = [(i, item.key, item.sha256) for i, item in batch]
-        yield ids, encode_shard(index, vectors), rows
+        # named by first id, so that the merge adds parts in id order; unique per attempt
+        part = Location(self._parts) / f"part-{ids.min():020d}-{uuid.uuid4().hex}.parquet"
+        write_codes_part(
+            part,
+            ids,
+            encode_shard(index, vectors),
+            [item.key for _, item in batch],
+            [item.sha256 for _, item in batch],
+        )
+        yield part.url
 
     def _index(self, trained: bytes) -> Any:
         import faiss
@@ -404,32 +419,40 @@ class EncodeFn(beam.DoFn):
 
 
 def _merge(
-    parts: list[tuple[np.ndarray, np.ndarray, list]],
-    trained: bytes | None,
-    settings: FinalizeSettings,
+    parts: list[str], trained: bytes | None, settings: FinalizeSettings
 ) -> Iterator[dict[str, Any]]:
-    """The compressed index: every part's codes added, then saved (once)."""
+    """The compressed index: every part's codes added in id order, then saved (once). The
+    merging worker holds the index and its id table (about 360 bytes an image)."""
     if trained is None:
         return
     import faiss
 
     from curation.dedup.compressed_index import add_codes
-    from curation.dedup.index_store import filled_index, id_rows, load_index, save_index
+    from curation.dedup.index_store import (
+        filled_index,
+        id_rows,
+        load_index,
+        read_codes_part,
+        save_index,
+    )
 
     previous = load_index(settings.dedup_against) if settings.dedup_against else None
     index = filled_index(faiss.deserialize_index(np.frombuffer(trained, np.uint8)), previous)
-    rows = sorted(r for _, _, part in parts for r in part)
-    for ids, codes, _ in sorted(parts, key=lambda p: int(p[0][0]) if p[0].size else -1):
+    tables = [pa.table({"id": pa.array([], pa.int64()), "key": [], "sha256": []})]
+    for url in sorted(parts):
+        ids, codes, rows = read_codes_part(Location(url))
         add_codes(index, codes, ids)
+        tables.append(rows)
+    rows = pa.concat_tables(tables, promote_options="default").sort_by("id")
     yield save_index(
         settings.folder("index"),
         index,
         id_rows(
-            np.array([r[0] for r in rows], np.int64),
-            [r[1] for r in rows],
-            [r[2] for r in rows],
+            rows["id"].to_numpy(),
+            rows["key"].to_pylist(),
+            rows["sha256"].to_pylist(),
             settings.run_id,
-        ),  # fmt: skip
+        ),
         previous=previous,
         run_id=settings.run_id,
         threshold=settings.near_threshold,
@@ -485,6 +508,8 @@ class BuildIndex(beam.PTransform):
             >> beam.FlatMap(lambda items, n: _small_index(items, settings, compressed(n)), n=count)
         )
         seed = settings.seed
+        # removed by the commit (index files its manifest does not list)
+        parts = (Location(settings.folder("index")) / f"_parts-{settings.generation}").url
         trained = AsSingleton(
             with_ids
             | "TrainSample"
@@ -510,8 +535,8 @@ class BuildIndex(beam.PTransform):
         large = (
             with_ids
             | "KeptBatches" >> beam.BatchElements(min_batch_size=BATCH, max_batch_size=BATCH)
-            | "Encode" >> beam.ParDo(EncodeFn(), trained=trained)
-            | "AllCodes" >> beam.combiners.ToList()
+            | "Encode" >> beam.ParDo(EncodeFn(parts), trained=trained)
+            | "AllParts" >> beam.combiners.ToList()
             | "Merge" >> beam.FlatMap(_merge, trained=trained, settings=settings)
         )
         return (small, large) | "IndexInfo" >> beam.Flatten()

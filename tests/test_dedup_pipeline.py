@@ -175,6 +175,10 @@ def test_rounds_on_the_compressed_index_find_earlier_images(
     _run(tmp_path / "r1.parquet", tmp_path / "r1", tiny_captioner_dir, distinct_filter_dir)
     info = json.loads((tmp_path / "r1" / "index" / "index.json").read_text())
     assert info["layout"].startswith("IVF") and info["count"] == len(names)
+    # the workers' encoded parts are merged in id order and removed by the commit
+    assert not list((tmp_path / "r1" / "index").glob("_parts-*"))
+    first_ids = pq.read_table(index_files(tmp_path / "r1")[1])["id"].to_pylist()
+    assert first_ids == sorted(first_ids) == list(range(len(names)))
     again = [{**row, "key": f"again_{row['key']}"} for row in rows[:3]]
     again.append({"key": "new_moon", "image": jpeg_bytes(photo("moon")), "text": "the moon"})
     write_pairs_parquet(tmp_path / "r2.parquet", again)

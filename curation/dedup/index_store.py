@@ -214,6 +214,40 @@ def id_rows(
     )
 
 
+def write_codes_part(
+    location: Location, ids: np.ndarray, codes: np.ndarray, keys: Sequence[str],
+    sha256: Sequence[str | None],
+) -> None:  # fmt: skip
+    """One shard of a compressed index as a Parquet file: ids, keys, sha256 and each
+    vector's code (fixed-size binary), for :func:`read_codes_part` on the merging worker."""
+    n, size = codes.shape
+    code = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(size), n, [None, pa.py_buffer(np.ascontiguousarray(codes).tobytes())]
+    )
+    table = pa.table(
+        {
+            "id": pa.array(np.asarray(ids, dtype=np.int64)),
+            "key": pa.array(list(keys), pa.string()),
+            "sha256": pa.array(list(sha256), pa.string()),
+            "code": code,
+        }
+    )
+    location.write_with(lambda handle: pq.write_table(table, handle))
+
+
+def read_codes_part(location: Location) -> tuple[np.ndarray, np.ndarray, pa.Table]:
+    """``(ids, codes, rows)`` of a part written by :func:`write_codes_part`; ``rows`` has
+    ``id``, ``key`` and ``sha256``."""
+    with location.open() as handle:
+        table = pq.read_table(handle)
+    code = table["code"].combine_chunks()
+    size = code.type.byte_width
+    codes = np.frombuffer(
+        code.buffers()[1], dtype=np.uint8, count=len(code) * size, offset=code.offset * size
+    ).reshape(len(code), size)
+    return table["id"].to_numpy(), codes, table.select(["id", "key", "sha256"])
+
+
 def save_index(
     folder: str | Location,
     index: Any,
