@@ -429,6 +429,7 @@ def _merge(
 
     from curation.dedup.compressed_index import add_codes
     from curation.dedup.index_store import (
+        PART_ROWS_SCHEMA,
         filled_index,
         id_rows,
         load_index,
@@ -438,21 +439,16 @@ def _merge(
 
     previous = load_index(settings.dedup_against) if settings.dedup_against else None
     index = filled_index(faiss.deserialize_index(np.frombuffer(trained, np.uint8)), previous)
-    tables = [pa.table({"id": pa.array([], pa.int64()), "key": [], "sha256": []})]
+    tables = [PART_ROWS_SCHEMA.empty_table()]
     for url in sorted(parts):
         ids, codes, rows = read_codes_part(Location(url))
         add_codes(index, codes, ids)
         tables.append(rows)
-    rows = pa.concat_tables(tables, promote_options="default").sort_by("id")
+    rows = pa.concat_tables(tables).sort_by("id")
     yield save_index(
         settings.folder("index"),
         index,
-        id_rows(
-            rows["id"].to_numpy(),
-            rows["key"].to_pylist(),
-            rows["sha256"].to_pylist(),
-            settings.run_id,
-        ),
+        id_rows(rows["id"].to_numpy(), rows["key"], rows["sha256"], settings.run_id),
         previous=previous,
         run_id=settings.run_id,
         threshold=settings.near_threshold,

@@ -199,19 +199,25 @@ def write_index(
     )
 
 
-def id_rows(
-    ids: np.ndarray, keys: Sequence[str], sha256: Sequence[str] | None, run_id: str | None
-) -> pa.Table:
-    """Rows of the id table for new entries."""
+Texts = Sequence[str | None] | pa.ChunkedArray
+
+
+def id_rows(ids: np.ndarray, keys: Texts, sha256: Texts | None, run_id: str | None) -> pa.Table:
+    """Rows of the id table for new entries (columns given as sequences or Arrow columns)."""
+    n = len(keys)
     return pa.Table.from_pydict(
         {
             "id": np.asarray(ids, dtype=np.int64),
-            "key": list(keys),
-            "sha256": list(sha256) if sha256 is not None else [None] * len(keys),
-            "run_id": [run_id] * len(keys),
+            "key": keys,
+            "sha256": sha256 if sha256 is not None else pa.nulls(n, pa.string()),
+            "run_id": pc.fill_null(pa.nulls(n, pa.string()), run_id),
         },
         schema=INDEX_IDS_SCHEMA,
     )
+
+
+#: the id-table columns a part file carries beside the codes (the run id is added once)
+PART_ROWS_SCHEMA = pa.schema([INDEX_IDS_SCHEMA.field(n) for n in ("id", "key", "sha256")])
 
 
 def write_codes_part(
@@ -224,14 +230,11 @@ def write_codes_part(
     code = pa.FixedSizeBinaryArray.from_buffers(
         pa.binary(size), n, [None, pa.py_buffer(np.ascontiguousarray(codes).tobytes())]
     )
-    table = pa.table(
-        {
-            "id": pa.array(np.asarray(ids, dtype=np.int64)),
-            "key": pa.array(list(keys), pa.string()),
-            "sha256": pa.array(list(sha256), pa.string()),
-            "code": code,
-        }
+    rows = pa.Table.from_pydict(
+        {"id": np.asarray(ids, dtype=np.int64), "key": keys, "sha256": sha256},
+        schema=PART_ROWS_SCHEMA,
     )
+    table = rows.append_column("code", code)
     location.write_with(lambda handle: pq.write_table(table, handle))
 
 
@@ -245,7 +248,11 @@ def read_codes_part(location: Location) -> tuple[np.ndarray, np.ndarray, pa.Tabl
     codes = np.frombuffer(
         code.buffers()[1], dtype=np.uint8, count=len(code) * size, offset=code.offset * size
     ).reshape(len(code), size)
-    return table["id"].to_numpy(), codes, table.select(["id", "key", "sha256"])
+    return (
+        table["id"].to_numpy(),
+        codes,
+        table.select(PART_ROWS_SCHEMA.names).cast(PART_ROWS_SCHEMA),
+    )
 
 
 def save_index(
