@@ -224,6 +224,41 @@ def test_settings_the_models_cannot_honour_are_refused_before_work(
         choose_runner(remote, 1, here)
 
 
+def test_inspect_check_run_refuses_what_run_refuses_before_the_models(
+    tmp_path: Path, tiny_captioner_dir, tiny_filter_dir
+) -> None:
+    """`inspect --check-run` runs run's checks before work: the models' configs, caption
+    lengths and a previous-round index of another embedding size, which `run` refuses
+    with the same message before any model runs."""
+    from curation.dedup.index_store import write_index
+
+    data = tmp_path / "in.parquet"
+    write_pairs_parquet(data, [{"image": jpeg_bytes(photo("coffee")), "text": "t"}])
+    write_index(tmp_path / "prev", ["old"], np.eye(1, 7, dtype=np.float32))
+    models = {"captioner": str(tiny_captioner_dir), "filter": str(tiny_filter_dir)}
+
+    def inspect_with(**settings: object):  # noqa: ANN202
+        config = tmp_path / "run.yaml"
+        config.write_text(json.dumps({**models, "out": str(tmp_path / "o"), **settings}))
+        return CliRunner().invoke(
+            main, ["inspect", str(data), "--config", str(config), "--check-run"]
+        )
+
+    ok = inspect_with()
+    assert ok.exit_code == 0 and "models found: filter" in ok.output
+    too_long = inspect_with(max_length=500, min_length=10)
+    assert too_long.exit_code == 2 and "max_length 500" in too_long.stderr
+    other = inspect_with(dedup_against=str(tmp_path / "prev"))
+    assert other.exit_code == 2 and "7-d embeddings" in other.stderr
+    run = CliRunner().invoke(
+        main,
+        _cli_run(str(data), "--out", str(tmp_path / "o"), "--captioner", models["captioner"],
+                 "--filter", models["filter"], "--dedup-against", str(tmp_path / "prev")),
+    )  # fmt: skip
+    assert run.exit_code == 2 and "7-d embeddings" in run.stderr
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
 def test_flag_errors_appear_before_torch_and_beam_are_imported() -> None:
     code = (
         "import sys\n"
@@ -292,6 +327,71 @@ def test_a_failing_stage_records_error_decisions_and_the_run_finishes(
     )  # fmt: skip
     assert strict.exit_code == 3 and "--max-error-rate" in strict.stderr
     assert "errors: 2 rows" in strict.stdout and (tmp_path / "strict" / "manifest.json").exists()
+
+
+def _guarded_stages() -> list[tuple[str, str, str]]:
+    """``(module, class, method)`` of every per-element stage: the guarded DoFns' ``apply``
+    and the model handlers' ``infer``."""
+    return [
+        ("pipelines.read", "ReadPairsFn", "apply"),
+        ("pipelines.screen", "ScreenFn", "apply"),
+        ("pipelines.screen", "FirstKeyWinsFn", "apply"),
+        ("pipelines.copies", "BuildGroupFn", "apply"),
+        ("pipelines.read", "FetchImagesFn", "apply"),
+        ("pipelines.inference", "PreparePixelsFn", "apply"),
+        ("pipelines.inference", "CaptionHandler", "infer"),
+        ("pipelines.inference", "ScoreHandler", "infer"),
+        ("pipelines.decide", "DecideFn", "apply"),
+    ]
+
+
+@pytest.mark.parametrize(("module", "name", "method"), _guarded_stages())
+def test_every_stage_turns_a_failure_into_error_decisions(
+    module: str, name: str, method: str, tmp_path: Path, tiny_captioner_dir, tiny_filter_dir,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A fault in any stage on the element holding row ``k2``: the run finishes, every row
+    has one web decision, ``k2``'s is ``error`` naming the stage, and untouched rows are
+    decided as usual."""
+    import importlib
+
+    cls = getattr(importlib.import_module(module), name)
+    original = getattr(cls, method)
+
+    def holds_k2(fn, element) -> bool:  # noqa: ANN001
+        if name == "ReadPairsFn":  # keys are unknown before reading: the one row group fails
+            return True
+        if method == "infer":
+            return any(item.group.key == "k2" for item in element)
+        return any(pair.key == "k2" for pair, _ in fn.rows_of(element))
+
+    def failing(self, element, *args, **kw):  # noqa: ANN001, ANN202
+        if holds_k2(self, element):
+            raise RuntimeError("injected fault")
+        return original(self, element, *args, **kw)
+
+    monkeypatch.setattr(cls, method, failing)
+    images = {f"k{i}": jpeg_bytes(gradient(64, 48, seed=i)) for i in range(5)}
+    write_pairs_parquet(
+        tmp_path / "in.parquet",
+        [{"key": k, "image": v, "text": f"t {k}"} for k, v in images.items()],
+    )
+    out = tmp_path / "out"
+    result = run_pipeline(
+        _config(tmp_path / "in.parquet", out, tiny_captioner_dir, tiny_filter_dir, max_error_rate=1)
+    )
+    web = _web(out)
+    assert len(web) == len(images) and all(len(v) == 1 for v in web.values())
+    detail = f"{cls.stage.value}: RuntimeError: injected fault"
+    errors = {k for k, v in web.items() if v[0]["reason"] == "error"}
+    assert all(web[k][0]["detail"] == detail for k in errors)
+    assert result.manifest["counts"]["error"] == len(errors)
+    if name == "ReadPairsFn":  # an unreadable row group: its rows under keys derived from
+        assert len(errors) == len(images)  # file and row
+    elif name == "FetchImagesFn":  # images are fetched per row group: all five rows here
+        assert errors == set(images)
+    else:
+        assert errors == {"k2"}
 
 
 def test_a_model_batch_that_fails_is_retried_in_halves(tiny_filter_dir) -> None:

@@ -122,6 +122,35 @@ def test_accepting_another_format_by_name() -> None:
     assert refused(SAMPLES["PNG-rgb"], formats=("ppm",)).reason is Reason.UNSUPPORTED_FORMAT
 
 
+def test_the_accepted_formats_are_set_by_flag_and_by_config_key(tmp_path) -> None:
+    """`--image-format` (repeatable) and the config key ``image_formats`` replace the
+    default list: a PPM row is counted as decodable, the PNG row as unsupported."""
+    import json
+
+    from click.testing import CliRunner
+    from images import write_pairs_parquet
+
+    from app.cli import main
+
+    data = tmp_path / "in.parquet"
+    rows = [{"image": other_format("PPM"), "text": "a"}, {"image": SAMPLES["PNG-rgb"], "text": "b"}]
+    write_pairs_parquet(data, rows)
+    default = CliRunner().invoke(main, ["inspect", str(data), "--json"])
+    by_flag = CliRunner().invoke(
+        main, ["inspect", str(data), "--json", "--image-format", "ppm", "--image-format", "jpeg"]
+    )
+    config = tmp_path / "run.yaml"
+    config.write_text("image_formats: [ppm, jpeg]\n")
+    by_key = CliRunner().invoke(main, ["inspect", str(data), "--json", "--config", str(config)])
+    reports = [json.loads(r.output) for r in (default, by_flag, by_key)]
+    assert [r["examples"]["unsupported_format"][0]["key"] for r in reports] == [
+        "in_000000",  # the PPM row
+        "in_000001",  # the PNG row, twice
+        "in_000001",
+    ]
+    assert all(r["counts"]["unsupported_format"] == r["counts"]["ok"] == 1 for r in reports)
+
+
 def test_no_decoder_of_the_list_starts_a_program(monkeypatch) -> None:
     started = []
 
