@@ -572,3 +572,5 @@ def test_a_run_over_mutated_and_random_images_decides_every_row_once(
     assert all(len(decisions) == 1 for decisions in web.values())
     assert result.manifest["counts"]["error"] == 0  # every bad image is a decoder decision
     assert sum(result.manifest["counts"].values()) == result.manifest["tables"]["decisions"]["rows"]
+    report = inspect_input(InputSettings(input=(str(tmp_path / "fuzz.parquet"),)), progress=False)
+    assert report.rows == len(rows) == sum(report.counts.values())  # the dry run finishes too

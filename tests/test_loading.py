@@ -43,6 +43,27 @@ def test_model_identity_is_exact_for_local_folders(tiny_filter_dir: Path, tmp_pa
     assert model_identity(str(copy))["sha256"] != first["sha256"]
 
 
+def test_model_identity_of_a_hub_id_is_its_snapshot_commit(
+    tiny_filter_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub id resolves, offline, to the commit of the cached snapshot its revision points
+    at: another commit under the same name is another identity."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--capfilt-test--tiny-filter"
+    commits = {"main": "a" * 40, "v2": "b" * 40}
+    for ref, commit in commits.items():
+        shutil.copytree(tiny_filter_dir, repo / "snapshots" / commit)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    main = model_identity("capfilt-test/tiny-filter")
+    assert main == {"name": "capfilt-test/tiny-filter", "revision": None, "commit": "a" * 40}
+    assert model_identity("capfilt-test/tiny-filter", "v2")["commit"] == "b" * 40
+
+
 def test_a_mistyped_local_folder_is_named_as_such(tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
     for name in (str(tmp_path / "models" / "fitler"), "./no/such/folder", "models/fitler"):
