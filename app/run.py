@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
@@ -12,8 +12,11 @@ from curation.audit.warnings import run_warnings
 from curation.config import RunConfig, build_config
 from curation.errors import DATA_CHECK_FAILED
 
+if TYPE_CHECKING:  # the runner imports Beam, which flag errors must not wait for
+    from pipelines.runner import RunResult
 
-def print_summary(result: Any, stream: TextIO | None = None) -> None:
+
+def print_summary(result: RunResult, stream: TextIO | None = None) -> None:
     """Counts per origin and reason, tables, index and errors of a finished run."""
     stream = stream or sys.stdout
     m = result.manifest

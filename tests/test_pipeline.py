@@ -164,8 +164,34 @@ def test_progress_line_and_summary(
 
     expected = run_warnings(result.out_dir)
     assert all(f"warning: {w.message}" in text for w in expected)
-    web = result.manifest["texts"]["web"]
-    assert f"web texts        kept {web['kept']:>8}  dropped {web['dropped']:>8}" in text
+    manifest = result.manifest
+    for origin in ("web", "synthetic"):  # web texts and synthetic captions apart
+        counts = manifest["texts"][origin]
+        line = f"{origin + ' texts':<16} kept {counts['kept']:>8}  dropped {counts['dropped']:>8}"
+        assert line in text
+    synthetic = pq.read_table(tmp_path / "p" / "decisions").to_pylist()
+    assert manifest["texts"]["synthetic"]["kept"] == sum(
+        r["text_origin"] == "synthetic" and r["decision"] == "kept" for r in synthetic
+    )
+    # the index's total beside this round's share; the device actually used, not "auto"
+    images = manifest["images"]
+    ids = pq.read_table(next((tmp_path / "p" / "index").glob("*.ids.parquet")))
+    assert images["index_total"] == images["indexed_this_round"] == ids.num_rows
+    assert f"{images['index_total']} images ({ids.num_rows} added by this round)" in text
+    assert result.manifest["config"]["device"] == "auto"
+    assert manifest["device"]["device"] == "cpu" and manifest["device"]["dtype"] == "fp32"
+    assert "device cpu (fp32, batches of 2)" in text
+
+
+def test_inputs_are_recorded_as_absolute_urls(
+    dataset, tiny_captioner_dir, tiny_filter_dir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = dataset
+    monkeypatch.chdir(path.parent)
+    result = run_pipeline(
+        _config(Path(path.name), tmp_path / "rel", tiny_captioner_dir, tiny_filter_dir)
+    )
+    assert [i["path"] for i in result.manifest["inputs"]] == [str(path.resolve())]
 
 
 def test_copies_share_one_image_and_are_recorded(baseline: Path) -> None:

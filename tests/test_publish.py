@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from images import gradient, jpeg_bytes, photo, write_pairs_parquet
-from runs import gradient_rows, kill_when
+from runs import gradient_rows, index_files, kill_when
 
 from app.cli import main
 from curation.config import build_config
@@ -278,3 +278,25 @@ def test_rethreshold_equals_a_fresh_run_at_that_threshold(
     ]
     assert after["config"]["synthetic_threshold"] == syn_t
     assert first.manifest["texts"] != after["texts"]  # the thresholds did change decisions
+    assert _index_vectors(tmp_path / "a") == _index_vectors(tmp_path / "fresh")
+    # without --synthetic-threshold, captions take the web threshold too
+    again = CliRunner().invoke(
+        main, ["rethreshold", str(tmp_path / "a"), "--threshold", str(syn_t)]
+    )
+    assert again.exit_code == 0, again.output
+    run_pipeline(config(tmp_path / "same", syn_t, None))
+    for name in FINAL_TABLES:
+        assert _rows(tmp_path / "a", name) == _rows(tmp_path / "same", name), name
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["config"][
+        "synthetic_threshold"
+    ] == syn_t
+
+
+def _index_vectors(run: Path) -> dict[str, list[float]]:
+    """Key -> stored vector (rounded) of a run's index."""
+    import faiss
+
+    index_file, ids_file = index_files(run)
+    index = faiss.read_index(str(index_file))
+    ids = pq.read_table(ids_file).to_pylist()
+    return {r["key"]: [round(float(v), 5) for v in index.reconstruct(r["id"])] for r in ids}

@@ -131,6 +131,50 @@ def test_diff_counts_and_changed_decisions_match_the_tables(audit_runs: AuditRun
     assert ("kept", "low_itm") in moves
 
 
+def _idents(listing: list[dict]) -> list[tuple]:
+    return [tuple(r.get(c) for c in ("key", "image_key", "caption_index")) for r in listing]
+
+
+def test_diff_backwards_lists_the_changes_the_other_way(audit_runs: AuditRuns) -> None:
+    forward = diff_runs(RunTables(str(audit_runs.a)), RunTables(str(audit_runs.b)), limit=1000)
+    backward = diff_runs(RunTables(str(audit_runs.b)), RunTables(str(audit_runs.a)), limit=1000)
+    for origin in ("web", "synthetic"):
+        ahead, back = forward["changes"][origin], backward["changes"][origin]
+        assert back["dropped_to_kept"] == ahead["kept_to_dropped"]
+        assert _idents(back["listing"]["dropped_to_kept"]) == _idents(
+            ahead["listing"]["kept_to_dropped"]
+        )
+    assert backward["changes"]["synthetic"]["dropped_to_kept"] > 0
+
+
+def test_explain_gives_the_stored_itm_and_itc_of_every_text(audit_runs: AuditRuns) -> None:
+    decisions = _decisions(audit_runs.a)
+    record = _explain(audit_runs.a, "p1")
+    (web,) = record["web"]
+    stored = decisions[("web", "p1")]
+    assert (web["itm"], web["itc"]) == (stored["itm"], stored["itc"]) and web["itc"] is not None
+    assert record["captions"]
+    for caption in record["captions"]:
+        row = decisions[("synthetic", caption["image_key"], caption["caption_index"])]
+        assert (caption["itm"], caption["itc"]) == (row["itm"], row["itc"])
+
+
+def test_audit_commands_load_no_model(audit_runs: AuditRuns, tmp_path: Path) -> None:
+    """explain, diff and report read tables only: neither torch nor transformers is imported."""
+    import subprocess
+    import sys
+
+    a, b = str(audit_runs.a), str(audit_runs.b)
+    code = (
+        "import sys\nfrom app.cli import main\n"
+        f"for args in ({['explain', a, 'p1']!r}, {['diff', a, b]!r}, {['report', b]!r}):\n"
+        "    main(args, standalone_mode=False)\n"
+        "print('LOADED', sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "LOADED []" in out.stdout
+
+
 def test_diff_listing_is_bounded_and_a_run_equals_itself(audit_runs: AuditRuns) -> None:
     run_a, run_b = RunTables(str(audit_runs.a)), RunTables(str(audit_runs.b))
     full = diff_runs(run_a, run_b, limit=1000)["changes"]["synthetic"]

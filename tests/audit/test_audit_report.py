@@ -43,7 +43,7 @@ class _Elements(HTMLParser):
 
 
 def test_page_in_headless_chromium_shows_plots_and_thumbnails_and_runs_no_payload(
-    report: Path, tmp_path: Path
+    report: Path, audit_runs: AuditRuns, tmp_path: Path
 ) -> None:
     errors: list[str] = []
     requests: list[str] = []
@@ -78,6 +78,11 @@ def test_page_in_headless_chromium_shows_plots_and_thumbnails_and_runs_no_payloa
                 bodyShown: getComputedStyle(document.body).display !== 'none',
                 warnings: [...document.querySelectorAll('#warnings li')].map(li => li.textContent),
                 compare: document.getElementById('compare') !== null,
+                glance: document.getElementById('glance').parentElement.innerText,
+                clusters: [...document.querySelectorAll('.cluster')].map(
+                  c => [c.querySelectorAll('img').length, c.innerText]),
+                fileRows: [...document.querySelectorAll('#sources ~ table tr')].map(
+                  r => r.innerText),
               };
             }"""
         )
@@ -94,6 +99,18 @@ def test_page_in_headless_chromium_shows_plots_and_thumbnails_and_runs_no_payloa
     assert any(PAYLOAD_FILE in w for w in dom["warnings"])
     assert any("undecodable" in w for w in dom["warnings"])
     assert dom["compare"]
+    # the run at a glance: models, settings, inputs and timings from the manifest
+    manifest = json.loads((audit_runs.a / "manifest.json").read_text())
+    for model in manifest["models"].values():
+        assert model["name"] in dom["glance"]
+    assert all(i["path"] in dom["glance"] for i in manifest["inputs"])
+    assert "Timings" in dom["glance"] and f"{manifest['config']['threshold']}" in dom["glance"]
+    # duplicate clusters: the kept image beside its removed copies, with their similarity
+    assert dom["clusters"] and all(n >= 2 for n, _ in dom["clusters"])
+    assert any("similarity" in text for _, text in dom["clusters"])
+    # per input file: both files, with their rows
+    for path in audit_runs.inputs:
+        assert any(path.name in row for row in dom["fileRows"]), dom["fileRows"]
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
