@@ -287,9 +287,10 @@ def test_rethreshold_equals_a_fresh_run_at_that_threshold(
     run_pipeline(config(tmp_path / "same", syn_t, None))
     for name in FINAL_TABLES:
         assert _rows(tmp_path / "a", name) == _rows(tmp_path / "same", name), name
-    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["config"][
-        "synthetic_threshold"
-    ] == syn_t
+    assert (
+        json.loads((tmp_path / "a" / "manifest.json").read_text())["config"]["synthetic_threshold"]
+        == syn_t
+    )
 
 
 def _index_vectors(run: Path) -> dict[str, list[float]]:
