@@ -394,6 +394,43 @@ def test_every_stage_turns_a_failure_into_error_decisions(
         assert errors == {"k2"}
 
 
+def test_a_row_that_cannot_be_written_is_an_error_not_a_failed_shard(
+    tmp_path: Path, tiny_captioner_dir, tiny_filter_dir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows are checked against the table schemas while deciding: a clean row whose
+    passthrough value does not fit its column makes its group's rows ``error`` decisions,
+    and every other row is written."""
+    from dataclasses import replace
+
+    import pipelines.decide
+
+    decide = pipelines.decide.decide_group
+
+    def unwritable(group, scores, **kw):  # noqa: ANN001, ANN202
+        outcome = decide(group, scores, **kw)
+        if group.key != "k2":
+            return outcome
+        return replace(outcome, clean=tuple({**row, "lang": 5} for row in outcome.clean))
+
+    monkeypatch.setattr(pipelines.decide, "decide_group", unwritable)
+    images = {f"k{i}": jpeg_bytes(gradient(64, 48, seed=i)) for i in range(4)}
+    write_pairs_parquet(
+        tmp_path / "in.parquet",
+        [{"key": k, "image": v, "text": f"t {k}", "lang": "en"} for k, v in images.items()],
+    )
+    out = tmp_path / "out"
+    run_pipeline(
+        _config(tmp_path / "in.parquet", out, tiny_captioner_dir, tiny_filter_dir,
+                threshold=0.0, max_error_rate=1, near_threshold=1.0, phash_distance=-1)
+    )  # fmt: skip
+    web = _web(out)
+    assert web["k2"][0]["reason"] == "error"
+    assert web["k2"][0]["detail"].startswith("decide: Arrow")
+    clean = pq.read_table(out / "clean").to_pylist()
+    assert sorted(r["key"] for r in clean) == ["k0", "k1", "k3"]
+    assert {r["lang"] for r in clean} == {"en"}
+
+
 def test_a_model_batch_that_fails_is_retried_in_halves(tiny_filter_dir) -> None:
     from curation.config import RunConfig
     from curation.grouping import build_group
