@@ -140,6 +140,8 @@ def test_passthrough_columns_of_differing_types_are_combined_or_refused_before_w
     )  # fmt: skip
     assert refused.exit_code == 2 and "'v'" in refused.stderr and "b.parquet" in refused.stderr
     assert time.monotonic() - started < 30 and not (tmp_path / "o2" / "_stage").exists()
+    dry = CliRunner().invoke(main, ["inspect", str(tmp_path / "mixed")])
+    assert dry.exit_code == 2 and "'v'" in dry.stderr and "b.parquet" in dry.stderr
 
 
 def test_an_empty_round_writes_an_index_the_next_round_can_use(
@@ -259,19 +261,35 @@ def test_inspect_check_run_refuses_what_run_refuses_before_the_models(
     assert not (tmp_path / "o" / "manifest.json").exists()
 
 
-def test_flag_errors_appear_before_torch_and_beam_are_imported() -> None:
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["run", "x.parquet", "--out", "o", "--threshold", "2"], "threshold"),
+        (["run", "x.parquet", "--out", "o", "--config", "{config}"], "top_p"),
+        (["inspect", "x.parquet", "--config", "{config}"], "top_p"),
+        (["inspect", "x.parquet", "--min-side", "-1"], "min_side"),
+    ],
+)
+def test_flag_errors_appear_before_torch_and_beam_are_imported(
+    args: list[str], named: str, tmp_path: Path
+) -> None:
+    """Wrong flags and config keys, for `run` and `inspect`: exit 2 naming the setting,
+    before torch or Beam is imported."""
+    config = tmp_path / "run.yaml"
+    config.write_text("top_p: 7\n")
+    args = [a.replace("{config}", str(config)) for a in args]
     code = (
         "import sys\n"
         "from app.cli import main\n"
         "try:\n"
-        "    main(['run', 'x.parquet', '--out', 'o', '--threshold', '2'])\n"
+        f"    main({args!r})\n"
         "except SystemExit as exit:\n"
         "    assert exit.code == 2, exit.code\n"
         "assert 'torch' not in sys.modules and 'apache_beam' not in sys.modules\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "threshold" in done.stderr
+    assert named in done.stderr
 
 
 def test_a_failing_stage_records_error_decisions_and_the_run_finishes(
