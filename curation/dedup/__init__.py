@@ -17,7 +17,7 @@ and their memory bound, for the distributed stages that call them.
 
 from curation.dedup.copies import CopyLink, group_copies
 from curation.dedup.index_store import PreviousIndex, load_index, write_index
-from curation.dedup.keep import CopyCandidate, NearCandidate, choose_copy, choose_near
+from curation.dedup.keep import CopyCandidate, NearCandidate, choose_copy
 from curation.dedup.near import NearDuplicate, find_near_duplicates, query_previous
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "NearDuplicate",
     "PreviousIndex",
     "choose_copy",
-    "choose_near",
     "find_near_duplicates",
     "group_copies",
     "load_index",

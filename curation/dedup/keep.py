@@ -45,10 +45,3 @@ def choose_copy(group: Sequence[CopyCandidate]) -> CopyCandidate:
     if not group:
         raise ValueError("cannot choose from an empty group")
     return min(group, key=copy_rank)
-
-
-def choose_near(group: Sequence[NearCandidate]) -> NearCandidate:
-    """The near-duplicate to keep: most kept texts, then highest best ITM, then smallest key."""
-    if not group:
-        raise ValueError("cannot choose from an empty group")
-    return min(group, key=near_rank)
