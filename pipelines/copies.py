@@ -27,8 +27,6 @@ from curation.records import HashedPair, ImageGroup, Pair
 from pipelines.components import KeepPerComponent
 from pipelines.guarded import ERRORS, GuardedDoFn, Stage
 
-_KINDS = {"self": None, "exact": DuplicateKind.EXACT, "perceptual": DuplicateKind.PERCEPTUAL}
-
 
 def candidate_key(hashed: HashedPair) -> str:
     """Orders candidates by user key, then by uid (which is unique)."""
@@ -107,7 +105,7 @@ def _to_rep(
     for rep in parts["rep"]:
         for hashed in parts["pair"]:
             link = copy_link(candidate(hashed), rep)
-            yield link.rep_key, (hashed, _KINDS[link.kind], link.similarity)
+            yield link.rep_key, (hashed, link.kind, link.similarity)
 
 
 class GroupCopies(beam.PTransform):

@@ -55,7 +55,7 @@ def test_copy_grouping_on_beam_equals_group_copies(max_hamming: int) -> None:
         assert set(got) == set(expected) and len(rows) == len(got)
         for key, link in expected.items():
             rep, kind, sim = got[key]
-            assert rep == link.rep_key and (kind.value if kind else "self") == link.kind, key
+            assert rep == link.rep_key and kind == link.kind, key
             assert sim == pytest.approx(link.similarity)
 
     _run(hashed, GroupCopies(max_hamming, run_id="r", threshold=0.5), check)

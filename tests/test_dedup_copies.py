@@ -59,7 +59,7 @@ def test_copies_grouped_with_their_original(photo_items: list[CopyCandidate]) ->
     by_key = {item.key: item for item in photo_items}
     for name in PHOTOS:
         rep = f"{name}/0-original"  # largest, ties (same-bytes copy, q50) broken by key
-        assert links[rep].kind == "self" and links[rep].rep_key == rep
+        assert links[rep].kind is None and links[rep].rep_key == rep
         same = links[f"{name}/1-same-bytes"]
         assert (same.rep_key, same.kind, same.similarity) == (rep, "exact", 1.0)
         for suffix in ("2-half", "3-q50", "4-cropped"):
@@ -101,7 +101,7 @@ def test_largest_copy_is_kept_and_exact_kind_follows_representative() -> None:
         CopyCandidate("y", "sha-large", base ^ 0b11, 400, 300),
     ]
     links = group_copies(items)
-    assert links["y"].kind == "self"  # largest; "y" < "z"
+    assert links["y"].kind is None  # largest; "y" < "z"
     assert (links["z"].rep_key, links["z"].kind) == ("y", "exact")
     assert (links["a"].rep_key, links["a"].kind, links["a"].similarity) == (
         "y",
@@ -123,8 +123,8 @@ def test_perceptual_links_do_not_chain() -> None:
     links = group_copies(items, max_hamming=4)
     assert (links["k1"].rep_key, links["k1"].similarity) == ("k0", 1 - 3 / 64)
     # k2 is 3 bits from the copy k1 but 6 from the representative k0: its own representative.
-    assert links["k2"].kind == "self"
-    assert links["k3"].kind == "self"
+    assert links["k2"].kind is None
+    assert links["k3"].kind is None
     # Once k1 outranks k0 (larger), both others are its copies, 3 bits away each.
     items[1] = CopyCandidate("k1", "s1", h1, 128, 128)
     links = group_copies(items, max_hamming=4)
@@ -132,7 +132,7 @@ def test_perceptual_links_do_not_chain() -> None:
         ("k1", 1 - 3 / 64),
         ("k1", 1 - 3 / 64),
     ]
-    assert group_copies(items, max_hamming=2)["k1"].kind == "self"
+    assert group_copies(items, max_hamming=2)["k1"].kind is None
 
 
 @pytest.mark.parametrize("max_hamming", [1, 4, 7])
@@ -203,4 +203,4 @@ def test_perceptual_grouping_can_be_turned_off() -> None:
     on = group_copies(items, max_hamming=0)
     off = group_copies(items, max_hamming=-1)
     assert on["b"].kind == "perceptual"
-    assert off["b"].kind == "self" and off["c"].kind == "exact" and off["c"].rep_key == "a"
+    assert off["b"].kind is None and off["c"].kind == "exact" and off["c"].rep_key == "a"

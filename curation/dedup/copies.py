@@ -31,6 +31,7 @@ import numpy as np
 from curation.dedup.keep import CopyCandidate, copy_rank
 from curation.dedup.leaders import leaders
 from curation.hashing import hamming
+from curation.reasons import DuplicateKind
 
 HASH_BITS = 64
 _QUERY_SHARD = 65536
@@ -38,12 +39,12 @@ _QUERY_SHARD = 65536
 
 @dataclass(frozen=True)
 class CopyLink:
-    """Where a key's image went: itself (kind ``self``) or the representative it copies."""
+    """Where a key's image went: itself (kind None) or the representative it copies."""
 
     key: str
     rep_key: str
-    kind: str  # "self" | "exact" | "perceptual"
-    similarity: float  # 1.0 for self and exact; 1 - hamming / 64 for perceptual
+    kind: DuplicateKind | None  # None: itself; else EXACT or PERCEPTUAL
+    similarity: float  # 1.0 for itself and exact; 1 - hamming / 64 for perceptual
 
 
 def _hash_codes(hashes: np.ndarray) -> np.ndarray:
@@ -98,7 +99,7 @@ def group_copies(items: Sequence[CopyCandidate], max_hamming: int = 4) -> dict[s
 
     Images with the same sha256 are exact copies; distinct images whose perceptual hashes
     differ in at most ``max_hamming`` of 64 bits are perceptual copies. Representatives
-    (kind ``self``) are kept greedily by :func:`~curation.dedup.keep.copy_rank` (module
+    (kind None: themselves) are kept greedily by :func:`~curation.dedup.keep.copy_rank` (module
     docstring); a member whose sha256 equals its representative's is ``exact`` (similarity
     1.0), any other ``perceptual`` with similarity ``1 - hamming(member, representative) /
     64``. The result does not depend on input order.
@@ -153,8 +154,8 @@ def copy_link(item: CopyCandidate, rep: CopyCandidate) -> CopyLink:
     """Where ``item`` went, given its representative ``rep`` (per element): itself, an exact
     copy (same sha256) or a perceptual copy (similarity ``1 - hamming / 64``)."""
     if rep.key == item.key:
-        return CopyLink(item.key, item.key, "self", 1.0)
+        return CopyLink(item.key, item.key, None, 1.0)
     if rep.sha256 == item.sha256:
-        return CopyLink(item.key, rep.key, "exact", 1.0)
+        return CopyLink(item.key, rep.key, DuplicateKind.EXACT, 1.0)
     distance = hamming(item.phash, rep.phash)
-    return CopyLink(item.key, rep.key, "perceptual", 1.0 - distance / HASH_BITS)
+    return CopyLink(item.key, rep.key, DuplicateKind.PERCEPTUAL, 1.0 - distance / HASH_BITS)
