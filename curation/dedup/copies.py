@@ -99,7 +99,7 @@ def group_copies(items: Sequence[CopyCandidate], max_hamming: int = 4) -> dict[s
 
     Images with the same sha256 are exact copies; distinct images whose perceptual hashes
     differ in at most ``max_hamming`` of 64 bits are perceptual copies. Representatives
-    (kind None: themselves) are kept greedily by :func:`~curation.dedup.keep.copy_rank` (module
+    (kind None) are kept greedily by :func:`~curation.dedup.keep.copy_rank` (module
     docstring); a member whose sha256 equals its representative's is ``exact`` (similarity
     1.0), any other ``perceptual`` with similarity ``1 - hamming(member, representative) /
     64``. The result does not depend on input order.
