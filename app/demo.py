@@ -71,10 +71,11 @@ def run_demo(
     from app.demo_metrics import run_metrics, write_metrics
     from curation.config import RunConfig
     from curation.shapes import make_web_split
-    from curation.storage import Location
+    from curation.storage import Location, check_writable_folder
     from pipelines.runner import run_pipeline
 
     out_dir = Location(out)
+    check_writable_folder(out_dir, "--out")
     (out_dir / "run").remove()  # measure a full run, not a cached re-run
     data = make_web_split(
         rows, seed, (out_dir / "input" / "shapes-web.parquet").url, texture=DEMO_TEXTURE

@@ -353,6 +353,20 @@ def test_worker_processes_print_no_start_up_chatter(
     assert "decisions per reason" in done.stdout
 
 
+def test_demo_and_help_surfaces(tmp_path: Path) -> None:
+    """`demo` into an unusable folder exits 2 with a message before work; `run --help`
+    lists every setting, `--out` marked required."""
+    (tmp_path / "file").write_text("x")
+    demo = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "file" / "sub")])
+    assert demo.exit_code == 2 and "is a file" in demo.stderr
+    assert "Traceback" not in demo.output
+    text = " ".join(CliRunner().invoke(main, ["run", "--help"]).output.split())
+    for flag in ("--min-side", "--max-pixels", "--prompt", "--top-k", "--repetition-penalty",
+                 "--num-beams"):  # fmt: skip
+        assert flag in text, flag
+    assert "--out TEXT" in text and "[required]" in text.split("--out TEXT", 1)[1][:400]
+
+
 def test_finetune_errors_exit_2_with_a_message(tmp_path: Path) -> None:
     from curation.shapes import make_clean_split
 

@@ -51,3 +51,18 @@ def test_the_installed_environment_is_pinned() -> None:
     installed = {_name(d.metadata["Name"]) for d in metadata.distributions()}
     missing = sorted(installed - set(pins) - NOT_PINNED)
     assert not missing, f"installed but not in constraints.txt (run `make lock`): {missing}"
+
+
+def test_runtime_floors_are_the_tested_versions() -> None:
+    """Each runtime requirement's floor is the version the suite runs with, to its precision
+    (numpy>=2.4 is tested with 2.4.x): a lower floor would promise versions nobody tested."""
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = _pins()
+    for text in project["dependencies"]:
+        requirement = Requirement(text)
+        (floor,) = [s.version for s in requirement.specifier if s.operator == ">="]
+        tested = Version(pins[_name(requirement.name)]).release
+        wanted = Version(floor).release
+        assert tested[: len(wanted)] == wanted, f"{requirement} is tested with {tested}"
