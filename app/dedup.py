@@ -2,40 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from app.options import engine_options
-from pipelines.publish import republish
+from app.options import from_flags, settings_options
+from curation.config import RepublishSettings
 
 
 @click.command("dedup")
 @click.argument("run_dir")
-@click.option("--near-threshold", type=float, help="Cosine above which images are near duplicates.")
-@click.option(
-    "--dedup-against", help="A previous run's index/ folder to deduplicate against ('' clears it)."
-)
-@engine_options
-def dedup_command(
-    run_dir: str,
-    near_threshold: float | None,
-    dedup_against: str | None,
-    workers: int,
-    beam_args: tuple[str, ...],
-) -> None:
+@settings_options(RepublishSettings, skip=("threshold", "synthetic_threshold"))
+def dedup_command(run_dir: str, **options: Any) -> None:
     """Re-run near-duplicate removal over RUN_DIR (e.g. with a new --near-threshold).
 
     \b
     Example:
       curation dedup runs/r1 --near-threshold 0.9
     """
-    manifest = republish(
-        run_dir,
-        "dedup",
-        near_threshold=near_threshold,
-        dedup_against=dedup_against,
-        workers=workers,
-        beam_args=beam_args,
-    )
+    changes = from_flags(RepublishSettings, options)
+    from pipelines.publish import republish
+
+    manifest = republish(run_dir, "dedup", changes)
     click.echo(
         f"near_threshold {manifest['config']['near_threshold']}: duplicates {manifest['duplicates']}"
     )

@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from app.options import engine_options
-from pipelines.publish import republish
+from app.options import from_flags, settings_options
+from curation.config import RepublishSettings
 
 
 @click.command("rethreshold")
 @click.argument("run_dir")
-@click.option(
-    "--threshold",
-    type=click.FloatRange(0, 1),
-    required=True,
-    help="Keep a text when its ITM probability >= this.",
+@settings_options(
+    RepublishSettings, skip=("near_threshold", "dedup_against"), required=("threshold",)
 )
-@click.option(
-    "--synthetic-threshold",
-    type=click.FloatRange(0, 1),
-    help="Threshold of synthetic captions  [default: the same as --threshold].",
-)
-@engine_options
-def rethreshold_command(
-    run_dir: str,
-    threshold: float,
-    synthetic_threshold: float | None,
-    workers: int,
-    beam_args: tuple[str, ...],
-) -> None:
+def rethreshold_command(run_dir: str, **options: Any) -> None:
     """Decide every scored text of RUN_DIR again at another ITM threshold, from the stored
     scores, and republish clean/, synthetic/, decisions/, the index and the manifest
     (near-duplicate removal is redone on the new kept set). The result equals a fresh
@@ -38,14 +25,10 @@ def rethreshold_command(
     Example:
       curation rethreshold runs/r1 --threshold 0.6 --synthetic-threshold 0.7
     """
-    manifest = republish(
-        run_dir,
-        "rethreshold",
-        threshold=threshold,
-        synthetic_threshold=synthetic_threshold,
-        workers=workers,
-        beam_args=beam_args,
-    )
+    changes = from_flags(RepublishSettings, options)
+    from pipelines.publish import republish
+
+    manifest = republish(run_dir, "rethreshold", changes)
     texts = manifest["texts"]
     click.echo(
         f"threshold {manifest['config']['threshold']} (synthetic "

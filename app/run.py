@@ -65,7 +65,7 @@ def print_summary(result: RunResult, stream: TextIO | None = None) -> None:
     type=click.Path(dir_okay=False),
     help="YAML file with the same keys as the flags (dashes or underscores); flags win.",
 )
-@settings_options(RunConfig, skip=("input",), required=("out",))
+@settings_options(RunConfig, skip=("input",), required=("out",), config_file=True)
 def run_command(input: tuple[str, ...], config_file: str | None, **flags: Any) -> None:
     """Caption, filter and deduplicate INPUT (Parquet files, globs or folders) into --out.
 

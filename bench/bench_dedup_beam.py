@@ -5,7 +5,7 @@ of the launcher, the job server and the workers apart.
 For each N, a run folder is generated whose committed stage holds N images (the
 clustered 256-d embeddings of ``bench_dedup.py``: N/1000 clusters, 5% planted near-copies
 at cosine 0.955-0.995) and one kept web decision per image. Then, in this process (the
-launcher), ``republish(run, "dedup", near_threshold=0.95)`` runs the finalize job on a
+launcher), ``republish(run, "dedup", RepublishSettings(near_threshold=0.95))`` runs the finalize job on a
 portable job server in its own process, whose SDK workers come from a worker pool process
 (``--environment_type=EXTERNAL``): the three kinds of memory are separate processes, as on
 Dataflow (launcher, shuffle service, workers). The job server is Beam's in-memory runner:
@@ -178,6 +178,7 @@ class TreeRss:
 
 def run_server(run: Path, workers: int) -> dict:
     """The finalize job of `curation dedup` on an out-of-process job server and worker pool."""
+    from curation.config import RepublishSettings
     from pipelines.publish import republish
 
     pool_port, job_port = _free_port(), _free_port()
@@ -213,7 +214,9 @@ def run_server(run: Path, workers: int) -> dict:
             ):
                 start = time.perf_counter()
                 manifest = republish(
-                    str(run), "dedup", near_threshold=THRESHOLD, beam_args=beam_args
+                    str(run),
+                    "dedup",
+                    RepublishSettings(near_threshold=THRESHOLD, beam_args=beam_args),
                 )
                 seconds = time.perf_counter() - start
             cpu = {
@@ -239,11 +242,12 @@ def run_server(run: Path, workers: int) -> dict:
 
 def run_in_process(run: Path) -> dict:
     """The same job as `curation dedup RUN --workers 1` runs it: Beam's runner in this process."""
+    from curation.config import RepublishSettings
     from pipelines.publish import republish
 
     with PeakRss() as rss:
         start = time.perf_counter()
-        manifest = republish(str(run), "dedup", near_threshold=THRESHOLD)
+        manifest = republish(str(run), "dedup", RepublishSettings(near_threshold=THRESHOLD))
         seconds = time.perf_counter() - start
     return {
         "seconds": seconds,

@@ -10,9 +10,10 @@ before any work starts, and errors name the offending key (and file).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from curation.caption_settings import CaptionSettings
 from curation.decode import DEFAULT_MAX_PIXELS
@@ -198,6 +199,57 @@ class RunConfig(InputSettings):
         return CaptionSettings(**{name: getattr(self, name) for name in names})
 
 
+def _as_declared_by_run(name: str, keeps: str) -> Any:
+    """RunConfig's declaration of ``name`` (help, bounds) with no default: not given, the
+    value ``keeps`` (said in the flag's help) holds."""
+    field = RunConfig.model_fields[name]
+    extra = dict(field.json_schema_extra) if isinstance(field.json_schema_extra, dict) else {}
+    return FieldInfo.merge_field_infos(
+        field, default=None, json_schema_extra=extra | {"default_text": keeps}
+    )
+
+
+class RepublishSettings(Settings):
+    """What ``dedup`` and ``rethreshold`` may change on a finished run, and where they run.
+
+    Each setting is declared by :class:`RunConfig`; one not given keeps the run's value.
+    """
+
+    threshold: float | None = _as_declared_by_run("threshold", "the run's")
+    synthetic_threshold: float | None = _as_declared_by_run(
+        "synthetic_threshold", "the same as --threshold"
+    )
+    near_threshold: float | None = _as_declared_by_run("near_threshold", "the run's")
+    dedup_against: str | None = _as_declared_by_run("dedup_against", "the run's")
+    workers: int = RunConfig.model_fields["workers"]
+    beam_args: tuple[str, ...] = RunConfig.model_fields["beam_args"]
+
+    @field_validator("beam_args", mode="before")
+    @classmethod
+    def _beam_list(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    def applied_to(self, config: dict[str, Any]) -> RepublishSettings:
+        """These changes over a run's ``config`` (its manifest's): every setting given."""
+        values = {name: config.get(name, RunConfig.model_fields[name].default) for name in _KEPT}
+        if self.threshold is not None:
+            values["threshold"] = self.threshold
+            values["synthetic_threshold"] = self.synthetic_threshold
+        elif self.synthetic_threshold is not None:
+            values["synthetic_threshold"] = self.synthetic_threshold
+        if self.near_threshold is not None:
+            values["near_threshold"] = self.near_threshold
+        if self.dedup_against is not None:
+            values["dedup_against"] = self.dedup_against or None
+        return validate(
+            RepublishSettings, self.model_dump() | values, "the run's manifest or the command line"
+        )
+
+
+#: The settings of a finished run that ``dedup`` and ``rethreshold`` may change.
+_KEPT = ("threshold", "synthetic_threshold", "near_threshold", "dedup_against")
+
+
 def _explain(error: ValidationError, source: str) -> ConfigError:
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "settings"
@@ -207,6 +259,9 @@ def _explain(error: ValidationError, source: str) -> ConfigError:
     if first["type"].startswith("value_error") or not first["loc"]:
         return ConfigError(f"{source}: {message}")
     return ConfigError(f"{source}: invalid value for {key!r}: {first.get('input')!r} ({message})")
+
+
+SettingsT = TypeVar("SettingsT", bound=Settings)
 
 
 def load_yaml(path: str | Path, model: type[Settings] = RunConfig) -> dict[str, Any]:
@@ -254,10 +309,17 @@ def build_settings(model: type[Settings], file: str | Path | None = None, **over
         raise ConfigError("missing 'input': give it on the command line or in the config file")
     if "out" in model.model_fields and not values.get("out"):
         raise ConfigError("missing 'out': give --out or the 'out' key of the config file")
+    return validate(model, values, "command line" if not file else f"{file} or the command line")
+
+
+def validate(
+    model: type[SettingsT], values: dict[str, Any], source: str = "command line"
+) -> SettingsT:
+    """``model`` built from ``values``, or a :class:`ConfigError` naming the key and ``source``."""
     try:
         return model.model_validate(values)
     except ValidationError as err:
-        raise _explain(err, "command line" if not file else f"{file} or the command line") from None
+        raise _explain(err, source) from None
 
 
 def build_config(file: str | Path | None = None, **overrides: Any) -> RunConfig:

@@ -9,13 +9,13 @@ the manifest: its memory does not grow with the number of images.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 
 import apache_beam as beam
 import pyarrow.parquet as pq
 
+from curation.config import RepublishSettings
 from curation.errors import ConfigError
 from curation.finalize import FinalizeResult, TableFiles
 from curation.manifest import build_manifest, rebuild_manifest
@@ -130,58 +130,30 @@ def publish_in_job(_: str, run_commit: RunCommit) -> str:
     return run_commit.finalize.generation
 
 
-def _unit(name: str, value: float, low_open: bool = False) -> float:
-    if not (0.0 < value <= 1.0 if low_open else 0.0 <= value <= 1.0):
-        interval = "(0, 1]" if low_open else "[0, 1]"
-        raise ConfigError(
-            f"invalid value for {name!r}: {value!r} (expected a number in {interval})"
-        )
-    return value
-
-
 def republish(
     run_dir: str,
     command: str,
-    *,
-    threshold: float | None = None,
-    synthetic_threshold: float | None = None,
-    near_threshold: float | None = None,
-    dedup_against: str | None = None,
-    workers: int = 1,
-    beam_args: Sequence[str] = (),
-    stream: TextIO | None = None,
+    changes: RepublishSettings | None = None,
 ) -> dict[str, Any]:
-    """Finalize ``run_dir`` again with the given settings and commit it; returns the manifest.
+    """Finalize ``run_dir`` again with ``changes`` and commit it; returns the manifest.
 
-    ``dedup_against=""`` clears the previous-round index; ``synthetic_threshold`` defaults to
-    the run's own (which defaults to the web threshold). A setting not given keeps the
-    run's value.
+    A setting not given keeps the run's value (:meth:`RepublishSettings.applied_to`).
     """
     run = RunFolder.at(run_dir)
+    changes = changes or RepublishSettings()
     with run.lock(command):
         run.repair()
         manifest = run.read_manifest()
         if manifest is None:
             raise ConfigError(f"{run.url} is not a finished run folder (no manifest.json)")
         listing = run.read_stage_listing()
-        config = manifest.get("config", {})
-        web = _unit("threshold", threshold if threshold is not None else config["threshold"])
-        if synthetic_threshold is None:
-            synthetic_threshold = (
-                web if threshold is not None else config.get("synthetic_threshold")
-            )
-        thresholds = Thresholds.of(web, synthetic_threshold)
-        _unit("synthetic_threshold", thresholds.synthetic)
-        near = _unit(
-            "near_threshold",
-            near_threshold if near_threshold is not None else config.get("near_threshold", 0.95),
-            low_open=True,
-        )
-        against = config.get("dedup_against") if dedup_against is None else (dedup_against or None)
+        applied = changes.applied_to(manifest.get("config", {}))
+        thresholds = Thresholds.of(applied.threshold, applied.synthetic_threshold)
+        near, against = applied.near_threshold, applied.dedup_against
         if against and run.root.contains(Location(against)):
             raise ConfigError(f"--dedup-against {against!r} is this run's own index")
         places = [("the run folder", run.url)] + ([("--dedup-against", against)] if against else [])
-        runner = choose_runner(beam_args, workers, places)
+        runner = choose_runner(applied.beam_args, applied.workers, places)
         started = time.monotonic()
         generation = new_generation()
         settings = FinalizeSettings(
@@ -195,7 +167,7 @@ def republish(
             schemas=run_schemas(None) | {"clean": schema_from_text(listing["clean_schema"])},
         )
         result = finalize(run, listing, settings, runner)
-        changes = {
+        recorded = {
             "threshold": thresholds.web,
             "synthetic_threshold": thresholds.synthetic,
             "near_threshold": near,
@@ -205,7 +177,7 @@ def republish(
             manifest,
             command=command,
             generation=generation,
-            changes=changes,
+            changes=recorded,
             result=result,
             timings={command: time.monotonic() - started},
         )

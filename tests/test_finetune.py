@@ -662,3 +662,32 @@ def test_composition_options_are_recorded_in_the_model_card(tmp_path: Path, clea
     assert "itm_reject_composition" in card and "itm_accept_partial" in card
     refused = runner.invoke(finetune_command, ["filter", *common, *options])
     assert isinstance(refused.exception, UsageError) and "--text-domain" in str(refused.exception)
+
+
+def test_finetune_flags_and_their_defaults_come_from_the_settings() -> None:
+    """Each setting is a flag whose help shows its declared default; the captioner's command
+    has no filter-only flag; the settings the command builds are the declared defaults."""
+    import click
+
+    from models.finetune.settings import FILTER_ONLY, FinetuneSettings
+
+    for kind in ("captioner", "filter"):
+        command = finetune_command.commands[kind]
+        ctx = click.Context(command)
+        helps = {p.name: p.get_help_record(ctx)[1] for p in command.params if p.name != "help"}
+        expected = [
+            n for n in FinetuneSettings.model_fields if kind == "filter" or n not in FILTER_ONLY
+        ]
+        assert list(helps) == expected
+        for name in expected:
+            field = FinetuneSettings.model_fields[name]
+            assert helps[name].startswith(field.description), name
+            if name in ("train", "out"):
+                assert "[required]" in helps[name]
+            else:
+                default = "none" if field.default is None else str(field.default)
+                assert helps[name].endswith(f"[default: {default}]"), name
+    defaults = FinetuneSettings(train="t.parquet", out="m")
+    assert defaults.learning_rate(from_preset=True) == 5e-4
+    assert defaults.learning_rate(from_preset=False) == 1e-5
+    assert defaults.extra_text_shares() == ExtraTextShares()

@@ -268,13 +268,21 @@ def test_inspect_check_run_refuses_what_run_refuses_before_the_models(
         (["run", "x.parquet", "--out", "o", "--config", "{config}"], "top_p"),
         (["inspect", "x.parquet", "--config", "{config}"], "top_p"),
         (["inspect", "x.parquet", "--min-side", "-1"], "min_side"),
+        (["dedup", "runs/r1", "--near-threshold", "0"], "near_threshold"),
+        (["rethreshold", "runs/r1", "--threshold", "1.5"], "threshold"),
+        (["finetune", "filter", "--train", "t", "--out", "m", "--holdout", "0.9"], "holdout"),
+        (
+            ["finetune", "filter", "--train", "t", "--out", "m", "--partial-positives", "1"],
+            "--text-domain",
+        ),  # fmt: skip
+        (["finetune", "captioner", "--train", "no-such.parquet", "--out", "m"], "no-such"),
     ],
 )
 def test_flag_errors_appear_before_torch_and_beam_are_imported(
     args: list[str], named: str, tmp_path: Path
 ) -> None:
-    """Wrong flags and config keys, for `run` and `inspect`: exit 2 naming the setting,
-    before torch or Beam is imported."""
+    """Wrong flags and config keys, for every command with settings: exit 2 naming the
+    setting, before torch or Beam is imported."""
     config = tmp_path / "run.yaml"
     config.write_text("top_p: 7\n")
     args = [a.replace("{config}", str(config)) for a in args]

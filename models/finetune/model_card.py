@@ -5,20 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from models.finetune.train import TrainResult, TrainSettings
+from models.finetune.settings import DomainName, FinetuneSettings, ModelKind
 
-_TITLES = {"captioner": "BLIP captioner", "filter": "BLIP image-text matching filter"}
+if TYPE_CHECKING:
+    from models.finetune.train import TrainResult
+
+_TITLES = {
+    ModelKind.CAPTIONER: "BLIP captioner",
+    ModelKind.FILTER: "BLIP image-text matching filter",
+}
 _LOSSES = {
-    "captioner": "language-modelling cross-entropy, label smoothing 0.1, prompt masked",
-    "filter": "ITC (learnable temperature, init 0.07) + ITM with hard negatives from the ITC softmax",
+    ModelKind.CAPTIONER: "language-modelling cross-entropy, label smoothing 0.1, prompt masked",
+    ModelKind.FILTER: (
+        "ITC (learnable temperature, init 0.07) + ITM with hard negatives from the ITC softmax"
+    ),
 }
 
 
-def render_model_card(
-    result: TrainResult, base: str, train_path: str | Path, settings: TrainSettings, command: str
-) -> str:
+def render_model_card(result: TrainResult, settings: FinetuneSettings, command: str) -> str:
     """Markdown describing data, training, final losses and the held-out evaluation."""
+    base, train_path = settings.base, settings.train
     lines = [
         f"# {_TITLES[result.kind]}, finetuned",
         "",
@@ -44,7 +50,7 @@ def render_model_card(
         f"- optimiser: AdamW, learning rate {result.lr:g}, weight decay {settings.weight_decay:g},"
         f" warmup {settings.warmup:.0%} then cosine decay",
     ]
-    if result.kind == "filter":
+    if result.kind == ModelKind.FILTER:
         lines += _extra_text_lines(settings)
     lines += [
         f"- time: {result.seconds:.0f} s",
@@ -61,9 +67,9 @@ def render_model_card(
     return "\n".join(lines) + "\n"
 
 
-def _extra_text_lines(settings: TrainSettings) -> list[str]:
+def _extra_text_lines(settings: FinetuneSettings) -> list[str]:
     """The extra ITM texts of a filter's training, one line each."""
-    shares = settings.extra_texts
+    shares = settings.extra_text_shares()
     lines = []
     if shares.composition:
         lines.append(
@@ -92,7 +98,7 @@ def _extra_text_lines(settings: TrainSettings) -> list[str]:
             f"- unreadable negatives: {shares.unreadable:.0%} of pairs also get their own text"
             " with every open-class word unknown as an ITM negative"
         )
-    if settings.text_domain != "general":
+    if settings.text_domain != DomainName.GENERAL:
         lines.append(
             f"- text domain: {settings.text_domain} (captions parsed: exact attribute and"
             " position exchanges, negatives checked to be false, texts true of an image"
@@ -104,14 +110,10 @@ def _extra_text_lines(settings: TrainSettings) -> list[str]:
 def write_model_card(
     path: str | Path,
     result: TrainResult,
-    base: str,
-    train_path: str | Path,
-    settings: TrainSettings,
+    settings: FinetuneSettings,
     command: str,
 ) -> Path:
     """Write :func:`render_model_card` to ``path``."""
     path = Path(path)
-    path.write_text(
-        render_model_card(result, base, train_path, settings, command), encoding="utf-8"
-    )
+    path.write_text(render_model_card(result, settings, command), encoding="utf-8")
     return path

@@ -47,6 +47,7 @@ from curation.shapes import (
     partial_scene,
 )
 from models.finetune.phrases import Chunk, chunks, heads, is_open, symmetric_between, words_of
+from models.finetune.settings import DomainName, ExtraTextShares
 
 #: Texts with fewer words are never cut.
 MIN_WORDS = 4
@@ -56,7 +57,6 @@ OPENINGS = ("a picture of", "an image of", "a photo of", "there is", "this is")
 JOINERS = frozenset({"and", ","})
 #: Width of the word-order shuffle window.
 SHUFFLE_WINDOW = 3
-DOMAINS = ("general", "shapes")
 
 Transform = Callable[[list[str], random.Random], list[str] | None]
 
@@ -299,22 +299,9 @@ class ShapesDomain(TextDomain):
         return said is not None and is_true_of(said, scene)
 
 
-def text_domain(name: str) -> TextDomain:
-    """The :class:`TextDomain` called ``name`` (one of :data:`DOMAINS`)."""
-    if name not in DOMAINS:
-        raise ValueError(f"unknown text domain {name!r}; choose one of {', '.join(DOMAINS)}")
-    return ShapesDomain() if name == "shapes" else TextDomain()
-
-
-@dataclass
-class ExtraTextShares:
-    """Shares of training pairs that get each kind of extra text (0 turns a kind off)."""
-
-    composition: float = 0.0
-    truncated: float = 0.0
-    partial: float = 0.0
-    reworded: float = 0.0
-    unreadable: float = 0.0
+def text_domain(name: DomainName) -> TextDomain:
+    """The :class:`TextDomain` called ``name``."""
+    return ShapesDomain() if DomainName(name) == DomainName.SHAPES else TextDomain()
 
 
 @dataclass

@@ -29,8 +29,8 @@ from curation.caption_settings import CaptionSettings
 from models.finetune.data import TrainingPairs, read_pairs
 from models.finetune.losses import ExtraTexts, Temperature, captioner_loss, filter_losses
 from models.finetune.model_card import write_model_card
+from models.finetune.settings import FinetuneSettings, ModelKind
 from models.finetune.text_negatives import (
-    ExtraTextShares,
     TextDomain,
     extra_texts,
     reword,
@@ -49,35 +49,19 @@ from models.presets import (
     words_of,
 )
 
-KINDS = ("captioner", "filter")
 PROMPT = CaptionSettings.prompt
 MAX_TOKENS = 35
+#: Optimiser steps between progress lines (and between the running means of the losses).
+LOG_EVERY = 20
 
 Progress = Callable[[str], None]
-
-
-@dataclass
-class TrainSettings:
-    """Optimisation settings; ``lr=None`` picks 5e-4 for a preset and 1e-5 for a checkpoint."""
-
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float | None = None
-    weight_decay: float = 0.05
-    warmup: float = 0.05
-    max_steps: int | None = None
-    extra_texts: ExtraTextShares = field(default_factory=ExtraTextShares)
-    text_domain: str = "general"
-    seed: int = 0
-    holdout: float = 0.05
-    log_every: int = 20
 
 
 @dataclass
 class TrainResult:
     """What a finetuning run did and how the model scores on the held-out pairs."""
 
-    kind: str
+    kind: ModelKind
     steps: int
     seconds: float
     train_pairs: int
@@ -93,24 +77,25 @@ def is_preset(base: str) -> bool:
     return base in PRESETS and not Path(base).exists()
 
 
-def prepare_base(kind: str, base: str, texts: list[str], device: str = "auto") -> LoadedModel:
+def prepare_base(kind: ModelKind, base: str, texts: list[str], device: str = "auto") -> LoadedModel:
     """Load the starting model: a checkpoint through :mod:`models.loading`, or a fresh preset.
 
     A filter may also start from a captioner folder (:mod:`models.finetune.warm_start`).
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    kind = ModelKind(kind)
     if not is_preset(base):
-        if kind == "filter" and is_captioner_folder(base):
+        if kind == ModelKind.FILTER and is_captioner_folder(base):
             return filter_from_captioner(load_captioner(base, device=device))
-        loader = load_captioner if kind == "captioner" else load_filter
+        loader = load_captioner if kind == ModelKind.CAPTIONER else load_filter
         return loader(base, device=device)
     tokenizer = build_tokenizer(words_of([PROMPT, *texts]))
     config = blip_config(base, tokenizer)
     # BLIP's vision default (1e-10) leaves fresh class and position embeddings at zero, which
     # a model trained from scratch cannot recover from quickly; use BERT's 0.02 instead.
     config.vision_config.initializer_range = 0.02
-    model_class = BlipForConditionalGeneration if kind == "captioner" else BlipForImageTextRetrieval
+    model_class = (
+        BlipForConditionalGeneration if kind == ModelKind.CAPTIONER else BlipForImageTextRetrieval
+    )
     model = model_class(config)
     processor = image_processor(config.vision_config.image_size)
     torch_device = resolve_device(device)
@@ -176,10 +161,10 @@ class _Meter:
 
 
 def train(
-    kind: str,
+    kind: ModelKind,
     loaded: LoadedModel,
     pairs: TrainingPairs,
-    settings: TrainSettings,
+    settings: FinetuneSettings,
     lr: float,
     progress: Progress | None = None,
 ) -> tuple[int, float, dict[str, float]]:
@@ -191,9 +176,10 @@ def train(
     model = loaded.model
     model.train()
     domain = text_domain(settings.text_domain)
-    known = domain.prepare(pairs.texts) if kind == "filter" else []
+    is_filter = kind == ModelKind.FILTER
+    known = domain.prepare(pairs.texts) if is_filter else []
     temperature = Temperature().to(loaded.device)
-    params = list(model.parameters()) + (list(temperature.parameters()) if kind == "filter" else [])
+    params = list(model.parameters()) + (list(temperature.parameters()) if is_filter else [])
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=settings.weight_decay)
     per_epoch = len(pairs) // settings.batch_size
     if per_epoch == 0:
@@ -207,7 +193,7 @@ def train(
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
     prompt_length = _prompt_length(loaded)
     enc_id = loaded.tokenizer.convert_tokens_to_ids(ENC_TOKEN)
-    meter = _Meter(total, settings.batch_size, settings.log_every, progress)
+    meter = _Meter(total, settings.batch_size, LOG_EVERY, progress)
     step = 0
     while step < total:
         for index in _batches(len(pairs), settings.batch_size, rng):
@@ -216,9 +202,9 @@ def train(
             batch = pairs.subset(index)
             pixels = pixel_values(batch.pixels, loaded)
             ids, mask = _tokenize(
-                loaded, [PROMPT + t for t in batch.texts] if kind == "captioner" else batch.texts
+                loaded, batch.texts if is_filter else [PROMPT + t for t in batch.texts]
             )
-            if kind == "captioner":
+            if not is_filter:
                 loss = captioner_loss(model, pixels, ids, mask, prompt_length)
                 values = {"loss": loss.item()}
             else:
@@ -259,12 +245,13 @@ def _extra_texts(
     loaded: LoadedModel,
     texts: list[str],
     known: list[object],
-    settings: TrainSettings,
+    settings: FinetuneSettings,
     domain: TextDomain,
     rng: random.Random,
 ) -> ExtraTexts | None:
     """The batch's extra ITM texts (:mod:`models.finetune.text_negatives`), tokenized."""
-    made = extra_texts(texts, known, settings.extra_texts, domain, rng, loaded.tokenizer.unk_token)
+    shares = settings.extra_text_shares()
+    made = extra_texts(texts, known, shares, domain, rng, loaded.tokenizer.unk_token)
     if not made.rows:
         return None
     ids, mask = _tokenize(loaded, made.texts)
@@ -416,7 +403,7 @@ def evaluate_filter(
     return metrics
 
 
-def save(kind: str, loaded: LoadedModel, out: str | Path, dtype: str = "fp32") -> Path:
+def save(loaded: LoadedModel, out: str | Path, dtype: str = "fp32") -> Path:
     """Write weights (safetensors), tokenizer and image processor to ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -436,30 +423,29 @@ def save(kind: str, loaded: LoadedModel, out: str | Path, dtype: str = "fp32") -
 
 
 def finetune(
-    kind: str,
-    train_path: str | Path,
-    out: str | Path,
-    base: str,
-    settings: TrainSettings,
-    image_column: str = "image",
-    text_column: str = "text",
-    group_column: str | None = None,
-    device: str = "auto",
-    save_dtype: str = "fp32",
+    kind: ModelKind,
+    settings: FinetuneSettings,
     command: str = "",
     progress: Progress | None = None,
 ) -> TrainResult:
-    """Read pairs, train ``kind`` from ``base``, evaluate on a held-out slice, save with a model card."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    """Read pairs, train ``kind`` from ``settings.base``, evaluate on a held-out slice, save
+    to ``settings.out`` with a model card."""
+    kind = ModelKind(kind)
+    base, device = settings.base, settings.device
     torch.manual_seed(settings.seed)
     loaded = None if is_preset(base) else prepare_base(kind, base, [], device)
     image_size = PRESETS[base][0] if loaded is None else loaded.image_size
-    pairs = read_pairs(str(train_path), image_size, image_column, text_column, group_column)
+    pairs = read_pairs(
+        settings.train,
+        image_size,
+        settings.image_column,
+        settings.text_column,
+        settings.group_column,
+    )
     if loaded is None:
         loaded = prepare_base(kind, base, pairs.texts, device)
     train_pairs, heldout = pairs.split(settings.holdout, settings.seed)
-    lr = settings.lr if settings.lr is not None else (5e-4 if is_preset(base) else 1e-5)
+    lr = settings.learning_rate(from_preset=is_preset(base))
     if progress is not None:
         progress(
             f"finetuning {kind} from {base} on {len(train_pairs)} pairs "
@@ -469,7 +455,7 @@ def finetune(
     examples: list[tuple[str, str]] = []
     if len(heldout) == 0:
         evaluation: dict[str, float] = {}
-    elif kind == "captioner":
+    elif kind == ModelKind.CAPTIONER:
         evaluation, examples = evaluate_captioner(loaded, heldout)
     else:
         evaluation = evaluate_filter(
@@ -486,6 +472,6 @@ def finetune(
         evaluation=evaluation,
         examples=examples,
     )
-    save(kind, loaded, out, save_dtype)
-    write_model_card(Path(out) / "README.md", result, base, train_path, settings, command)
+    save(loaded, settings.out, settings.save_dtype)
+    write_model_card(Path(settings.out) / "README.md", result, settings, command)
     return result

@@ -13,13 +13,13 @@ filter started from it learns to accept truncated texts.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 
 import torch
 from transformers import BlipForImageTextRetrieval
 
+from curation.storage import Location
 from models.loading import LoadedModel
 
 CAPTIONER_ARCHITECTURE = "BlipForConditionalGeneration"
@@ -32,11 +32,12 @@ _SELF_ATTENTION = re.compile(r"\.layer\.\d+\.attention\.")
 
 
 def is_captioner_folder(path: str | Path) -> bool:
-    """True when ``path`` is a local checkpoint folder saved from a BLIP captioner."""
-    config = Path(path) / "config.json"
+    """True when ``path`` is a checkpoint folder (local or on object storage) saved from a
+    BLIP captioner."""
+    config = Location(str(path)) / "config.json"
     if not config.is_file():
         return False
-    architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    architectures = config.read_json().get("architectures") or []
     return CAPTIONER_ARCHITECTURE in architectures
 
 

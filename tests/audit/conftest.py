@@ -23,7 +23,7 @@ def _closest_pair_threshold(run: Path) -> float:
 
 @pytest.fixture(scope="session")
 def audit_runs(tmp_path_factory, tiny_captioner_dir, distinct_filter_dir) -> AuditRuns:
-    from curation.config import build_config
+    from curation.config import RepublishSettings, build_config
     from pipelines.publish import republish
     from pipelines.runner import run_pipeline
 
@@ -46,9 +46,9 @@ def audit_runs(tmp_path_factory, tiny_captioner_dir, distinct_filter_dir) -> Aud
 
     a = run(folder / "run-a", 0.0)
     near = _closest_pair_threshold(a)
-    republish(str(a), "dedup", near_threshold=near)
+    republish(str(a), "dedup", RepublishSettings(near_threshold=near))
     scores = pq.read_table(a / "decisions", columns=["itm"]).column("itm").drop_null()
     threshold_b = float(np.median(scores.to_numpy()))
     b = run(folder / "run-b", threshold_b)
-    republish(str(b), "dedup", near_threshold=near)
+    republish(str(b), "dedup", RepublishSettings(near_threshold=near))
     return AuditRuns(a, b, (main_input, payload_input), threshold_b, near)
