@@ -156,6 +156,66 @@ def image_row(group: ImageGroup, scores: GroupScores, kept_texts: int) -> Row:
     }
 
 
+def _web_rows(
+    group: ImageGroup, scores: GroupScores, threshold: float, run_id: str
+) -> tuple[list[Row], list[Row]]:
+    """One decision per member's web text, and a clean row for each scored one.
+
+    An empty text, or a text already seen with this image, is decided without a score.
+    """
+    text_scores = {
+        text_identity(text): (itm, itc)
+        for text, itm, itc in zip(group.texts, scores.text_itm, scores.text_itc, strict=True)
+    }
+    common: dict[str, Any] = dict(run_id=run_id, threshold=threshold, image_key=group.key)
+    decisions: list[Row] = []
+    clean: list[Row] = []
+    first_with_text: dict[str, str] = {}
+    for member in group.members:
+        pair = member.hashed.pair
+        ident = text_identity(pair.text)
+        if not ident:
+            decisions.append(decision_row(pair, reason=Reason.EMPTY_TEXT, **common))
+        elif ident in first_with_text:
+            detail = f"same image and text as {first_with_text[ident]}"
+            decisions.append(decision_row(pair, reason=Reason.DUPLICATE, detail=detail, **common))
+        else:
+            first_with_text[ident] = pair.key
+            itm, itc = text_scores[ident]
+            reason = Reason.KEPT if keeps(itm, threshold) else Reason.LOW_ITM
+            decisions.append(decision_row(pair, reason=reason, itm=itm, itc=itc, **common))
+            clean.append(clean_row(pair, group, itm, itc))
+    return decisions, clean
+
+
+def _synthetic_rows(
+    group: ImageGroup, scores: GroupScores, threshold: float, run_id: str
+) -> tuple[list[Row], list[Row]]:
+    """One decision and one synthetic row per caption of the group's image."""
+    decisions: list[Row] = []
+    synthetic: list[Row] = []
+    for index, (caption, itm, itc) in enumerate(
+        zip(scores.captions, scores.caption_itm, scores.caption_itc, strict=True)
+    ):
+        reason = Reason.KEPT if keeps(itm, threshold) else Reason.LOW_ITM
+        decisions.append(
+            decision_row(
+                group.rep.pair,
+                run_id=run_id,
+                reason=reason,
+                threshold=threshold,
+                text=caption,
+                origin=TextOrigin.SYNTHETIC,
+                image_key=group.key,
+                caption_index=index,
+                itm=itm,
+                itc=itc,
+            )
+        )
+        synthetic.append(synthetic_row(group, index, caption, itm, itc))
+    return decisions, synthetic
+
+
 def decide_group(
     group: ImageGroup,
     scores: GroupScores,
@@ -169,53 +229,14 @@ def decide_group(
     ``synthetic_threshold`` (default ``threshold``) decides the captions.
     """
     caption_threshold = threshold if synthetic_threshold is None else synthetic_threshold
-    image_key = group.key
-    text_scores = {
-        text_identity(text): (itm, itc)
-        for text, itm, itc in zip(group.texts, scores.text_itm, scores.text_itc, strict=True)
-    }
-    decisions: list[Row] = []
-    clean: list[Row] = []
-    duplicates: list[Row] = []
-    first_with_text: dict[str, str] = {}
-    for member in group.members:
-        pair = member.hashed.pair
-        if member.kind is not None:
-            duplicates.append(duplicate_row(pair.key, image_key, member.kind, member.similarity))
-        common: dict[str, Any] = dict(run_id=run_id, threshold=threshold, image_key=image_key)
-        ident = text_identity(pair.text)
-        if not ident:
-            decisions.append(decision_row(pair, reason=Reason.EMPTY_TEXT, **common))
-            continue
-        if ident in first_with_text:
-            detail = f"same image and text as {first_with_text[ident]}"
-            decisions.append(decision_row(pair, reason=Reason.DUPLICATE, detail=detail, **common))
-            continue
-        first_with_text[ident] = pair.key
-        itm, itc = text_scores[ident]
-        reason = Reason.KEPT if keeps(itm, threshold) else Reason.LOW_ITM
-        decisions.append(decision_row(pair, reason=reason, itm=itm, itc=itc, **common))
-        clean.append(clean_row(pair, group, itm, itc))
-    synthetic: list[Row] = []
-    for index, (caption, itm, itc) in enumerate(
-        zip(scores.captions, scores.caption_itm, scores.caption_itc, strict=True)
-    ):
-        reason = Reason.KEPT if keeps(itm, caption_threshold) else Reason.LOW_ITM
-        decisions.append(
-            decision_row(
-                group.rep.pair,
-                run_id=run_id,
-                reason=reason,
-                threshold=caption_threshold,
-                text=caption,
-                origin=TextOrigin.SYNTHETIC,
-                image_key=image_key,
-                caption_index=index,
-                itm=itm,
-                itc=itc,
-            )
-        )
-        synthetic.append(synthetic_row(group, index, caption, itm, itc))
+    duplicates = [
+        duplicate_row(m.hashed.pair.key, group.key, m.kind, m.similarity)
+        for m in group.members
+        if m.kind is not None
+    ]
+    web_decisions, clean = _web_rows(group, scores, threshold, run_id)
+    caption_decisions, synthetic = _synthetic_rows(group, scores, caption_threshold, run_id)
+    decisions = web_decisions + caption_decisions
     kept = sum(1 for row in decisions if row["decision"] == Decision.KEPT.value)
     return GroupOutcome(
         decisions=tuple(decisions),

@@ -176,6 +176,68 @@ def _is_img2dataset(types: dict[str, pa.DataType]) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class _Roles:
+    """The column of each role in one file."""
+
+    kind: LayoutKind
+    image: str
+    text: str
+    key: str | None
+    status: str | None = None
+    error: str | None = None
+
+
+def _img2dataset_roles(
+    types: dict[str, pa.DataType], image: str | None, text: str | None, key: str | None
+) -> _Roles:
+    """img2dataset's own columns, where not given."""
+    return _Roles(
+        kind=LayoutKind.IMG2DATASET,
+        image=image
+        or next(c for c in IMG2DATASET_IMAGE_COLUMNS if c in types and is_binary(types[c])),
+        text=text or "caption",
+        key=key or "key",
+        status="status",
+        error="error_message" if "error_message" in types else None,
+    )
+
+
+def _found_roles(
+    path: str,
+    types: dict[str, pa.DataType],
+    names: list[str],
+    image: str | None,
+    text: str | None,
+    key: str | None,
+) -> _Roles:
+    """The columns found by name and type (a datasets Image struct or image bytes)."""
+    image = image or _choose_image(path, types, names)
+    _check_image_type(path, image, types[image])
+    text = text or next((c for c in TEXT_COLUMNS if c in types and c != image), None)
+    if text is None:
+        raise _missing(path, names, "text", None, "--text-column")
+    return _Roles(
+        kind=LayoutKind.HF_DATASETS if is_image_struct(types[image]) else LayoutKind.MAPPED,
+        image=image,
+        text=text,
+        key=key or ("key" if "key" in types and is_key_type(types["key"]) else None),
+    )
+
+
+def _check_role_types(path: str, roles: _Roles, types: dict[str, pa.DataType]) -> None:
+    _check_image_type(path, roles.image, types[roles.image])
+    if not is_text(types[roles.text]):
+        raise InputError(
+            f"{path}: text column {roles.text!r} has type {types[roles.text]}, expected string"
+        )
+    if roles.key is not None and not is_key_type(types[roles.key]):
+        raise InputError(
+            f"{path}: key column {roles.key!r} has type {types[roles.key]}, expected string or "
+            "integer"
+        )
+
+
 def detect_layout(
     location: Location,
     image_column: str | None = None,
@@ -199,43 +261,22 @@ def detect_layout(
     ):
         if given is not None and given not in types:
             raise _missing(path, names, option[2:].split("-")[0], given, option)
-
-    status = error = None
-    if _is_img2dataset(types):
-        kind = LayoutKind.IMG2DATASET
-        image = image_column or next(
-            c for c in IMG2DATASET_IMAGE_COLUMNS if c in types and is_binary(types[c])
-        )
-        text = text_column or "caption"
-        key = key_column or "key"
-        status, error = "status", ("error_message" if "error_message" in types else None)
-    else:
-        image = image_column or _choose_image(path, types, names)
-        _check_image_type(path, image, types[image])
-        kind = LayoutKind.HF_DATASETS if is_image_struct(types[image]) else LayoutKind.MAPPED
-        text = text_column or next((c for c in TEXT_COLUMNS if c in types and c != image), None)
-        if text is None:
-            raise _missing(path, names, "text", None, "--text-column")
-        key = key_column or ("key" if "key" in types and is_key_type(types["key"]) else None)
-
-    _check_image_type(path, image, types[image])
-    if not is_text(types[text]):
-        raise InputError(f"{path}: text column {text!r} has type {types[text]}, expected string")
-    if key is not None and not is_key_type(types[key]):
-        raise InputError(
-            f"{path}: key column {key!r} has type {types[key]}, expected string or integer"
-        )
-    used = {image, text, key, status, error}
-    passthrough = pa.schema([f for f in schema if f.name not in used])
+    roles = (
+        _img2dataset_roles(types, image_column, text_column, key_column)
+        if _is_img2dataset(types)
+        else _found_roles(path, types, names, image_column, text_column, key_column)
+    )
+    _check_role_types(path, roles, types)
+    used = {roles.image, roles.text, roles.key, roles.status, roles.error}
     return Layout(
-        kind=kind,
-        image_column=image,
-        text_column=text,
-        key_column=key,
-        status_column=status,
-        error_column=error,
-        image_is_struct=is_image_struct(types[image]),
-        passthrough=passthrough,
+        kind=roles.kind,
+        image_column=roles.image,
+        text_column=roles.text,
+        key_column=roles.key,
+        status_column=roles.status,
+        error_column=roles.error,
+        image_is_struct=is_image_struct(types[roles.image]),
+        passthrough=pa.schema([f for f in schema if f.name not in used]),
     )
 
 

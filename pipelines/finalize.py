@@ -104,7 +104,7 @@ def _keyed_item(image: Row) -> tuple[str, NearItem]:
     return image["key"], near_item(image, 0)
 
 
-def _near_items(element: tuple[str, dict[str, list[Any]]]) -> Iterator[NearItem]:
+def _near_items_of(element: tuple[str, dict[str, list[Any]]]) -> Iterator[NearItem]:
     _, parts = element
     kept = parts["kept"][0] if parts["kept"] else 0
     for item in parts["image"]:
@@ -551,103 +551,139 @@ class Finalize(beam.PTransform):
         self._listing = listing
 
     def expand(self, stage: dict[str, beam.PCollection]) -> beam.PCollection:
-        from curation.dedup.index_store import info_is_compressed, read_info
+        from curation.dedup.index_store import read_info
 
         s = self._settings
-        t = s.thresholds
-        decisions = stage["decisions"] | "Redecide" >> beam.Map(redecide, thresholds=t)
-        kept = (
-            decisions
-            | "KeptImages" >> beam.FlatMap(_kept_image)
-            | "KeptPerImage" >> beam.combiners.Count.PerElement()
-        )
-        items = (
-            {
-                "image": stage["images"] | "KeyImages" >> beam.Map(_keyed_item),
-                "kept": kept,
-            }
-            | "JoinKept" >> beam.CoGroupByKey()
-            | "Items" >> beam.FlatMap(_near_items)
-        )
+        decisions = stage["decisions"] | "Redecide" >> beam.Map(redecide, thresholds=s.thresholds)
+        items = _near_items(stage["images"], decisions)
         previous = read_info(s.dedup_against) if s.dedup_against else None
-        if previous is not None and previous["count"]:
-            split = (
-                items
-                | "PrevBatches" >> beam.BatchElements(min_batch_size=BATCH, max_batch_size=BATCH)
-                | "PreviousRound"
-                >> beam.ParDo(PreviousRoundFn(s.dedup_against, s.near_threshold)).with_outputs(
-                    "removed", main="remaining"
-                )
-            )
-            remaining, removed_before = split.remaining, [split.removed]
-        else:
-            remaining, removed_before = items, []
-        near = remaining | "Near" >> NearDuplicates(s.near_threshold, s.dimension, s.seed, s.nprobe)
-        removed = (*removed_before, near) | "AllRemoved" >> beam.Flatten()
+        removed = _removals(items, s, previous)
         removed_set = AsSingleton(
             removed | "RemovedKeys" >> beam.Keys() | "Keys" >> beam.combiners.ToList()
             | "KeySet" >> beam.Map(KeySet)
         )  # fmt: skip
-        marked = decisions | "Mark" >> beam.ParDo(
-            MarkRemovedFn(), removed=removed_set
-        ).with_outputs("affected", main="final")
-        annotated = (
-            {"rows": marked.affected, "removal": removed}
-            | "JoinRemovals" >> beam.CoGroupByKey()
-            | "Annotate" >> beam.FlatMap(_annotate)
-        )
-        final_decisions = (marked.final, annotated) | "AllDecisions" >> beam.Flatten()
-        clean = stage["clean"] | "KeepClean" >> beam.Filter(
-            _kept_candidate, threshold=t.web, column="image_key", removed=removed_set
-        )
-        synthetic = stage["synthetic"] | "KeepSynthetic" >> beam.Filter(
-            _kept_candidate, threshold=t.synthetic, column="key", removed=removed_set
-        )
-        duplicates = (
-            stage["duplicates"],
-            removed | "RemovalRows" >> beam.MapTuple(
-                lambda key, r: duplicate_row(key, r.dup_of, r.kind, r.similarity)
+        final = {
+            "decisions": _marked_decisions(decisions, removed, removed_set),
+            "clean": stage["clean"] | "KeepClean" >> beam.Filter(
+                _kept_candidate, threshold=s.thresholds.web, column="image_key",
+                removed=removed_set,
             ),
-        ) | "AllDuplicates" >> beam.Flatten()  # fmt: skip
+            "synthetic": stage["synthetic"] | "KeepSynthetic" >> beam.Filter(
+                _kept_candidate, threshold=s.thresholds.synthetic, column="key",
+                removed=removed_set,
+            ),
+            "duplicates": (
+                stage["duplicates"],
+                removed | "RemovalRows" >> beam.MapTuple(
+                    lambda key, r: duplicate_row(key, r.dup_of, r.kind, r.similarity)
+                ),
+            ) | "AllDuplicates" >> beam.Flatten(),
+        }  # fmt: skip
         prefix = f"part-{s.generation}"
         shards = [
-            final_decisions
-            | "WriteDecisions" >> WriteTable("decisions", s.folder("decisions"), s.schemas["decisions"], prefix),
-            clean | "WriteClean" >> WriteTable("clean", s.folder("clean"), s.schemas["clean"], prefix),
-            synthetic
-            | "WriteSynthetic" >> WriteTable("synthetic", s.folder("synthetic"), s.schemas["synthetic"], prefix),
-            duplicates
-            | "WriteDuplicates" >> WriteTable("duplicates", s.folder("duplicates"), s.schemas["duplicates"], prefix),
-        ]  # fmt: skip
-        survivors = (
-            {"item": items | "KeyItems" >> beam.Map(lambda it: (it.key, it)), "removed": removed}
-            | "JoinSurvivors" >> beam.CoGroupByKey()
-            | "Survivors" >> beam.FlatMap(_survivor)
-        )
-        index = survivors | "Index" >> BuildIndex(
-            s,
-            previous_count=int(previous["count"]) if previous is not None else 0,
-            first_id=int(previous["max_id"]) + 1 if previous is not None else 0,
-            compressed_before=previous is not None and info_is_compressed(previous),
-        )
-        counts = (
-            (
-                final_decisions | "DecisionCounts" >> beam.FlatMap(decision_counts),
-                duplicates | "DuplicateCounts" >> beam.Map(duplicate_count),
-            )
-            | "AllCounts" >> beam.Flatten()
-            | "CountEach" >> beam.combiners.Count.PerElement()
-            | "Counts" >> beam.combiners.ToDict()
-        )
-        errors = (
-            final_decisions
-            | "Errors" >> beam.FlatMap(_error_example)
-            | "ErrorExamples" >> beam.combiners.Top.Smallest(ERROR_EXAMPLES, key=lambda e: e[0])
-        )
+            rows
+            | f"Write{name.title()}" >> WriteTable(name, s.folder(name), s.schemas[name], prefix)
+            for name, rows in final.items()
+        ]
+        index = _next_index(items, removed, s, previous)
         entries = (
             *(shard_pc | f"Shard{i}" >> beam.Map(lambda e: ("shard", e)) for i, shard_pc in enumerate(shards)),
             index | "IndexEntry" >> beam.Map(lambda info: ("index", info)),
-            errors | "ErrorEntry" >> beam.Map(lambda rows: ("errors", [r for _, r in rows])),
-            counts | "CountsEntry" >> beam.Map(lambda c: ("counts", c)),
+            *_summary(final["decisions"], final["duplicates"]),
         )  # fmt: skip
         return entries | "AllEntries" >> beam.Flatten() | "Listing" >> WriteListing(self._listing)
+
+
+def _near_items(images: beam.PCollection, decisions: beam.PCollection) -> beam.PCollection:
+    """The images with at least one kept text, as near-duplicate candidates."""
+    kept = (
+        decisions
+        | "KeptImages" >> beam.FlatMap(_kept_image)
+        | "KeptPerImage" >> beam.combiners.Count.PerElement()
+    )
+    return (
+        {"image": images | "KeyImages" >> beam.Map(_keyed_item), "kept": kept}
+        | "JoinKept" >> beam.CoGroupByKey()
+        | "Items" >> beam.FlatMap(_near_items_of)
+    )
+
+
+def _removals(
+    items: beam.PCollection, s: FinalizeSettings, previous: dict[str, Any] | None
+) -> beam.PCollection:
+    """(key, removal) of the images the previous round's index or a better copy removes."""
+    if previous is not None and previous["count"]:
+        split = (
+            items
+            | "PrevBatches" >> beam.BatchElements(min_batch_size=BATCH, max_batch_size=BATCH)
+            | "PreviousRound"
+            >> beam.ParDo(PreviousRoundFn(s.dedup_against, s.near_threshold)).with_outputs(
+                "removed", main="remaining"
+            )
+        )
+        remaining, removed_before = split.remaining, [split.removed]
+    else:
+        remaining, removed_before = items, []
+    near = remaining | "Near" >> NearDuplicates(s.near_threshold, s.dimension, s.seed, s.nprobe)
+    return (*removed_before, near) | "AllRemoved" >> beam.Flatten()
+
+
+def _marked_decisions(
+    decisions: beam.PCollection, removed: beam.PCollection, removed_set: AsSingleton
+) -> beam.PCollection:
+    """The decisions, those of removed images' kept texts changed to their removal reason."""
+    marked = decisions | "Mark" >> beam.ParDo(MarkRemovedFn(), removed=removed_set).with_outputs(
+        "affected", main="final"
+    )
+    annotated = (
+        {"rows": marked.affected, "removal": removed}
+        | "JoinRemovals" >> beam.CoGroupByKey()
+        | "Annotate" >> beam.FlatMap(_annotate)
+    )
+    return (marked.final, annotated) | "AllDecisions" >> beam.Flatten()
+
+
+def _next_index(
+    items: beam.PCollection,
+    removed: beam.PCollection,
+    s: FinalizeSettings,
+    previous: dict[str, Any] | None,
+) -> beam.PCollection:
+    """The index for the next round: the previous one's images and this round's survivors."""
+    from curation.dedup.index_store import info_is_compressed
+
+    survivors = (
+        {"item": items | "KeyItems" >> beam.Map(lambda it: (it.key, it)), "removed": removed}
+        | "JoinSurvivors" >> beam.CoGroupByKey()
+        | "Survivors" >> beam.FlatMap(_survivor)
+    )
+    return survivors | "Index" >> BuildIndex(
+        s,
+        previous_count=int(previous["count"]) if previous is not None else 0,
+        first_id=int(previous["max_id"]) + 1 if previous is not None else 0,
+        compressed_before=previous is not None and info_is_compressed(previous),
+    )
+
+
+def _summary(
+    decisions: beam.PCollection, duplicates: beam.PCollection
+) -> tuple[beam.PCollection, beam.PCollection]:
+    """The listing's counts per decision and duplicate kind, and its error examples."""
+    counts = (
+        (
+            decisions | "DecisionCounts" >> beam.FlatMap(decision_counts),
+            duplicates | "DuplicateCounts" >> beam.Map(duplicate_count),
+        )
+        | "AllCounts" >> beam.Flatten()
+        | "CountEach" >> beam.combiners.Count.PerElement()
+        | "Counts" >> beam.combiners.ToDict()
+    )
+    errors = (
+        decisions
+        | "Errors" >> beam.FlatMap(_error_example)
+        | "ErrorExamples" >> beam.combiners.Top.Smallest(ERROR_EXAMPLES, key=lambda e: e[0])
+    )
+    return (
+        errors | "ErrorEntry" >> beam.Map(lambda rows: ("errors", [r for _, r in rows])),
+        counts | "CountsEntry" >> beam.Map(lambda c: ("counts", c)),
+    )

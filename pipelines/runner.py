@@ -251,7 +251,6 @@ def build_pipeline(
     step's listing, once everything is written."""
     c = plan.config
     run_id = settings.run_id
-    stage = plan.run.stage_generation(settings.generation)
     images = ImageFiles(tuple(c.image_roots), c.max_image_bytes)
     read = pipeline | "ReadPairs" >> ReadPairs(plan.units, plan.layout, images, run_id, c.threshold)
     file_order = {item.url: i for i, item in enumerate(plan.files)}
@@ -261,37 +260,69 @@ def build_pipeline(
     grouped = screened["hashed"] | "GroupCopies" >> GroupCopies(
         c.phash_distance, run_id, c.threshold
     )
-    cached = read_cached(pipeline, cache_files)
+    routed = _routed(grouped.groups, read_cached(pipeline, cache_files), plan, images, run_id)
+    models = routed.todo | "Models" >> CaptionAndScore(c, plan.sizes, plan.batch_size, run_id)
+    fresh = models["scored"]
+    reused = routed.cached | "CountCached" >> beam.ParDo(CountCachedFn())
+    stage = plan.run.stage_generation(settings.generation)
+    shards, decide_errors = _staged_tables(plan, stage, fresh, reused, run_id)
+    rejected = screened[REJECTED] | "RejectionRows" >> beam.Map(
+        _rejection_row, run_id=run_id, threshold=c.threshold
+    )
+    errors = (
+        read[ERRORS],
+        screened[ERRORS],
+        grouped[ERRORS],
+        routed[ERRORS],
+        *models[ERRORS],
+        *decide_errors,
+    ) | "AllErrors" >> beam.Flatten()
+    for name, rows in (("Rejected", rejected), ("Errors", errors)):
+        shards.append(
+            rows
+            | f"Count{name}" >> beam.ParDo(CountDecisionFn())
+            | f"Write{name}" >> WriteTable("decisions", (stage / "decisions").url, DECISIONS_SCHEMA)
+        )
+    committed = _commit_stage(plan, settings, shards, _image_counts(plan, fresh, reused))
+    target = final_listing(plan.run, settings.generation).url
+    return read_stage(committed, plan.run.url) | "Finalize" >> Finalize(settings, target)
+
+
+def _routed(
+    groups: beam.PCollection,
+    cached: beam.PCollection,
+    plan: RunPlan,
+    images: ImageFiles,
+    run_id: str,
+) -> Any:
+    """Image groups joined with their cached model outputs: ``todo`` (with pixels, for the
+    models), ``cached`` (no model runs) and errors."""
     items = {item.url: item for item in plan.files}
-    routed = (
+    return (
         {
-            "group": grouped.groups | "KeyGroups" >> beam.Map(lambda g: (_cache_key(g), g)),
+            "group": groups | "KeyGroups" >> beam.Map(lambda g: (_cache_key(g), g)),
             "cached": cached,
         }
         | "JoinCache" >> beam.CoGroupByKey()
         | "ByRowGroup" >> beam.FlatMap(route, starts=plan.row_group_starts)
         | "GroupByRowGroup" >> beam.GroupByKey()
         | "FetchImages"
-        >> beam.ParDo(FetchImagesFn(items, plan.layout, images, run_id, c.threshold)).with_outputs(
-            "cached", ERRORS, main="todo"
-        )
+        >> beam.ParDo(
+            FetchImagesFn(items, plan.layout, images, run_id, plan.config.threshold)
+        ).with_outputs("cached", ERRORS, main="todo")
     )
-    models = routed.todo | "Models" >> CaptionAndScore(c, plan.sizes, plan.batch_size, run_id)
-    fresh = models["scored"]
+
+
+def _staged_tables(
+    plan: RunPlan, stage: Location, fresh: beam.PCollection, reused: beam.PCollection, run_id: str
+) -> tuple[list[beam.PCollection], list[beam.PCollection]]:
+    """Decide the scored and the cached groups and write the stage tables and the cache:
+    their shards, and the errors of deciding."""
     cache_folder = plan.run.cache(plan.fingerprint).url
-    journaled = fresh | "Journal" >> beam.ParDo(JournalFn(cache_folder, plan.batch_size))
-    reused = routed.cached | "CountCached" >> beam.ParDo(CountCachedFn())
-    entries = [
-        journaled | "JournalEntries" >> beam.Map(lambda n: ("journaled", n)),
-        fresh | "ScoredImages" >> beam.combiners.Count.Globally()
-        | "ScoredEntry" >> beam.Map(lambda n: ("images_scored", n)),
-        reused | "CachedImages" >> beam.combiners.Count.Globally()
-        | "CachedEntry" >> beam.Map(lambda n: ("images_cached", n)),
-    ]  # fmt: skip
-    shards = []
+    shards, errors = [], []
     for branch, scored in (("Scored", fresh), ("Cached", reused)):
         decided = scored | f"Decide{branch}" >> beam.ParDo(
-            DecideFn(plan.schemas, run_id, c.thresholds())
+            DecideFn(plan.schemas, run_id, plan.config.thresholds())
         ).with_outputs(*TABLES, ERRORS)
         for name in TABLES:
             shards.append(
@@ -304,25 +335,34 @@ def build_pipeline(
             | f"CacheRows{branch}" >> beam.Map(to_cache_row)
             | f"Compact{branch}" >> WriteTable("cache", cache_folder, CACHE_SCHEMA)
         )
-        models[ERRORS].append(decided[ERRORS])
-    rejected = screened[REJECTED] | "RejectionRows" >> beam.Map(
-        _rejection_row, run_id=run_id, threshold=c.threshold
-    )
-    errors = (
-        read[ERRORS],
-        screened[ERRORS],
-        grouped[ERRORS],
-        routed[ERRORS],
-        *models[ERRORS],
-    ) | "AllErrors" >> beam.Flatten()
-    for name, rows in (("Rejected", rejected), ("Errors", errors)):
-        shards.append(
-            rows
-            | f"Count{name}" >> beam.ParDo(CountDecisionFn())
-            | f"Write{name}" >> WriteTable("decisions", (stage / "decisions").url, DECISIONS_SCHEMA)
-        )
+        errors.append(decided[ERRORS])
+    return shards, errors
+
+
+def _image_counts(
+    plan: RunPlan, fresh: beam.PCollection, reused: beam.PCollection
+) -> list[beam.PCollection]:
+    """The stage listing's entries of images scored, reused from the cache and journaled."""
+    cache_folder = plan.run.cache(plan.fingerprint).url
+    journaled = fresh | "Journal" >> beam.ParDo(JournalFn(cache_folder, plan.batch_size))
+    return [
+        journaled | "JournalEntries" >> beam.Map(lambda n: ("journaled", n)),
+        fresh | "ScoredImages" >> beam.combiners.Count.Globally()
+        | "ScoredEntry" >> beam.Map(lambda n: ("images_scored", n)),
+        reused | "CachedImages" >> beam.combiners.Count.Globally()
+        | "CachedEntry" >> beam.Map(lambda n: ("images_cached", n)),
+    ]  # fmt: skip
+
+
+def _commit_stage(
+    plan: RunPlan,
+    settings: FinalizeSettings,
+    shards: list[beam.PCollection],
+    entries: list[beam.PCollection],
+) -> beam.PCollection:
+    """Commit the stage generation once every shard and count is written."""
     tagged = shards | "AllShards" >> beam.Flatten() | "Tag" >> beam.Map(lambda s: ("shard", s))
-    committed = (
+    return (
         (tagged, *entries)
         | "AllEntries" >> beam.Flatten()
         | "Stage"
@@ -330,14 +370,12 @@ def build_pipeline(
             StageSettings(
                 run_url=plan.run.url,
                 generation=settings.generation,
-                run_id=run_id,
+                run_id=settings.run_id,
                 fingerprint=plan.fingerprint,
                 clean_schema=schema_to_text(plan.schemas["clean"]),
             )
         )
     )
-    target = final_listing(plan.run, settings.generation).url
-    return read_stage(committed, plan.run.url) | "Finalize" >> Finalize(settings, target)
 
 
 def _cache_key(group: Any) -> str:
@@ -391,36 +429,11 @@ def run_pipeline(config: RunConfig, stream: TextIO | None = None) -> RunResult:
     submitted = False
     try:
         notes += run.repair()
-        run_id = uuid.uuid4().hex[:12]
-        generation = new_generation()
         cache_files, warnings = ModelCache(run.cache(plan.fingerprint)).check()
         notes += warnings
-        for note in notes:
-            stream.write(f"note: {note}\n")
-        if cache_files:
-            stream.write(f"resuming: {len(cache_files)} cache file(s) of model outputs found\n")
-        settings = FinalizeSettings(
-            run_url=run.url,
-            generation=generation,
-            run_id=run_id,
-            thresholds=config.thresholds(),
-            near_threshold=config.near_threshold,
-            dedup_against=config.dedup_against,
-            dimension=plan.embedding_dim,
-            schemas=plan.schemas,
-        )
-        run_commit = RunCommit(
-            finalize=settings,
-            config=config.to_dict(),
-            facts=_run_facts(plan),
-            changes={
-                "threshold": config.threshold,
-                "synthetic_threshold": config.thresholds().synthetic,
-                "near_threshold": config.near_threshold,
-            },
-            started_at=started_at,
-            lock_token=lock.token,
-        )
+        _announce(notes, cache_files, stream)
+        run_commit = _run_commit(plan, started_at, lock.token)
+        settings = run_commit.finalize
         pipeline = beam.Pipeline(runner=plan.runner.runner, options=plan.runner.options)
         final = build_pipeline(pipeline, plan, settings, cache_files)
         if detach:
@@ -430,7 +443,7 @@ def run_pipeline(config: RunConfig, stream: TextIO | None = None) -> RunResult:
             if plan.runner.runner is None:  # the runner has the job (or, templated, its file)
                 return RunResult(
                     out_dir=run.url,
-                    run_id=run_id,
+                    run_id=settings.run_id,
                     rows=plan.total_rows,
                     seconds=time.monotonic() - started,
                     notes=notes,
@@ -446,13 +459,46 @@ def run_pipeline(config: RunConfig, stream: TextIO | None = None) -> RunResult:
             lock.release()
     return RunResult(
         out_dir=run.url,
-        run_id=run_id,
+        run_id=settings.run_id,
         rows=plan.total_rows,
         seconds=time.monotonic() - started,
         counts=manifest["counts"],
         counters=beam_counters(beam_result),
         manifest=manifest,
         notes=notes,
+    )
+
+
+def _announce(notes: list[str], cache_files: list[str], stream: TextIO) -> None:
+    for note in notes:
+        stream.write(f"note: {note}\n")
+    if cache_files:
+        stream.write(f"resuming: {len(cache_files)} cache file(s) of model outputs found\n")
+
+
+def _run_commit(plan: RunPlan, started_at: float, lock_token: str) -> RunCommit:
+    """What publishing this run needs: a new run id and generation, and the run's facts."""
+    config = plan.config
+    return RunCommit(
+        finalize=FinalizeSettings(
+            run_url=plan.run.url,
+            generation=new_generation(),
+            run_id=uuid.uuid4().hex[:12],
+            thresholds=config.thresholds(),
+            near_threshold=config.near_threshold,
+            dedup_against=config.dedup_against,
+            dimension=plan.embedding_dim,
+            schemas=plan.schemas,
+        ),
+        config=config.to_dict(),
+        facts=_run_facts(plan),
+        changes={
+            "threshold": config.threshold,
+            "synthetic_threshold": config.thresholds().synthetic,
+            "near_threshold": config.near_threshold,
+        },
+        started_at=started_at,
+        lock_token=lock_token,
     )
 
 
