@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import posixpath
+import shutil
 import stat
 import tempfile
 import uuid
@@ -231,15 +232,44 @@ class Location:
         temporary folder, named by URL and size."""
         if self.is_local:
             return self.path
-        tag = hashlib.sha256(f"{self.url}:{self.size()}".encode()).hexdigest()[:16]
-        target = os.path.join(tempfile.gettempdir(), f"curation-{tag}-{self.name}")
+        target = _local_copy_name(f"{self.url}:{self.size()}", self.name)
         if not os.path.exists(target):
             partial = f"{target}.{os.getpid()}.tmp"
-            with self.open("rb") as source, open(partial, "wb") as sink:
-                while chunk := source.read(1 << 24):
-                    sink.write(chunk)
+            self._copy_to(partial)
             os.replace(partial, target)
         return target
+
+    def local_folder(self) -> str:
+        """A local folder holding this folder's files, for libraries that only read local
+        folders (transformers' ``from_pretrained``). An object-store folder is copied once
+        per machine into the temporary folder, named by URL and its files' names and sizes."""
+        if self.is_local:
+            return self.path
+        base = self.path.rstrip("/")
+        found = sorted(self.fs.find(base, detail=True).items())
+        listing = "\n".join(f"{path[len(base) + 1 :]}:{info['size']}" for path, info in found)
+        target = _local_copy_name(f"{self.url}\n{listing}", self.name)
+        if os.path.isdir(target):
+            return target
+        partial = tempfile.mkdtemp(prefix=os.path.basename(target) + ".", suffix=".tmp")
+        try:
+            for path, _ in found:
+                local = os.path.join(partial, *path[len(base) + 1 :].split("/"))
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+                Location(self.url_of(path))._copy_to(local)
+            os.replace(partial, target)
+        except OSError:
+            if not os.path.isdir(target):  # not a copy by another process that won the race
+                raise
+        finally:
+            if os.path.isdir(partial):
+                shutil.rmtree(partial)
+        return target
+
+    def _copy_to(self, local: str) -> None:
+        with self.open("rb") as source, open(local, "wb") as sink:
+            while chunk := source.read(1 << 24):
+                sink.write(chunk)
 
     def read_json(self) -> Any:
         return json.loads(self.read_text())
@@ -308,6 +338,12 @@ class Location:
             self.fs.rm(self.path, recursive=True)
         else:
             self.fs.rm_file(self.path)
+
+
+def _local_copy_name(identity: str, name: str) -> str:
+    """Where the local copy of an object-store file or folder with ``identity`` lives."""
+    tag = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"curation-{tag}-{name}")
 
 
 def check_writable_folder(location: Location, what: str) -> None:

@@ -1,7 +1,8 @@
 """Load a BLIP captioner or filter with its tokenizer and image preprocessing settings.
 
-Models come from a local folder (as written by ``save_pretrained`` or
-``huggingface-cli download``) or a Hugging Face hub id, always through ``from_pretrained``:
+Models come from a folder (as written by ``save_pretrained`` or ``huggingface-cli
+download``; local, or on object storage through :mod:`curation.storage`, copied once per
+machine) or a Hugging Face hub id, always through ``from_pretrained``:
 safetensors only unless pickle is allowed explicitly, never remote code.
 """
 
@@ -25,6 +26,7 @@ from transformers import (
 )
 
 from curation.errors import UsageError
+from curation.storage import Location, is_url
 from models.fused_attention import use_fused_attention
 from models.host import reuse_freed_memory
 
@@ -143,23 +145,24 @@ def _load(
     torch_dtype = resolve_dtype(dtype, torch_device)
     if torch_device.type == "cpu":
         reuse_freed_memory()
-    local = _check_source(name, allow_pickle)
+    folder = _check_source(name, allow_pickle)
+    source = name if folder is None else str(folder)
     options: dict[str, Any] = {
         "revision": revision,
         "trust_remote_code": False,
-        "local_files_only": not local and _offline(),
+        "local_files_only": folder is None and _offline(),
     }
     try:
         model = model_class.from_pretrained(
-            name,
+            source,
             dtype=torch_dtype,
             use_safetensors=None if allow_pickle else True,
             **options,
         )
-        tokenizer = AutoTokenizer.from_pretrained(name, **options)
-        processor = BlipImageProcessorPil.from_pretrained(name, **options)
+        tokenizer = AutoTokenizer.from_pretrained(source, **options)
+        processor = BlipImageProcessorPil.from_pretrained(source, **options)
     except OSError as err:
-        raise ModelLoadError(_explain(name, local, allow_pickle, err)) from err
+        raise ModelLoadError(_explain(name, folder is not None, allow_pickle, err)) from err
     model.to(torch_device)
     model.eval()
     if attention == "sdpa":
@@ -206,17 +209,17 @@ def check_model(
     """
     from transformers import AutoConfig
 
-    local = _check_source(name_or_path, allow_pickle)
+    folder = _check_source(name_or_path, allow_pickle)
     try:
         config = AutoConfig.from_pretrained(
-            name_or_path,
+            name_or_path if folder is None else str(folder),
             revision=revision,
             trust_remote_code=False,
-            local_files_only=not local and _offline(),
+            local_files_only=folder is None and _offline(),
         )
     except (OSError, ValueError) as err:
         raise ModelLoadError(
-            _explain(name_or_path, local, allow_pickle, OSError(str(err)))
+            _explain(name_or_path, folder is not None, allow_pickle, OSError(str(err)))
         ) from err
     vision = getattr(config, "vision_config", None)
     text = getattr(config, "text_config", None)
@@ -229,7 +232,7 @@ def check_model(
         max_positions=int(text.max_position_embeddings),
         embedding_dim=int(getattr(config, "image_text_hidden_size", config.projection_dim)),
         config=config,
-        weight_bytes=_weight_bytes(Path(name_or_path)) if local else None,
+        weight_bytes=_weight_bytes(folder) if folder is not None else None,
     )
 
 
@@ -237,15 +240,31 @@ def _weight_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".safetensors", ".bin"))
 
 
-def _check_source(name: str, allow_pickle: bool) -> bool:
-    """True for a local folder (whose weights are checked); a name that is meant as a folder
-    but does not exist is refused as such, not looked up on the hub."""
+def model_folder(name: str) -> Path | None:
+    """The local folder of a model given as a folder, None for a hub id.
+
+    A folder on object storage (``gs://``, ``s3://``) is copied once per machine through
+    the storage layer; a name meant as a folder that does not exist is refused as such, not
+    looked up on the hub.
+    """
+    if is_url(name):
+        location = Location(name)
+        if not location.is_dir():
+            raise ModelLoadError(f"model folder {name!r} does not exist")
+        return Path(location.local_folder())
     if Path(name).is_dir():
-        _check_local_weights(Path(name), allow_pickle)
-        return True
+        return Path(name)
     if _looks_like_folder(name):
         raise ModelLoadError(f"model folder {name!r} does not exist")
-    return False
+    return None
+
+
+def _check_source(name: str, allow_pickle: bool) -> Path | None:
+    """:func:`model_folder`, with the folder's weights checked."""
+    folder = model_folder(name)
+    if folder is not None:
+        _check_local_weights(folder, allow_pickle)
+    return folder
 
 
 def _looks_like_folder(name: str) -> bool:
@@ -312,8 +331,8 @@ def model_identity(name_or_path: str, revision: str | None = None) -> dict[str, 
     A local folder: the SHA-256 of every file's name and content. A hub id: the commit of
     the snapshot that loading would use (the cached snapshot's folder is named after it).
     """
-    folder = Path(name_or_path)
-    if folder.is_dir():
+    folder = model_folder(name_or_path)
+    if folder is not None:
         digest = hashlib.sha256()
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             digest.update(str(path.relative_to(folder)).encode() + b"\0")

@@ -20,16 +20,27 @@ from pipelines.guarded import NAMESPACE
 
 
 def beam_counters(result: Any) -> dict[str, int]:
-    """The pipeline's ``curation`` counters (rows read, decisions per reason, ...)."""
+    """The pipeline's ``curation`` counters (rows read, decisions per reason, ...), as the
+    runner has them now."""
     from apache_beam.metrics.metric import MetricsFilter
 
     totals: dict[str, int] = {}
-    query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    query = _current_metrics(result).query(MetricsFilter().with_namespace(NAMESPACE))
     for counter in query["counters"]:
         name = counter.key.metric.name
         value = counter.committed if counter.committed is not None else counter.attempted
         totals[name] = totals.get(name, 0) + int(value or 0)
     return dict(sorted(totals.items()))
+
+
+def _current_metrics(result: Any) -> Any:
+    """``result.metrics()`` asked again: the portable runner's result keeps its first answer,
+    which a poll during the job would otherwise leave as the final counts."""
+    from apache_beam.runners.portability.portable_runner import PipelineResult
+
+    if isinstance(result, PipelineResult):
+        result._metrics = None
+    return result.metrics()
 
 
 def _clock(seconds: float) -> str:

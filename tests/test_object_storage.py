@@ -3,6 +3,7 @@ on Beam's portable runner that reaches its data through the storage layer only."
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def s3_input(s3_bucket: str, tmp_path_factory: pytest.TempPathFactory) -> str:
 def _config(input_url: str, out: str, captioner: Path, filter_: Path, **kw: object):
     return build_config(
         input=(input_url,), out=out, captioner=str(captioner), filter=str(filter_),
-        captions_per_image=1, batch_size=2, progress=False, **kw,
+        captions_per_image=1, batch_size=2, **{"progress": False, **kw},
     )  # fmt: skip
 
 
@@ -114,12 +115,61 @@ def test_portable_runner_gives_the_in_process_decisions(
         "--job_endpoint=embed",
         "--environment_type=LOOPBACK",
     )
+    stream = io.StringIO()
     result = run_pipeline(
-        _config(s3_input, portable, tiny_captioner_dir, tiny_filter_dir, beam_args=beam_args)
-    )
+        _config(
+            s3_input, portable, tiny_captioner_dir, tiny_filter_dir, beam_args=beam_args,
+            progress=True,
+        ),
+        stream,
+    )  # fmt: skip
     assert result.manifest["runner"] == "PortableRunner"
     assert _decisions(portable) == _decisions(local)
-    assert result.counters["rows_read"] == 5  # counts come from the portable job's metrics
+    # The live line polled the running job's metrics; the counts are the finished job's.
+    assert "rows read" in stream.getvalue() or "job running" in stream.getvalue()
+    assert result.counters["rows_read"] == 5
+    assert result.manifest["pipeline"]["rows_read"] == 5
+
+
+def test_models_in_an_object_store_folder_load_through_the_storage_layer(
+    s3_bucket, s3_input, tiny_captioner_dir, tiny_filter_dir, tmp_path, monkeypatch
+) -> None:
+    """Model folders on S3 give the decisions of the same folders on disk; the manifest
+    names the URL with the folder's content digest; a missing one is refused before work."""
+    import tempfile
+
+    from models.loading import model_identity
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the local copies go
+
+    urls = {}
+    for name, folder in (("captioner", tiny_captioner_dir), ("filter", tiny_filter_dir)):
+        urls[name] = f"{s3_bucket}/models/{name}"
+        for file in folder.rglob("*"):
+            if file.is_file():
+                _upload(file, f"{urls[name]}/{file.relative_to(folder).as_posix()}")
+    local = f"{s3_bucket}/runs/local-models"
+    remote = f"{s3_bucket}/runs/s3-models"
+    run_pipeline(_config(s3_input, local, tiny_captioner_dir, tiny_filter_dir))
+    result = run_pipeline(_config(s3_input, remote, urls["captioner"], urls["filter"]))
+    assert _decisions(remote) == _decisions(local)
+    for name, folder in (("captioner", tiny_captioner_dir), ("filter", tiny_filter_dir)):
+        identity = result.manifest["models"][name]
+        assert identity["name"] == urls[name]
+        assert identity["sha256"] == model_identity(str(folder))["sha256"]
+    missing = CliRunner().invoke(
+        main,
+        ["run", s3_input, "--out", f"{s3_bucket}/runs/none", "--captioner",
+         f"{s3_bucket}/models/nope", "--filter", urls["filter"], "--no-progress"],
+    )  # fmt: skip
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr
+    assert sorted(p.name.split("-", 2)[2] for p in tmp_path.glob("curation-*")) == [
+        "captioner",
+        "filter",
+    ]  # one copy of each folder on this machine
+    assert not fsspec.core.url_to_fs(f"{s3_bucket}/runs/none")[0].exists(
+        f"{s3_bucket}/runs/none/manifest.json".split("://", 1)[1]
+    )
 
 
 def test_a_second_run_into_the_same_folder_is_refused(
@@ -150,3 +200,25 @@ def test_run_on_google_cloud_storage_emulator(
     result = run_pipeline(_config(f"{gcs_bucket}/in", out, tiny_captioner_dir, tiny_filter_dir))
     assert result.rows == 2
     assert sorted(d[0] for d in _decisions(out) if d[1] == "web") == sorted(PHOTOS[:2])
+
+
+def test_a_lock_on_s3_whose_heartbeat_stopped_is_taken_over(s3_bucket) -> None:
+    """Another machine's lock with a live heartbeat is respected; one whose heartbeat stopped
+    (its command was killed) is taken over with a note, through S3's exclusive create."""
+    import time
+
+    from curation.run_folder import LOCK_STALE_SECONDS, RunLockedError
+
+    run = RunFolder.at(f"{s3_bucket}/runs/stale-lock")
+    held = {"token": "t", "command": "run", "host": "elsewhere", "pid": 1, "detached": False}
+    lock_file = run.root / "_lock.json"
+    lock_file.write_json(held | {"heartbeat": time.time()})
+    with pytest.raises(RunLockedError, match="in use by another command"):
+        run.lock("dedup").acquire()
+    lock_file.write_json(held | {"heartbeat": time.time() - LOCK_STALE_SECONDS - 5})
+    lock = run.lock("dedup")
+    notes = lock.acquire()
+    assert notes and "took over the lock of a killed command ('run'" in notes[0]
+    assert lock_file.read_json()["token"] == lock.token
+    lock.release()
+    assert not lock_file.exists()

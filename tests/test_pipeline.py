@@ -276,6 +276,14 @@ def test_resume_after_kill_matches_uninterrupted_run(
     assert _decisions(killed) == _decisions(straight)
     manifest = json.loads((killed / "manifest.json").read_text())
     assert 0 < manifest["images"]["cached"] < 120
+    # The finished run compacted its cache: the journals are gone, a few listed shards hold
+    # every image's outputs once.
+    [folder] = [p for p in cache.iterdir() if p.is_dir()]
+    listed = json.loads((folder / "cache.json").read_text())["files"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*listed, "cache.json"])
+    assert len(listed) < partial
+    keys = [k for name in listed for k in pq.read_table(folder / name)["cache_key"].to_pylist()]
+    assert len(keys) == len(set(keys)) == 120
 
 
 def test_config_file_and_flag_override(

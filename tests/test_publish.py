@@ -18,7 +18,8 @@ from images import gradient, jpeg_bytes, photo, write_pairs_parquet
 from runs import gradient_rows, index_files, kill_when
 
 from app.cli import main
-from curation.config import build_config
+from curation.config import RepublishSettings, RunConfig, build_config
+from curation.errors import ConfigError
 from curation.reasons import Reason
 from curation.run_folder import FINAL_TABLES, RunFolder
 from curation.storage import Location
@@ -99,30 +100,97 @@ def _count_operations(monkeypatch: pytest.MonkeyPatch, kill_at: int | None) -> l
     return done
 
 
+@pytest.mark.parametrize(
+    ("command", "changes", "setting", "every"),
+    [
+        ("dedup", RepublishSettings(near_threshold=0.01), ("near_threshold", 0.01), 1),
+        # the same commit code: every third point, and the last
+        ("rethreshold", RepublishSettings(threshold=0.6), ("threshold", 0.6), 3),
+    ],
+)
 def test_a_command_killed_at_any_write_or_delete_leaves_a_whole_state(
-    finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    finished_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    changes: RepublishSettings,
+    setting: tuple[str, float],
+    every: int,
 ) -> None:
     before = _committed_state_is_whole(finished_run)
     probe = tmp_path / "probe"
     shutil.copytree(finished_run, probe)
     with monkeypatch.context() as patch:
         operations = _count_operations(patch, None)
-        republish(str(probe), "dedup", near_threshold=0.01)
+        republish(str(probe), command, changes)
     after = _committed_state_is_whole(probe)
     assert after["generation"] != before["generation"] and len(operations) > 8
-    for kill_at in range(len(operations)):
+    name, value = setting
+    assert after["config"][name] == value
+    for kill_at in sorted({*range(0, len(operations), every), len(operations) - 1}):
         target = tmp_path / f"killed-{kill_at}"
         shutil.copytree(finished_run, target)
         with monkeypatch.context() as patch:
             _count_operations(patch, kill_at)
             with pytest.raises(Killed):
-                republish(str(target), "dedup", near_threshold=0.01)
+                republish(str(target), command, changes)
         seen = _committed_state_is_whole(target)  # readers see the old state or the new one
         assert seen["generation"] == before["generation"] or (
-            seen["config"]["near_threshold"] == 0.01 and seen["counts"] == after["counts"]
+            seen["config"][name] == value and seen["counts"] == after["counts"]
         ), operations[kill_at]
         (target / "_lock.json").unlink(missing_ok=True)  # the killed process is gone
         republish(str(target), "dedup")  # the next command repairs and publishes again
+        _committed_state_is_whole(target)
+        _folders_hold_exactly_the_manifest(target)
+
+
+def test_a_run_killed_while_it_commits_leaves_a_whole_state(
+    finished_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_captioner_dir: Path,
+    tiny_filter_dir: Path,
+) -> None:
+    """A re-run at another threshold killed at writes and deletes of its final tables, index
+    and manifest (in-job finalize and commit): readers see the previous run or the new one,
+    and the next command repairs."""
+
+    def rerun(out: Path) -> None:
+        run_pipeline(
+            build_config(
+                input=(str(finished_run.parent / "in.parquet"),), out=str(out),
+                captioner=str(tiny_captioner_dir), filter=str(tiny_filter_dir),
+                captions_per_image=2, batch_size=2, threshold=0.6, progress=False,
+            )
+        )  # fmt: skip
+
+    before = _committed_state_is_whole(finished_run)
+    probe = tmp_path / "probe"
+    shutil.copytree(finished_run, probe)
+    with monkeypatch.context() as patch:
+        operations = _count_operations(patch, None)
+        rerun(probe)
+    after = _committed_state_is_whole(probe)
+    assert after["counts"] != before["counts"]
+    final = [  # the final tables, the index, the manifest, then the old generation's removal
+        i
+        for i, op in enumerate(operations)
+        if not any(part in op for part in ("/_stage/", "/_cache/", "/._write_test"))
+    ]
+    assert any("manifest.json" in operations[i] for i in final) and len(final) > 8
+    for kill_at in sorted({*final[::2], final[-1]}):
+        target = tmp_path / f"killed-{kill_at}"
+        shutil.copytree(finished_run, target)
+        with monkeypatch.context() as patch:
+            _count_operations(patch, kill_at)
+            with pytest.raises(Killed):
+                rerun(target)
+        seen = _committed_state_is_whole(target)
+        assert seen["generation"] == before["generation"] or (
+            seen["config"]["threshold"] == 0.6 and seen["counts"] == after["counts"]
+        ), operations[kill_at]
+        (target / "_lock.json").unlink(missing_ok=True)
+        republish(str(target), "dedup")
         _committed_state_is_whole(target)
         _folders_hold_exactly_the_manifest(target)
 
@@ -301,3 +369,43 @@ def _index_vectors(run: Path) -> dict[str, list[float]]:
     index = faiss.read_index(str(index_file))
     ids = pq.read_table(ids_file).to_pylist()
     return {r["key"]: [round(float(v), 5) for v in index.reconstruct(r["id"])] for r in ids}
+
+
+def test_republish_changes_keep_the_run_s_values_unless_given() -> None:
+    """``dedup`` and ``rethreshold`` change only what is given: a new web threshold also sets
+    the synthetic one unless that is given too, and an empty previous index clears it."""
+    config = {"threshold": 0.4, "synthetic_threshold": 0.7, "near_threshold": 0.9,
+              "dedup_against": "gs://b/prev/index"}  # fmt: skip
+    kept = RepublishSettings().applied_to(config)
+    assert (kept.threshold, kept.synthetic_threshold) == (0.4, 0.7)
+    assert (kept.near_threshold, kept.dedup_against) == (0.9, "gs://b/prev/index")
+    web = RepublishSettings(threshold=0.6).applied_to(config)
+    assert (web.threshold, web.synthetic_threshold) == (0.6, None)
+    both = RepublishSettings(threshold=0.6, synthetic_threshold=0.8).applied_to(config)
+    assert (both.threshold, both.synthetic_threshold) == (0.6, 0.8)
+    synthetic = RepublishSettings(synthetic_threshold=0.2).applied_to(config)
+    assert (synthetic.threshold, synthetic.synthetic_threshold) == (0.4, 0.2)
+    cleared = RepublishSettings(dedup_against="", near_threshold=0.5).applied_to(config)
+    assert (cleared.dedup_against, cleared.near_threshold) == (None, 0.5)
+    assert RepublishSettings().applied_to({"threshold": 0.5}).near_threshold == 0.95
+    with pytest.raises(ConfigError, match="near_threshold"):
+        RepublishSettings().applied_to({"threshold": 0.5, "near_threshold": 3})
+
+
+def test_dedup_and_rethreshold_flags_are_run_s_declarations() -> None:
+    """The flags that change a finished run say what `run` says of the same setting."""
+
+    def squeezed(text: str) -> str:
+        return "".join(text.split())  # click wraps lines at different columns per command
+
+    def help_of(*args: str) -> str:
+        return squeezed(CliRunner().invoke(main, [*args, "--help"]).output)
+
+    declared = RunConfig.model_fields
+    assert squeezed(declared["threshold"].description) in help_of("run")
+    for command, names in [("dedup", ["near_threshold", "dedup_against", "workers", "beam_args"]),
+                           ("rethreshold", ["threshold", "synthetic_threshold", "workers"])]:  # fmt: skip
+        text = help_of(command, "x")
+        for name in names:
+            assert squeezed(declared[name].description) in text, (command, name)
+    assert "[default:therun's]" in help_of("dedup", "x")
