@@ -296,6 +296,24 @@ class Location:
             if os.path.exists(temporary):
                 os.remove(temporary)
 
+    @contextmanager
+    def writing_folder(self) -> Iterator[str]:
+        """A local folder for libraries that only write local folders (``save_pretrained``):
+        this folder itself when it is local, else a temporary one whose files are copied
+        here, each atomically, when the block ends without an error."""
+        if self.is_local:
+            os.makedirs(self.path, exist_ok=True)
+            yield self.path
+            return
+        with tempfile.TemporaryDirectory(prefix="curation-") as local:
+            yield local
+            for root, _, names in os.walk(local):
+                for name in sorted(names):
+                    path = os.path.join(root, name)
+                    target = self.join_relative(os.path.relpath(path, local).replace(os.sep, "/"))
+                    with open(path, "rb") as source:
+                        target.write_with(lambda handle, s=source: shutil.copyfileobj(s, handle))
+
     def write_bytes(self, data: bytes) -> None:
         self.write_with(lambda handle: handle.write(data))
 

@@ -222,3 +222,31 @@ def test_a_lock_on_s3_whose_heartbeat_stopped_is_taken_over(s3_bucket) -> None:
     assert lock_file.read_json()["token"] == lock.token
     lock.release()
     assert not lock_file.exists()
+
+
+def test_finetune_reads_and_writes_object_storage(s3_bucket, tmp_path, monkeypatch) -> None:
+    """Training pairs on S3 and ``--out`` on S3: the saved folder (weights, tokenizer,
+    processor, model card) loads back from its URL."""
+    import tempfile
+
+    from curation.shapes import make_clean_split
+    from models.loading import load_filter
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    _upload(make_clean_split(32, 1, tmp_path / "clean.parquet"), f"{s3_bucket}/train/clean.parquet")
+    out = f"{s3_bucket}/models/tuned-filter"
+    result = CliRunner().invoke(
+        main,
+        ["finetune", "filter", "--train", f"{s3_bucket}/train/clean.parquet", "--out", out,
+         "--base", "tiny", "--max-steps", "2", "--batch-size", "8", "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    fs, path = fsspec.core.url_to_fs(out)
+    names = {name.rsplit("/", 1)[1] for name in fs.ls(path, detail=False)}
+    assert {"model.safetensors", "config.json", "README.md", "tokenizer.json"} <= names
+    assert "finetune filter" in fs.cat_file(f"{path}/README.md").decode()
+    loaded = load_filter(out, device="cpu")
+    assert loaded.name == out and loaded.image_size > 0
+    assert not [
+        p for p in tmp_path.iterdir() if p.name.startswith("curation-") and "tuned" not in p.name
+    ]

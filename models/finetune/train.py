@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from curation.caption_settings import CaptionSettings
+from curation.storage import Location
 from models.finetune.data import TrainingPairs, read_pairs
 from models.finetune.losses import ExtraTexts, Temperature, captioner_loss, filter_losses
 from models.finetune.model_card import write_model_card
@@ -472,6 +473,7 @@ def finetune(
         evaluation=evaluation,
         examples=examples,
     )
-    save(loaded, settings.out, settings.save_dtype)
-    write_model_card(Path(settings.out) / "README.md", result, settings, command)
+    with Location(settings.out).writing_folder() as folder:
+        save(loaded, folder, settings.save_dtype)
+        write_model_card(Path(folder) / "README.md", result, settings, command)
     return result
