@@ -47,6 +47,9 @@ from models.finetune.text_negatives import (
     TextDomain,
     composition_negative,
     extra_texts,
+    reorder_clauses,
+    rephrase,
+    restate_place,
     reword,
     shuffle_words,
     truncate_words,
@@ -551,6 +554,74 @@ def test_reworded_positives_come_with_negatives_reworded_as_often() -> None:
     assert frames.texts == [unreadable(t, "[UNK]") for t in texts] and not any(frames.matches)
 
 
+def test_rephrase_keeps_the_words_and_the_meaning_in_another_order() -> None:
+    """Clauses of a list reordered, a clause's place said first or with a verb: for shapes
+    captions the parser reads back the same scene; texts with neither form are left alone."""
+    rng = random.Random(3)
+    changed = 0
+    for _ in range(200):
+        scene = random_scene(rng, 1)
+        text = caption(scene, rng)
+        new = rephrase(text, rng)
+        assert new != text and parse_caption(new) == parse_caption(text), (text, new)
+        added = set(phrases.words_of(new)) - set(phrases.words_of(text))
+        assert added <= {"is", "there"}
+        changed += phrases.words_of(new)[:3] != phrases.words_of(text)[:3]
+    assert changed > 100
+    clauses = ["a", "cat", "on", "a", "bed", "and", "a", "dog", "on", "the", "floor"]
+    assert reorder_clauses(clauses, rng) == [
+        "a",
+        "dog",
+        "on",
+        "the",
+        "floor",
+        "and",
+        "a",
+        "cat",
+        "on",
+        "a",
+        "bed",
+    ]
+    assert reorder_clauses(["a", "cat", "on", "a", "bed"], rng) is None
+    # a clause with a verb keeps its order: its place may belong to the object of the verb
+    assert restate_place(["a", "man", "riding", "a", "horse", "on", "the", "beach"], rng) is None
+    assert restate_place(["a", "cat", "on", "a", "bed", "with", "a", "hat"], rng) is None
+    back = {
+        " ".join(
+            restate_place(
+                ["on", "the", "left", "there", "is", "a", "red", "ball"], random.Random(s)
+            )
+        )
+        for s in range(40)
+    }
+    assert "a red ball on the left" in back and "on the left there is a red ball" not in back
+    assert rephrase("two dogs playing", rng) is None
+    fronted = {
+        " ".join(restate_place(["a", "cat", "on", "a", "couch"], random.Random(s)))
+        for s in range(40)
+    }
+    assert fronted == {
+        "on a couch a cat", "on a couch is a cat", "on a couch there is a cat",
+        "a cat is on a couch", "there is a cat on a couch",
+    }  # fmt: skip
+
+
+def test_rephrased_positives_come_with_negatives_rephrased_as_often() -> None:
+    domain = ShapesDomain()
+    rng = random.Random(8)
+    texts = [caption(random_scene(rng, 2), rng) for _ in range(100)]
+    known = domain.prepare(texts)
+    made = extra_texts(texts, known, ExtraTextShares(composition=1.0, rephrased=1.0), domain, rng)
+    positives = [t for t, m in zip(made.texts, made.matches, strict=True) if m]
+    negatives = [t for t, m in zip(made.texts, made.matches, strict=True) if not m]
+    assert len(positives) == 100 and not set(positives) & set(texts)
+    for row, text, matches in zip(made.rows, made.texts, made.matches, strict=True):
+        said = parse_caption(text)  # a negative with words shuffled may not parse
+        assert (said is not None and is_true_of(said, known[row])) == matches, text
+    fronted = [t for t in negatives if t.startswith(("on ", "in ", "to ", "there "))]
+    assert len(negatives) >= 95 and len(fronted) > 20  # rephrased as often as the positives
+
+
 def test_unreadable_keeps_only_closed_class_words() -> None:
     text = "a big red circle on the left , a man riding a horse"
     assert unreadable(text, "[UNK]") == (
@@ -646,6 +717,7 @@ def test_composition_options_are_recorded_in_the_model_card(tmp_path: Path, clea
     runner = CliRunner()
     options = ["--composition-negatives", "1.0", "--partial-positives", "0.25"]
     options += ["--reworded-positives", "0.5", "--unreadable-negatives", "0.5"]
+    options += ["--rephrased-positives", "0.5"]
     result = runner.invoke(
         finetune_command,
         ["filter", *common, *options, "--text-domain", "shapes"],
@@ -658,6 +730,7 @@ def test_composition_options_are_recorded_in_the_model_card(tmp_path: Path, clea
     assert "partial positives: 25% of pairs" in card and "text domain: shapes" in card
     assert "reworded positives: 50% of pairs" in card and "itm_accept_reworded" in card
     assert "unreadable negatives: 50% of pairs" in card and "itm_reject_unreadable" in card
+    assert "rephrased positives: 50% of pairs" in card and "itm_accept_rephrased" in card
     # The held-out evaluation measures what the extra texts teach.
     assert "itm_reject_composition" in card and "itm_accept_partial" in card
     refused = runner.invoke(finetune_command, ["filter", *common, *options])

@@ -40,6 +40,7 @@ class ExtraTextShares:
     partial: float = 0.0
     reworded: float = 0.0
     unreadable: float = 0.0
+    rephrased: float = 0.0
 
 
 #: Settings that only the filter's training reads (the captioner's command has no such flags).
@@ -49,6 +50,7 @@ FILTER_ONLY = (
     "partial_positives",
     "reworded_positives",
     "unreadable_negatives",
+    "rephrased_positives",
     "text_domain",
 )
 
@@ -133,6 +135,15 @@ class FinetuneSettings(Settings):
         ge=0,
         le=1,
     )
+    rephrased_positives: float = flag(
+        "Share of pairs that also get their text said another way with the same meaning (the "
+        "clauses of a list in another order, a clause's place first or stated with a verb: "
+        "'on the left is a red ball') as an ITM positive; the other extra texts are rephrased "
+        "as often. Keeps correct texts that order their parts differently.",
+        default=0.0,
+        ge=0,
+        le=1,
+    )
     text_domain: DomainName = flag(
         "general: the transformations work on any English captions. shapes: captions of the "
         "shapes domain are parsed, adding exact exchanges of attributes and positions between "
@@ -164,4 +175,5 @@ class FinetuneSettings(Settings):
             partial=self.partial_positives,
             reworded=self.reworded_positives,
             unreadable=self.unreadable_negatives,
+            rephrased=self.rephrased_positives,
         )

@@ -20,6 +20,11 @@ with such negatives). Three kinds of extra texts fill the gap:
   the other extra texts are reworded at the same rate, so wording says nothing of the match.
   A filter whose tokenizer was built from its training captions otherwise rejects correct
   texts that use other words.
+- **Rephrased positives** (``--rephrased-positives SHARE``): the caption said another way
+  with the same words and meaning (:func:`rephrase`): the clauses of a list in another
+  order, or a clause's place first or stated with a verb ("on the left is a red ball"),
+  as a positive; the other extra texts are rephrased at the same rate, so that word order
+  between clauses says nothing of the match, while the order inside a phrase still does.
 - **Unreadable negatives** (``--unreadable-negatives SHARE``): the caption with every
   open-class word replaced by the unknown-word token, as a negative: a text with nothing
   the filter can check (spam, to a small domain vocabulary) is not kept. Use it with
@@ -46,7 +51,15 @@ from curation.shapes import (
     parse_caption,
     partial_scene,
 )
-from models.finetune.phrases import Chunk, chunks, heads, is_open, symmetric_between, words_of
+from models.finetune.phrases import (
+    PREPOSITIONS,
+    Chunk,
+    chunks,
+    heads,
+    is_open,
+    symmetric_between,
+    words_of,
+)
 from models.finetune.settings import DomainName, ExtraTextShares
 
 #: Texts with fewer words are never cut.
@@ -55,6 +68,17 @@ MIN_WORDS = 4
 OPENINGS = ("a picture of", "an image of", "a photo of", "there is", "this is")
 #: Words that join two phrases of a list; one may be dropped without changing the meaning.
 JOINERS = frozenset({"and", ","})
+#: Words that join the clauses of a list, which may come in any order.
+LIST_JOINERS = frozenset({"and", ",", ";"})
+#: Ways to say where a thing is.
+PLACE_WORDINGS = (
+    "{noun} {place}",
+    "{place} {noun}",
+    "{place} is {noun}",
+    "{place} there is {noun}",
+    "{noun} is {place}",
+    "there is {noun} {place}",
+)
 #: Width of the word-order shuffle window.
 SHUFFLE_WINDOW = 3
 
@@ -220,6 +244,108 @@ def reword(text: str, rng: random.Random, unknown: str) -> str:
     return " ".join(([rng.choice(OPENINGS)] if opening else []) + words)
 
 
+def _noun_and_place(clause: list[str]) -> tuple[str, str] | None:
+    """The noun phrase and the place of a clause that says where a thing is: a noun phrase,
+    prepositions ("on", "next to") and one noun phrase ("a red ball on the left"), or the
+    place first ("on the left a red ball", "on the left there is a red ball"). None for
+    any other clause."""
+    found = chunks(clause)
+    if len(found) != 2 or found[1].head != len(clause) - 1:
+        return None
+    first, second = found
+    between = clause[first.head + 1 : second.start]
+    if first.start == 0 and between and all(w in PREPOSITIONS for w in between):
+        return " ".join(clause[: first.head + 1]), " ".join(clause[first.head + 1 :])
+    before = clause[: first.start]
+    if (
+        before
+        and all(w in PREPOSITIONS for w in before)
+        and between in ([], ["is"], ["there", "is"])
+    ):
+        return " ".join(clause[second.start :]), " ".join(clause[: first.head + 1])
+    return None
+
+
+def _clauses(words: list[str]) -> tuple[list[list[str]], list[str]]:
+    """The clauses of a list ("a cat on a bed and a dog on the floor") and the words that
+    join them: :data:`LIST_JOINERS`, or "with" between two clauses that each place a noun
+    phrase ("a cat on a bed with a dog on the floor"; "a man with a hat" is one clause)."""
+    clauses: list[list[str]] = [[]]
+    joiners: list[str] = []
+    for word in words:
+        if word in LIST_JOINERS and clauses[-1]:
+            clauses.append([])
+            joiners.append(word)
+        elif word not in LIST_JOINERS:
+            clauses[-1].append(word)
+    if not clauses[-1]:
+        clauses.pop()
+        joiners = joiners[: len(clauses) - 1]
+    split_clauses: list[list[str]] = []
+    split_joiners: list[str] = []
+    for index, clause in enumerate(clauses):
+        if index:
+            split_joiners.append(joiners[index - 1])
+        parts = " ".join(clause).split(" with ")
+        if len(parts) > 1 and all(_noun_and_place(part.split()) for part in parts):
+            split_clauses += [part.split() for part in parts]
+            split_joiners += ["with"] * (len(parts) - 1)
+        else:
+            split_clauses.append(clause)
+    return split_clauses, split_joiners
+
+
+def reorder_clauses(words: list[str], rng: random.Random) -> list[str] | None:
+    """The clauses of a list in another order, with the same joiners ("a cat on a bed and a
+    dog on the floor" -> "a dog on the floor and a cat on a bed"). ``None`` unless there are
+    two or more clauses, each with a noun phrase."""
+    clauses, joiners = _clauses(words)
+    if len(clauses) < 2 or not all(chunks(clause) for clause in clauses):
+        return None
+    order = list(range(len(clauses)))
+    while order == sorted(order):
+        rng.shuffle(order)
+    new = list(clauses[order[0]])
+    for joiner, index in zip(joiners, order[1:], strict=True):
+        new += [joiner, *clauses[index]]
+    return new
+
+
+def restate_place(words: list[str], rng: random.Random) -> list[str] | None:
+    """One clause that says where a thing is, said another way (:data:`PLACE_WORDINGS`: "a
+    red ball on the left" -> "on the left is a red ball", "there is a red ball on the left"
+    and back). ``None`` when no clause is of that form (:func:`_noun_and_place`)."""
+    clauses, joiners = _clauses(words)
+    candidates = [
+        (index, said) for index, clause in enumerate(clauses) if (said := _noun_and_place(clause))
+    ]
+    if not candidates:
+        return None
+    index, (noun, place) = rng.choice(candidates)
+    wordings = [w.format(noun=noun, place=place).split() for w in PLACE_WORDINGS]
+    clauses[index] = rng.choice([w for w in wordings if w != clauses[index]])
+    new = list(clauses[0])
+    for joiner, clause in zip(joiners, clauses[1:], strict=True):
+        new += [joiner, *clause]
+    return new
+
+
+def rephrase(text: str, rng: random.Random) -> str | None:
+    """``text`` said another way with the same meaning: :func:`reorder_clauses` or
+    :func:`restate_place`, sometimes both; ``None`` when neither applies."""
+    words = words_of(text)
+    steps = [reorder_clauses, restate_place]
+    rng.shuffle(steps)
+    changed = False
+    for step in steps:
+        new = step(words, rng)
+        if new is not None:
+            words, changed = new, True
+            if rng.random() < 0.5:
+                break
+    return " ".join(words) if changed else None
+
+
 def unreadable(text: str, unknown: str) -> str:
     """``text`` with every open-class word (nouns, adjectives, ...) replaced by ``unknown``:
     its frame without anything that could be checked against an image."""
@@ -328,9 +454,10 @@ def extra_texts(
     unknown: str = "[UNK]",
 ) -> ExtraTextRows:
     """For each text, with the given shares: a composition negative, a truncated negative,
-    a partial positive, a reworded positive and an unreadable negative (rows whose text
-    allows none are skipped). With a ``reworded`` share, the composition, truncated and
-    partial texts are reworded (:func:`reword`) at that rate too."""
+    a partial positive, a reworded positive, an unreadable negative and a rephrased positive
+    (rows whose text allows none are skipped). With a ``reworded`` or ``rephrased`` share,
+    the composition, truncated and partial texts are reworded (:func:`reword`) or rephrased
+    (:func:`rephrase`) at that rate too."""
     extra = ExtraTextRows()
 
     def maybe_reworded(text: str | None) -> str | None:
@@ -338,15 +465,22 @@ def extra_texts(
             return reword(text, rng, unknown)
         return text
 
+    def said_otherwise(text: str | None) -> str | None:
+        if text and shares.rephrased and rng.random() < shares.rephrased:
+            text = rephrase(text, rng) or text
+        return maybe_reworded(text)
+
     for row, (text, fact) in enumerate(zip(texts, known, strict=True)):
         if shares.composition and rng.random() < shares.composition:
-            extra.add(row, maybe_reworded(domain.negative(text, fact, rng)), matches=False)
+            extra.add(row, said_otherwise(domain.negative(text, fact, rng)), matches=False)
         if shares.truncated and rng.random() < shares.truncated:
-            extra.add(row, maybe_reworded(domain.truncated(text, fact, rng)), matches=False)
+            extra.add(row, said_otherwise(domain.truncated(text, fact, rng)), matches=False)
         if shares.partial and rng.random() < shares.partial:
-            extra.add(row, maybe_reworded(domain.partial(text, fact, rng)), matches=True)
+            extra.add(row, said_otherwise(domain.partial(text, fact, rng)), matches=True)
         if shares.reworded and rng.random() < shares.reworded:
             extra.add(row, reword(text, rng, unknown), matches=True)
         if shares.unreadable and rng.random() < shares.unreadable:
             extra.add(row, unreadable(text, unknown), matches=False)
+        if shares.rephrased and rng.random() < shares.rephrased:
+            extra.add(row, maybe_reworded(rephrase(text, rng)), matches=True)
     return extra

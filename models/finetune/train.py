@@ -34,6 +34,7 @@ from models.finetune.settings import FinetuneSettings, ModelKind
 from models.finetune.text_negatives import (
     TextDomain,
     extra_texts,
+    rephrase,
     reword,
     text_domain,
     unreadable,
@@ -326,7 +327,7 @@ def evaluate_filter(
     and on each image paired with its most ITC-similar non-matching text (a hard negative).
 
     With a ``domain``, also on one text of each extra kind per held-out pair (composition,
-    truncated and unreadable negatives, partial and reworded positives), where the domain
+    truncated and unreadable negatives, partial, reworded and rephrased positives), where the domain
     makes them (seeded).
     """
     model = loaded.model
@@ -390,6 +391,7 @@ def evaluate_filter(
         "itm_accept_partial": (domain.partial, True),
         "itm_accept_reworded": (lambda text, _, r: reword(text, r, unknown), True),
         "itm_reject_unreadable": (lambda text, _, r: unreadable(text, unknown), False),
+        "itm_accept_rephrased": (lambda text, _, r: rephrase(text, r), True),
     }
     for name, (make, true) in makers.items():
         made_rows, texts = [], []
