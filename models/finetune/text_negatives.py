@@ -295,6 +295,14 @@ def _clauses(words: list[str]) -> tuple[list[list[str]], list[str]]:
     return split_clauses, split_joiners
 
 
+def _joined(clauses: list[list[str]], joiners: list[str]) -> list[str]:
+    """The words of ``clauses`` with ``joiners`` between them."""
+    words = list(clauses[0])
+    for joiner, clause in zip(joiners, clauses[1:], strict=True):
+        words += [joiner, *clause]
+    return words
+
+
 def reorder_clauses(words: list[str], rng: random.Random) -> list[str] | None:
     """The clauses of a list in another order, with the same joiners ("a cat on a bed and a
     dog on the floor" -> "a dog on the floor and a cat on a bed"). ``None`` unless there are
@@ -305,10 +313,7 @@ def reorder_clauses(words: list[str], rng: random.Random) -> list[str] | None:
     order = list(range(len(clauses)))
     while order == sorted(order):
         rng.shuffle(order)
-    new = list(clauses[order[0]])
-    for joiner, index in zip(joiners, order[1:], strict=True):
-        new += [joiner, *clauses[index]]
-    return new
+    return _joined([clauses[i] for i in order], joiners)
 
 
 def restate_place(words: list[str], rng: random.Random) -> list[str] | None:
@@ -324,10 +329,7 @@ def restate_place(words: list[str], rng: random.Random) -> list[str] | None:
     index, (noun, place) = rng.choice(candidates)
     wordings = [w.format(noun=noun, place=place).split() for w in PLACE_WORDINGS]
     clauses[index] = rng.choice([w for w in wordings if w != clauses[index]])
-    new = list(clauses[0])
-    for joiner, clause in zip(joiners, clauses[1:], strict=True):
-        new += [joiner, *clause]
-    return new
+    return _joined(clauses, joiners)
 
 
 def rephrase(text: str, rng: random.Random) -> str | None:
