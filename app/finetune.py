@@ -9,9 +9,8 @@ import click
 from click.core import ParameterSource
 
 from app.options import from_flags, settings_options
-from curation.errors import InputError, UsageError
-from curation.storage import Location
-from models.finetune.settings import FILTER_ONLY, FinetuneSettings, ModelKind
+from curation.errors import UsageError
+from models.finetune.settings import FILTER_ONLY, FinetuneSettings, ModelKind, training_file
 
 
 @click.group("finetune")
@@ -32,8 +31,7 @@ def _command_line(kind: ModelKind) -> str:
 
 def _run(kind: ModelKind, options: dict[str, Any]) -> None:
     settings = from_flags(FinetuneSettings, options)
-    if not Location(settings.train).is_file():
-        raise InputError(f"training data not found: {settings.train}")
+    training_file(settings.train)  # before the models load
     import torch
 
     from models.finetune.train import finetune

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from curation.decode import DecodeError, decode_image
 from curation.errors import InputError
-from curation.storage import Location
+from models.finetune.settings import training_file
 from models.scorer import normalize_text
 
 
@@ -71,9 +71,7 @@ def read_pairs(
     Rows whose image does not decode or whose text is empty after normalisation are skipped;
     a missing column raises :class:`InputError` naming the file and the column.
     """
-    location = Location(str(path))
-    if not location.is_file():
-        raise InputError(f"training data not found: {path}")
+    location = training_file(str(path))
     columns = [image_column, text_column] + ([group_column] if group_column else [])
     with location.open() as handle:
         parquet = pq.ParquetFile(handle)

@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import model_validator
 
 from curation.config import Settings, flag
+from curation.errors import InputError
+from curation.storage import Location
 
 
 class ModelKind(StrEnum):
@@ -177,3 +179,11 @@ class FinetuneSettings(Settings):
             unreadable=self.unreadable_negatives,
             rephrased=self.rephrased_positives,
         )
+
+
+def training_file(path: str) -> Location:
+    """The Parquet file of training pairs at ``path``; :class:`InputError` when it is not one."""
+    location = Location(path)
+    if not location.is_file():
+        raise InputError(f"training data not found: {path}")
+    return location
