@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,8 @@ from transformers import BlipForImageTextRetrieval
 from app.finetune import finetune_command
 from curation.errors import InputError, UsageError
 from curation.shapes import (
+    COLOURS,
+    SIZE_WORDS,
     Scene,
     caption,
     is_true_of,
@@ -48,6 +52,7 @@ from models.finetune.text_negatives import (
     composition_negative,
     extra_texts,
     reorder_clauses,
+    reorder_modifiers,
     rephrase,
     restate_place,
     reword,
@@ -521,7 +526,7 @@ def test_shapes_domain_marks_batch_texts_true_of_other_images() -> None:
 def test_reword_keeps_the_words_in_order_and_adds_an_opening_or_unknown_words() -> None:
     text = "a big red circle on the left and a small blue square on the right"
     kinds = set()
-    for seed in range(200):
+    for seed in range(300):
         new = reword(text, random.Random(seed), "[UNK]")
         opening = next((o for o in OPENINGS if new.startswith(o + " ")), None)
         rest = new[len(opening) + 1 :] if opening else new
@@ -529,10 +534,20 @@ def test_reword_keeps_the_words_in_order_and_adds_an_opening_or_unknown_words() 
         kept = [w for w in rest.split() if w != "[UNK]"]
         dropped = len(kept) < len(text.split())
         assert kept == text.split() or kept == text.replace(" and", "").split()
-        assert unknown <= 3 and (opening or unknown)
+        # at most 3 inserted (a quarter of 14 words is less), plus one for a joiner said so
+        assert unknown <= 3 + dropped and (opening or unknown)
         kinds.add((opening is not None, unknown > 0, dropped))
     assert {(True, False, False), (True, True, False), (False, True, False)} <= kinds
-    assert any(dropped for *_, dropped in kinds)
+    assert (True, False, True) in kinds and (False, True, True) in kinds  # dropped / said
+
+
+def test_reword_adds_more_unknown_words_to_longer_texts() -> None:
+    clause = "a big red circle on the left"
+    long = " , ".join([clause] * 4)  # 31 words: up to 7 unknown words inserted
+    counts = {reword(long, random.Random(seed), "[UNK]").count("[UNK]") for seed in range(300)}
+    assert max(counts) > 4 and max(counts) <= 8
+    short = {reword(clause, random.Random(seed), "[UNK]").count("[UNK]") for seed in range(300)}
+    assert max(short) == 3
 
 
 def test_reworded_positives_come_with_negatives_reworded_as_often() -> None:
@@ -551,7 +566,40 @@ def test_reworded_positives_come_with_negatives_reworded_as_often() -> None:
     assert len(positives) == 200 and all(reworded(t) for t in positives)  # partial ones too
     assert len(negatives) >= 95 and all(reworded(t) for t in negatives)
     frames = extra_texts(texts, known, ExtraTextShares(unreadable=1.0), domain, rng)
-    assert frames.texts == [unreadable(t, "[UNK]") for t in texts] and not any(frames.matches)
+    assert frames.rows == list(range(len(texts))) and not any(frames.matches)
+    for text, frame in zip(texts, frames.texts, strict=True):
+        words = phrases.words_of(text)
+        assert frame.split().count("[UNK]") == sum(phrases.is_open(w) for w in words)
+        assert set(frame.split()) - {"[UNK]"} <= {w for w in words if not phrases.is_open(w)}
+
+
+def _sizes_first(text: str) -> str:
+    """``text`` with each colour written before a size put back after it (the grammar's
+    order), so that the parser reads phrases whose modifiers were reordered."""
+    sizes = "|".join(w for words in SIZE_WORDS.values() for w in words)
+    return re.sub(rf"\b({'|'.join(COLOURS)}) ({sizes})\b", r"\2 \1", text)
+
+
+def test_reorder_modifiers_keeps_each_phrase_and_its_words() -> None:
+    words = phrases.words_of("a big red circle on the left and a small blue square")
+    seen = set()
+    for seed in range(40):
+        new = reorder_modifiers(words, random.Random(seed))
+        assert new != words and Counter(new) == Counter(words)
+        assert new[3] == "circle" and new[-1] == "square" and new[4:9] == words[4:9]
+        assert {tuple(sorted(new[1:3])), tuple(sorted(new[9:11]))} == {
+            ("big", "red"),
+            ("blue", "small"),
+        }
+        seen.add(" ".join(new))
+    assert seen == {
+        "a red big circle on the left and a small blue square",
+        "a big red circle on the left and a blue small square",
+    }
+    assert (
+        reorder_modifiers(phrases.words_of("a red circle and a big big dog"), random.Random(0))
+        is None
+    )
 
 
 def test_rephrase_keeps_the_words_and_the_meaning_in_another_order() -> None:
@@ -563,7 +611,7 @@ def test_rephrase_keeps_the_words_and_the_meaning_in_another_order() -> None:
         scene = random_scene(rng, 1)
         text = caption(scene, rng)
         new = rephrase(text, rng)
-        assert new != text and parse_caption(new) == parse_caption(text), (text, new)
+        assert new != text and parse_caption(_sizes_first(new)) == parse_caption(text), (text, new)
         added = set(phrases.words_of(new)) - set(phrases.words_of(text))
         assert added <= {"is", "there"}
         changed += phrases.words_of(new)[:3] != phrases.words_of(text)[:3]
@@ -616,17 +664,26 @@ def test_rephrased_positives_come_with_negatives_rephrased_as_often() -> None:
     negatives = [t for t, m in zip(made.texts, made.matches, strict=True) if not m]
     assert len(positives) == 100 and not set(positives) & set(texts)
     for row, text, matches in zip(made.rows, made.texts, made.matches, strict=True):
-        said = parse_caption(text)  # a negative with words shuffled may not parse
+        said = parse_caption(_sizes_first(text))  # a negative with words shuffled may not parse
         assert (said is not None and is_true_of(said, known[row])) == matches, text
     fronted = [t for t in negatives if t.startswith(("on ", "in ", "to ", "there "))]
     assert len(negatives) >= 95 and len(fronted) > 20  # rephrased as often as the positives
 
 
 def test_unreadable_keeps_only_closed_class_words() -> None:
+    """Every open-class word becomes unknown; half the frames also lose some of their known
+    words and come shuffled, as spam reads to a small vocabulary."""
     text = "a big red circle on the left , a man riding a horse"
-    assert unreadable(text, "[UNK]") == (
-        "a [UNK] [UNK] [UNK] on the [UNK] , a [UNK] riding a [UNK]"
-    )
+    frame = "a [UNK] [UNK] [UNK] on the [UNK] , a [UNK] riding a [UNK]"
+    made = [unreadable(text, "[UNK]", random.Random(seed)) for seed in range(40)]
+    assert frame in made
+    scrambled = [m for m in made if m != frame]
+    assert 10 <= len(scrambled) <= 30
+    for m in scrambled:
+        assert m.split().count("[UNK]") == 6
+        known = [w for w in m.split() if w != "[UNK]"]
+        assert not Counter(known) - Counter(w for w in frame.split() if w != "[UNK]")
+    assert any(len(m.split()) < len(frame.split()) for m in scrambled)
 
 
 def test_extra_texts_follow_their_shares() -> None:

@@ -96,12 +96,13 @@ def _extra_text_lines(settings: FinetuneSettings) -> list[str]:
     if shares.unreadable:
         lines.append(
             f"- unreadable negatives: {shares.unreadable:.0%} of pairs also get their own text"
-            " with every open-class word unknown as an ITM negative"
+            " with every open-class word unknown (half also scrambled) as an ITM negative"
         )
     if shares.rephrased:
         lines.append(
             f"- rephrased positives: {shares.rephrased:.0%} of pairs also get their own text"
-            " said another way (clauses reordered, a place first or stated with a verb) as an"
+            " said another way (clauses reordered, a place first or stated with a verb,"
+            " modifiers reordered) as an"
             " ITM positive (the other extra texts rephrased as often)"
         )
     if settings.text_domain != DomainName.GENERAL:

@@ -131,7 +131,8 @@ class FinetuneSettings(Settings):
     )
     unreadable_negatives: float = flag(
         "Share of pairs whose own text with every noun, adjective and other open-class word "
-        "unknown is added as an ITM negative: a text the filter cannot read (spam, to a small "
+        "unknown (half of them also with some known words dropped and the rest shuffled) is "
+        "added as an ITM negative: a text the filter cannot read (spam, to a small "
         "vocabulary) is not kept. Use with --reworded-positives.",
         default=0.0,
         ge=0,
@@ -140,7 +141,8 @@ class FinetuneSettings(Settings):
     rephrased_positives: float = flag(
         "Share of pairs that also get their text said another way with the same meaning (the "
         "clauses of a list in another order, a clause's place first or stated with a verb: "
-        "'on the left is a red ball') as an ITM positive; the other extra texts are rephrased "
+        "'on the left is a red ball', a phrase's modifiers in another order: 'a red big "
+        "ball') as an ITM positive; the other extra texts are rephrased "
         "as often. Keeps correct texts that order their parts differently.",
         default=0.0,
         ge=0,

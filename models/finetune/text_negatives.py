@@ -16,18 +16,22 @@ with such negatives). Three kinds of extra texts fill the gap:
 - **Partial positives** (``--partial-positives SHARE``, a domain that can tell which parts
   of a caption are true on their own): a text describing some of the image, as a positive.
 - **Reworded positives** (``--reworded-positives SHARE``): the caption with an opening
-  ("a photo of") or up to three words the tokenizer does not know inserted, as a positive;
+  ("a photo of") or words the tokenizer does not know inserted (up to one in four, at
+  least three), as a positive;
   the other extra texts are reworded at the same rate, so wording says nothing of the match.
   A filter whose tokenizer was built from its training captions otherwise rejects correct
   texts that use other words.
 - **Rephrased positives** (``--rephrased-positives SHARE``): the caption said another way
   with the same words and meaning (:func:`rephrase`): the clauses of a list in another
-  order, or a clause's place first or stated with a verb ("on the left is a red ball"),
-  as a positive; the other extra texts are rephrased at the same rate, so that word order
-  between clauses says nothing of the match, while the order inside a phrase still does.
+  order, a clause's place first or stated with a verb ("on the left is a red ball"), or
+  a noun phrase's modifiers in another order ("a red big ball"), as a positive; the other
+  extra texts are rephrased at the same rate, so that the order of clauses and of a
+  phrase's modifiers says nothing of the match, while which phrase a word belongs to
+  still does.
 - **Unreadable negatives** (``--unreadable-negatives SHARE``): the caption with every
-  open-class word replaced by the unknown-word token, as a negative: a text with nothing
-  the filter can check (spam, to a small domain vocabulary) is not kept. Use it with
+  open-class word replaced by the unknown-word token (half of them also with some known
+  words dropped and the rest shuffled), as a negative: a text with nothing the filter can
+  check (spam, to a small domain vocabulary) is not kept. Use it with
   reworded positives, which otherwise teach that unknown words are harmless.
 
 A :class:`TextDomain` makes them; :class:`ShapesDomain` knows the shapes grammar exactly
@@ -231,15 +235,21 @@ def composition_negative(
 
 def reword(text: str, rng: random.Random, unknown: str) -> str:
     """``text`` in other words with the same meaning: an :data:`OPENINGS` phrase before it,
-    up to three ``unknown`` tokens (the tokenizer's unknown-word token) between its words,
-    or both; and sometimes one joiner ("and", a comma) dropped, as BLIP's text cleaning
-    drops the full stop or semicolon between two sentences."""
+    ``unknown`` tokens (the tokenizer's unknown-word token) between its words, or both; and
+    sometimes one joiner ("and", a comma) dropped or said with an unknown word, as BLIP's
+    text cleaning drops the full stop or semicolon between two sentences. Longer texts get
+    more unknown words (up to one in four, at least three), as a rewording of each clause
+    would add them."""
     words = text.split()
     joiners = [i for i, word in enumerate(words) if word in JOINERS]
     if joiners and rng.random() < 0.3:
-        del words[rng.choice(joiners)]
+        index = rng.choice(joiners)
+        if rng.random() < 0.5:
+            del words[index]
+        else:
+            words[index] = unknown
     opening = rng.random() < 0.5
-    for _ in range(rng.randint(0 if opening else 1, 3)):
+    for _ in range(rng.randint(0 if opening else 1, max(3, len(words) // 4))):
         words.insert(rng.randint(0, len(words)), unknown)
     return " ".join(([rng.choice(OPENINGS)] if opening else []) + words)
 
@@ -332,11 +342,29 @@ def restate_place(words: list[str], rng: random.Random) -> list[str] | None:
     return _joined(clauses, joiners)
 
 
+def reorder_modifiers(words: list[str], rng: random.Random) -> list[str] | None:
+    """The modifiers of one noun phrase in another order ("a big red ball" -> "a red big
+    ball"): the phrase still says the same of the same thing. ``None`` when no phrase has
+    two different modifiers."""
+    found = [c for c in chunks(words) if len({words[i] for i in c.modifiers}) > 1]
+    if not found:
+        return None
+    chunk = rng.choice(found)
+    modifiers = [words[i] for i in chunk.modifiers]
+    order = list(modifiers)
+    while order == modifiers:
+        rng.shuffle(order)
+    new = list(words)
+    new[chunk.modifiers.start : chunk.modifiers.stop] = order
+    return new
+
+
 def rephrase(text: str, rng: random.Random) -> str | None:
-    """``text`` said another way with the same meaning: :func:`reorder_clauses` or
-    :func:`restate_place`, sometimes both; ``None`` when neither applies."""
+    """``text`` said another way with the same meaning: :func:`reorder_clauses`,
+    :func:`restate_place` or :func:`reorder_modifiers`, sometimes more than one; ``None``
+    when none applies."""
     words = words_of(text)
-    steps = [reorder_clauses, restate_place]
+    steps = [reorder_clauses, restate_place, reorder_modifiers]
     rng.shuffle(steps)
     changed = False
     for step in steps:
@@ -348,10 +376,16 @@ def rephrase(text: str, rng: random.Random) -> str | None:
     return " ".join(words) if changed else None
 
 
-def unreadable(text: str, unknown: str) -> str:
+def unreadable(text: str, unknown: str, rng: random.Random) -> str:
     """``text`` with every open-class word (nouns, adjectives, ...) replaced by ``unknown``:
-    its frame without anything that could be checked against an image."""
-    return " ".join(word if not is_open(word) else unknown for word in words_of(text))
+    its frame without anything that could be checked against an image. Half of them also
+    lose some frame words and come in another order, as spam and boilerplate read to a
+    small domain vocabulary: unknown words with a few known ones in between."""
+    words = [word if not is_open(word) else unknown for word in words_of(text)]
+    if rng.random() < 0.5:
+        words = [word for word in words if word == unknown or rng.random() < 0.5] or [unknown]
+        rng.shuffle(words)
+    return " ".join(words)
 
 
 class TextDomain:
@@ -482,7 +516,7 @@ def extra_texts(
         if shares.reworded and rng.random() < shares.reworded:
             extra.add(row, reword(text, rng, unknown), matches=True)
         if shares.unreadable and rng.random() < shares.unreadable:
-            extra.add(row, unreadable(text, unknown), matches=False)
+            extra.add(row, unreadable(text, unknown, rng), matches=False)
         if shares.rephrased and rng.random() < shares.rephrased:
             extra.add(row, maybe_reworded(rephrase(text, rng)), matches=True)
     return extra

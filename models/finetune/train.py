@@ -390,7 +390,7 @@ def evaluate_filter(
         "itm_reject_truncated": (domain.truncated, False),
         "itm_accept_partial": (domain.partial, True),
         "itm_accept_reworded": (lambda text, _, r: reword(text, r, unknown), True),
-        "itm_reject_unreadable": (lambda text, _, r: unreadable(text, unknown), False),
+        "itm_reject_unreadable": (lambda text, _, r: unreadable(text, unknown, r), False),
         "itm_accept_rephrased": (lambda text, _, r: rephrase(text, r), True),
     }
     for name, (make, true) in makers.items():
