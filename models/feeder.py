@@ -1,21 +1,31 @@
-"""Keep the accelerator fed: batches prepared ahead in worker threads, in pinned memory.
+"""Keep the accelerator fed: batches prepared ahead in worker threads or processes, in
+pinned memory.
 
 :func:`prefetch` runs ``prepare`` (for example decoding and resizing an image) for the
-items of the next ``depth`` batches in a thread pool while the caller runs the models on
-the current batch, and writes each result into a page-locked (pinned) host buffer, so the
-copy to the GPU is asynchronous (:func:`models.preprocess.pixel_values`). Pillow and numpy
-release the GIL while they decode and resize, so the threads decode in parallel.
+items of the next ``depth`` batches in a pool while the caller runs the models on the
+current batch, and writes each result into a page-locked (pinned) host buffer, so the copy
+to the GPU is asynchronous (:func:`models.preprocess.pixel_values`).
+
+Threads (the default) write straight into the buffer: Pillow and numpy release the GIL
+while they decode and resize, but the rest of each item's work holds it, and so competes
+with the Python loop that launches the GPU work. Processes (``processes=True``) decode in
+interpreters of their own and send back each slice of a batch as one array, which the
+caller's thread copies into the buffer; ``prepare`` and the items must then be picklable
+(a module-level function or a ``functools.partial`` of one).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
 import torch
+
+from models.feeder_worker import prepared
 
 T = TypeVar("T")
 
@@ -44,6 +54,14 @@ class _Buffers:
         return buffer[: shape[0]]
 
 
+def _pool(workers: int, processes: bool) -> Executor:
+    if processes:
+        # spawn: the workers start clean, whatever threads or CUDA state the caller holds
+        context = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="feeder")
+
+
 def prefetch(
     batches: Iterable[Sequence[T]],
     prepare: Callable[[T], np.ndarray],
@@ -51,21 +69,37 @@ def prefetch(
     *,
     workers: int = 4,
     depth: int = 2,
+    processes: bool = False,
 ) -> Iterator[tuple[Sequence[T], torch.Tensor]]:
     """Yield ``(batch, pixels)`` in order; ``pixels`` is ``len(batch) x shape`` uint8, row i
-    ``prepare(batch[i])``, prepared while up to ``depth`` earlier batches are in use.
+    ``prepare(batch[i])``, prepared while up to ``depth`` earlier batches are in use, by
+    ``workers`` threads or (``processes=True``) worker processes.
 
     An exception raised by ``prepare`` is raised here, for the batch it belongs to.
     """
     if workers < 1 or depth < 1:
         raise ValueError("workers and depth must be at least 1")
     buffers = _Buffers(depth + 2)
-    pending: deque[tuple[Sequence[T], torch.Tensor, list[Future[None]]]] = deque()
+    pending: deque[tuple[Sequence[T], torch.Tensor, list[tuple[slice, Future]]]] = deque()
 
     def fill(buffer: torch.Tensor, index: int, item: T) -> None:
         buffer[index].numpy()[...] = prepare(item)
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="feeder") as pool:
+    def start(
+        pool: Executor, batch: Sequence[T], buffer: torch.Tensor
+    ) -> list[tuple[slice, Future]]:
+        if not processes:
+            return [
+                (slice(i, i + 1), pool.submit(fill, buffer, i, item))
+                for i, item in enumerate(batch)
+            ]
+        step = -(-len(batch) // workers)
+        return [
+            (slice(i, i + step), pool.submit(prepared, prepare, batch[i : i + step]))
+            for i in range(0, len(batch), step)
+        ]
+
+    with _pool(workers, processes) as pool:
         source = iter(batches)
         while True:
             while len(pending) <= depth:
@@ -73,11 +107,12 @@ def prefetch(
                 if batch is None:
                     break
                 buffer = buffers.take((len(batch), *shape))
-                jobs = [pool.submit(fill, buffer, i, item) for i, item in enumerate(batch)]
-                pending.append((batch, buffer, jobs))
+                pending.append((batch, buffer, start(pool, batch, buffer)))
             if not pending:
                 return
             batch, buffer, jobs = pending.popleft()
-            for job in jobs:
-                job.result()
+            for rows, job in jobs:
+                result = job.result()
+                if result is not None:
+                    buffer[rows].numpy()[...] = result
             yield batch, buffer

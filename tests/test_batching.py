@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import threading
 import time
 from pathlib import Path
@@ -74,6 +76,33 @@ def test_prefetch_prepares_ahead_in_threads_and_keeps_order():
         assert pixels.dtype == torch.uint8 and pixels.shape == (len(batch), 4, 4, 3)
         assert pixels[:, 0, 0, 0].tolist() == [item % 256 for item in batch]
     assert seen == batches
+
+
+def _pixels_with_pid(item: int) -> np.ndarray:
+    """Pixels holding the item and the id of the process that made them."""
+    pid = os.getpid()
+    out = np.empty((2, 2, 3), dtype=np.uint8)
+    out[..., 0], out[..., 1], out[..., 2] = item % 256, pid % 256, pid // 256 % 256
+    return out
+
+
+def test_prefetch_in_processes_keeps_order_and_decodes_outside_the_caller():
+    batches = [[i * 10 + j for j in range(n)] for i, n in enumerate([5, 4, 1, 5])]
+    seen, makers = [], set()
+    feeder = prefetch(batches, _pixels_with_pid, (2, 2, 3), workers=2, processes=True)
+    for batch, pixels in feeder:
+        seen.append(batch)
+        assert pixels.shape == (len(batch), 2, 2, 3)
+        assert pixels[:, 1, 1, 0].tolist() == [item % 256 for item in batch]
+        makers |= {(int(p[1]), int(p[2])) for p in pixels[:, 0, 0].tolist()}
+    assert seen == batches
+    here = (os.getpid() % 256, os.getpid() // 256 % 256)
+    assert makers and here not in makers
+    bad = functools.partial(np.full, (2, 2, 3), dtype=np.uint8)  # a text is no pixel value
+    feeder = prefetch([[1, 2], [3, "x"]], bad, (2, 2, 3), workers=2, processes=True)
+    assert next(feeder)[1][1, 0, 0, 0] == 2
+    with pytest.raises(ValueError):
+        next(feeder)
 
 
 def test_prefetch_raises_the_error_of_its_batch():
