@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Retrain the bundled shapes models on CPU with `curation finetune`, as they were trained.
 # Usage: models/bundled/reproduce.sh [OUT_DIR]   (default: models/bundled)
-# About an hour on 2 quiet CPU cores (see models/bundled/README.md for the time of each
+# About two hours on 2 CPU cores (see models/bundled/README.md for the time of each
 # stage). Intermediate stages and training data go to a temp folder.
 set -euo pipefail
 out=${1:-models/bundled}
@@ -11,7 +11,7 @@ trap 'rm -rf "$work"' EXIT
 
 python -c "
 from curation.shapes import make_clean_split
-for seed in range(1, 9):
+for seed in range(1, 11):
     name = 'shapes-train' + ('' if seed == 1 else f'-{seed}')
     make_clean_split(40000, seed, f'$work/{name}.parquet')
 "
@@ -55,7 +55,18 @@ curation finetune filter --train "$work/shapes-train-7.parquet" --out "$work/fil
   --base "$work/filter-6" --lr 3e-4 --epochs 1 --max-steps 800 --seed 4 \
   --partial-positives 0.5 --reworded-positives 0.5 --unreadable-negatives 0.5 --threads 1 \
   "${composition[@]}" "${common[@]}"
-curation finetune filter --train "$work/shapes-train-8.parquet" --out "$out/filter" \
+curation finetune filter --train "$work/shapes-train-8.parquet" --out "$work/filter-8" \
   --base "$work/filter-7" --lr 2e-4 --epochs 1 --max-steps 800 --seed 5 \
   --partial-positives 0.5 --reworded-positives 1.0 --unreadable-negatives 0.5 --threads 1 \
   "${composition[@]}" "${common[@]}"
+
+# Two stages with every extra text: partial texts, rewordings and rephrasings as positives
+# (the extra negatives reworded and rephrased as often), scrambled unreadable texts as
+# negatives, at lower learning rates.
+every=(--reworded-positives 1.0 --unreadable-negatives 1.0 --threads 1 --seed 7)
+curation finetune filter --train "$work/shapes-train-9.parquet" --out "$work/filter-9" \
+  --base "$work/filter-8" --lr 1e-4 --epochs 1 --max-steps 500 --partial-positives 0.5 \
+  --rephrased-positives 0.25 "${every[@]}" "${composition[@]}" "${common[@]}"
+curation finetune filter --train "$work/shapes-train-10.parquet" --out "$out/filter" \
+  --base "$work/filter-9" --lr 5e-5 --epochs 1 --max-steps 300 --partial-positives 1.0 \
+  --rephrased-positives 0.5 "${every[@]}" "${composition[@]}" "${common[@]}"
