@@ -11,7 +11,7 @@ trap 'rm -rf "$work"' EXIT
 
 python -c "
 from curation.shapes import make_clean_split
-for seed in range(1, 11):
+for seed in range(1, 12):
     name = 'shapes-train' + ('' if seed == 1 else f'-{seed}')
     make_clean_split(40000, seed, f'$work/{name}.parquet')
 "
@@ -60,13 +60,16 @@ curation finetune filter --train "$work/shapes-train-8.parquet" --out "$work/fil
   --partial-positives 0.5 --reworded-positives 1.0 --unreadable-negatives 0.5 --threads 1 \
   "${composition[@]}" "${common[@]}"
 
-# Two stages with every extra text: partial texts, rewordings and rephrasings as positives
+# Three stages with every extra text: partial texts, rewordings and rephrasings as positives
 # (the extra negatives reworded and rephrased as often), scrambled unreadable texts as
 # negatives, at lower learning rates.
 every=(--reworded-positives 1.0 --unreadable-negatives 1.0 --threads 1 --seed 7)
 curation finetune filter --train "$work/shapes-train-9.parquet" --out "$work/filter-9" \
   --base "$work/filter-8" --lr 1e-4 --epochs 1 --max-steps 500 --partial-positives 0.5 \
   --rephrased-positives 0.25 "${every[@]}" "${composition[@]}" "${common[@]}"
-curation finetune filter --train "$work/shapes-train-10.parquet" --out "$out/filter" \
+curation finetune filter --train "$work/shapes-train-10.parquet" --out "$work/filter-10" \
   --base "$work/filter-9" --lr 5e-5 --epochs 1 --max-steps 300 --partial-positives 1.0 \
   --rephrased-positives 0.5 "${every[@]}" "${composition[@]}" "${common[@]}"
+curation finetune filter --train "$work/shapes-train-11.parquet" --out "$out/filter" \
+  --base "$work/filter-10" --lr 5e-5 --epochs 1 --max-steps 300 --partial-positives 1.0 \
+  --rephrased-positives 1.0 "${every[@]}" "${composition[@]}" "${common[@]}"
