@@ -151,16 +151,17 @@ def test_demo_command_curates_a_small_generated_split_with_the_bundled_models(tm
 
     from app.demo import demo_command
 
-    out = tmp_path / "demo"
+    # 200 texts: enough that one or two borderline texts do not decide the bounds below
+    out, rows = tmp_path / "demo", 200
     result = CliRunner().invoke(
-        demo_command, ["--out", str(out), "--rows", "60"], catch_exceptions=False
+        demo_command, ["--out", str(out), "--rows", str(rows)], catch_exceptions=False
     )
     assert result.exit_code == 0, result.output
     assert "filter: precision" in result.output
     assert "wrong binding rejected" in result.output and "partial" in result.output
     m = json.loads((out / "metrics.json").read_text())
-    assert m["filter"]["texts"] == 60  # every web text judged (scored or empty)
+    assert m["filter"]["texts"] == rows  # every web text judged (scored or empty)
     assert m["filter"]["precision"] >= 0.9 and m["filter"]["recall"] >= 0.8
     assert m["filter"]["binding_recall"] >= 0.6 and m["filter"]["correct_kept_share"] >= 0.85
-    assert m["captioner"]["captions"] == 60 and m["captioner"]["kept_correct_share"] >= 0.8
-    assert m["throughput"]["images"] == 60 and m["throughput"]["images_per_second"] > 0
+    assert m["captioner"]["captions"] == rows and m["captioner"]["kept_correct_share"] >= 0.8
+    assert m["throughput"]["images"] == rows and m["throughput"]["images_per_second"] > 0
