@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from curation.decode import decode_image  # noqa: E402
 from models.batching import batch_size_for  # noqa: E402
 from models.captioner import Captioner, CaptionSettings  # noqa: E402
-from models.feeder import prefetch  # noqa: E402
+from models.feeder import feeder_pool, prefetch  # noqa: E402
 from models.loading import LoadedModel, load_captioner, load_filter  # noqa: E402
 from models.phases import measure_phases  # noqa: E402
 from models.preprocess import pixel_values  # noqa: E402
@@ -245,19 +245,20 @@ def end_to_end(
 ) -> dict[str, Any]:
     """JPEG bytes -> captions and scores for ``count`` images, decoding overlapped (in
     ``workers`` threads, or processes)."""
-    pool = web_jpegs(min(count, 256), seed=7)
+    jpegs = web_jpegs(min(count, 256), seed=7)
     items = [
-        (f"e2e-{i:07d}", pool[i % len(pool)], WEB_TEXTS[i % len(WEB_TEXTS)]) for i in range(count)
+        (f"e2e-{i:07d}", jpegs[i % len(jpegs)], WEB_TEXTS[i % len(WEB_TEXTS)]) for i in range(count)
     ]
     size = cap.image_size
     captioner = Captioner(cap, settings)
 
     prepare = functools.partial(_jpeg_pixels, size=size)
+    pool = feeder_pool(workers, processes)  # started once, before the timed runs
 
     def run(part: list[tuple[str, bytes, str]]) -> None:
         batches = [part[i : i + batch] for i in range(0, len(part), batch)]
         for chunk, pixels in prefetch(
-            batches, prepare, (size, size, 3), workers=workers, processes=processes
+            batches, prepare, (size, size, 3), workers=workers, pool=pool
         ):
             keys = [key for key, _, _ in chunk]
             captions = captioner.caption(pixels, keys)
@@ -270,6 +271,7 @@ def end_to_end(
         run(items[: 4 * batch])
     sample = items[:64]
     decode_seconds, _ = timed(cap.device, lambda: [prepare(item) for item in sample])
+    pool.shutdown()
     rate = count / seconds
     return {
         "k": settings.captions_per_image,

@@ -20,6 +20,7 @@ import multiprocessing
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import TypeVar
 
 import numpy as np
@@ -54,7 +55,9 @@ class _Buffers:
         return buffer[: shape[0]]
 
 
-def _pool(workers: int, processes: bool) -> Executor:
+def feeder_pool(workers: int, processes: bool = False) -> Executor:
+    """A pool of ``workers`` threads or processes for :func:`prefetch`, to reuse across
+    calls (worker processes take a moment to start)."""
     if processes:
         # spawn: the workers start clean, whatever threads or CUDA state the caller holds
         context = multiprocessing.get_context("spawn")
@@ -70,15 +73,20 @@ def prefetch(
     workers: int = 4,
     depth: int = 2,
     processes: bool = False,
+    pool: Executor | None = None,
 ) -> Iterator[tuple[Sequence[T], torch.Tensor]]:
     """Yield ``(batch, pixels)`` in order; ``pixels`` is ``len(batch) x shape`` uint8, row i
     ``prepare(batch[i])``, prepared while up to ``depth`` earlier batches are in use, by
-    ``workers`` threads or (``processes=True``) worker processes.
+    ``workers`` threads or (``processes=True``) worker processes; or by ``pool`` (from
+    :func:`feeder_pool`, left running), whose kind decides between the two; with processes,
+    each batch goes out in ``workers`` slices, so give the pool's size then.
 
     An exception raised by ``prepare`` is raised here, for the batch it belongs to.
     """
     if workers < 1 or depth < 1:
         raise ValueError("workers and depth must be at least 1")
+    if pool is not None:
+        processes = isinstance(pool, ProcessPoolExecutor)
     buffers = _Buffers(depth + 2)
     pending: deque[tuple[Sequence[T], torch.Tensor, list[tuple[slice, Future]]]] = deque()
 
@@ -99,7 +107,7 @@ def prefetch(
             for i in range(0, len(batch), step)
         ]
 
-    with _pool(workers, processes) as pool:
+    with nullcontext(pool) if pool is not None else feeder_pool(workers, processes) as running:
         source = iter(batches)
         while True:
             while len(pending) <= depth:
@@ -107,7 +115,7 @@ def prefetch(
                 if batch is None:
                     break
                 buffer = buffers.take((len(batch), *shape))
-                pending.append((batch, buffer, start(pool, batch, buffer)))
+                pending.append((batch, buffer, start(running, batch, buffer)))
             if not pending:
                 return
             batch, buffer, jobs = pending.popleft()

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from models.batching import CPU_BATCH, MAX_BATCH, batch_size_for, bytes_per_image
-from models.feeder import prefetch
+from models.feeder import feeder_pool, prefetch
 from models.host import ThreadTuner, reuse_freed_memory, threads_at_most
 from models.loading import load_captioner, load_filter
 from models.phases import measure_phases, phase
@@ -103,6 +103,26 @@ def test_prefetch_in_processes_keeps_order_and_decodes_outside_the_caller():
     assert next(feeder)[1][1, 0, 0, 0] == 2
     with pytest.raises(ValueError):
         next(feeder)
+
+
+def test_a_feeder_pool_serves_several_prefetches_with_the_same_processes():
+    pool = feeder_pool(2, processes=True)
+    try:
+        makers = []
+        for _ in range(2):
+            seen = set()
+            for batch, pixels in prefetch(
+                [[1, 2, 3], [4, 5]], _pixels_with_pid, (2, 2, 3), pool=pool, workers=2
+            ):
+                assert pixels[:, 0, 0, 0].tolist() == batch
+                seen |= {(int(p[1]), int(p[2])) for p in pixels[:, 0, 0].tolist()}
+            makers.append(seen)
+        assert (
+            makers[1] <= makers[0]
+            and (os.getpid() % 256, os.getpid() // 256 % 256) not in makers[0]
+        )
+    finally:
+        pool.shutdown()
 
 
 def test_prefetch_raises_the_error_of_its_batch():
