@@ -25,14 +25,13 @@ import torch.nn.functional as F
 
 from models.fused_attention import merge_heads, split_heads
 from models.host import ThreadTuner
+from models.length_chunks import length_chunks
 from models.loading import LoadedModel
 from models.phases import phase
 from models.preprocess import pixel_values
 from models.shared_states import RowGroups, grouped_cross_attention, image_keys_values
 
 ENC_TOKEN = "[ENC]"
-#: A chunk of texts closes when padding would exceed this share of its real tokens.
-_PADDING_ALLOWED = 0.25
 #: On CPU, threads for encoding a chunk of texts (``models.host``).
 TEXT_CHUNKS = ThreadTuner()
 _PUNCTUATION = re.compile(r"""([.!"()*#:;~])""")
@@ -129,23 +128,6 @@ class Scorer:
             for i, (n, end) in enumerate(zip(counts, ends, strict=True))
         ]
 
-    def _chunks(self, lengths: torch.Tensor) -> list[torch.Tensor]:
-        """Text indices in chunks of similar length: shortest first, at most
-        ``text_batch_size`` texts, padding at most a quarter of the real tokens."""
-        order = torch.argsort(lengths.cpu(), stable=True)
-        chunks, start, tokens = [], 0, 0
-        for i, n in enumerate(lengths.cpu()[order].tolist()):
-            rows = i - start
-            if rows and (
-                rows >= self.text_batch_size
-                or (rows + 1) * n > (1 + _PADDING_ALLOWED) * (tokens + n)
-            ):
-                chunks.append(order[start:i])
-                start, tokens = i, 0
-            tokens += n
-        chunks.append(order[start:])
-        return [chunk.to(lengths.device) for chunk in chunks]
-
     def _encode(
         self,
         ids: torch.Tensor,
@@ -202,7 +184,7 @@ class Scorer:
             itc = torch.empty(len(texts), dtype=torch.float32, device=loaded.device)
             image_keys, image_values = image_keys_values(model.text_encoder.encoder.layer, states)
             cpu = loaded.device.type == "cpu"
-            for chunk in self._chunks(lengths):
+            for chunk in length_chunks(lengths, self.text_batch_size):
                 width = int(lengths[chunk].max())
                 with TEXT_CHUNKS.run(len(chunk) * width) if cpu else nullcontext():
                     ids = input_ids[chunk, :width]

@@ -32,12 +32,15 @@ from models.finetune import phrases
 from models.finetune.data import TrainingPairs, read_pairs
 from models.finetune.losses import (
     IGNORE,
+    ITM_CHUNK_ROWS,
     NO_NEGATIVE,
     ExtraTexts,
+    ItmPairs,
     Temperature,
     caption_labels,
     captioner_loss,
     filter_losses,
+    itm_logits,
     itm_pairs,
     same_group,
     sample_hard_negatives,
@@ -247,6 +250,42 @@ def test_filter_losses_of_a_batch_of_one_group_use_its_positives_only(
         matching = _match_probability(loaded, pixels, pairs32.texts[:4])
     # Cross-entropy over the four matching pairs labelled as matches, and nothing else.
     assert float(losses.itm) == pytest.approx(float(-matching.log().mean()), rel=1e-4)
+
+
+def test_itm_logits_in_length_chunks_match_one_padded_pass_and_keep_their_labels(
+    pairs32: TrainingPairs,
+) -> None:
+    """Pairs of mixed text lengths, more than one chunk: every pair's logits are those of one
+    padded pass over all pairs, and each comes with its own label."""
+    torch.manual_seed(0)
+    loaded = prepare_base("filter", "tiny", pairs32.texts, "cpu")
+    model = loaded.model.eval()
+    texts = [
+        " ".join(text.split()[: 2 + i % 9]) + (" and" + " " + text) * (i % 3)
+        for i, text in enumerate(pairs32.texts * 5)
+    ]
+    ids, mask = _tokenize(loaded, texts)
+    ids[:, 0] = loaded.tokenizer.convert_tokens_to_ids(ENC_TOKEN)
+    n = len(texts)
+    pairs = ItmPairs(
+        images=torch.arange(n) % len(pairs32), texts=torch.arange(n), labels=torch.arange(n)
+    )
+    with torch.no_grad():
+        embeds = model.vision_model(pixel_values=pixel_values(pairs32.pixels, loaded))
+        embeds = embeds.last_hidden_state
+        logits, labels = itm_logits(model, embeds, pairs, ids, mask)
+        images = embeds[pairs.images]
+        whole = model.text_encoder(
+            input_ids=ids,
+            attention_mask=mask,
+            encoder_hidden_states=images,
+            encoder_attention_mask=torch.ones(images.shape[:2], dtype=torch.long),
+        ).last_hidden_state
+        expected = model.itm_head(whole[:, 0, :])
+    assert n > ITM_CHUNK_ROWS
+    assert len(set(mask.sum(dim=1).tolist())) > 5
+    assert sorted(labels.tolist()) == list(range(n))
+    torch.testing.assert_close(logits, expected[labels], rtol=1e-4, atol=1e-5)
 
 
 def test_read_pairs_skips_bad_rows_and_names_missing_columns(tmp_path: Path, clean: Path) -> None:

@@ -21,8 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
 
+from models.length_chunks import length_chunks
+
 LABEL_SMOOTHING = 0.1
 IGNORE = -100
+#: Most ITM pairs encoded at once in finetuning (chunks of similar text length).
+ITM_CHUNK_ROWS = 64
 
 
 def caption_labels(
@@ -183,6 +187,36 @@ def _pad_to(tokens: torch.Tensor, width: int) -> torch.Tensor:
     return F.pad(tokens, (0, width - tokens.size(1)), value=0)
 
 
+def itm_logits(
+    model: BlipForImageTextRetrieval,
+    image_embeds: torch.Tensor,
+    pairs: ItmPairs,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ITM logits of ``pairs`` (``input_ids`` and ``attention_mask``: one row per pair, [ENC]
+    first) and their labels, in the same order: the pairs are encoded in chunks of similar
+    text length (:mod:`models.length_chunks`), so that the extra texts' long tail does not pad
+    every pair."""
+    lengths = attention_mask.sum(dim=1)
+    logits, order = [], []
+    for chunk in length_chunks(lengths, ITM_CHUNK_ROWS):
+        width = int(lengths[chunk].max())
+        images = image_embeds[pairs.images[chunk]]
+        hidden = model.text_encoder(
+            input_ids=input_ids[chunk, :width],
+            attention_mask=attention_mask[chunk, :width],
+            encoder_hidden_states=images,
+            encoder_attention_mask=torch.ones(
+                images.shape[:2], dtype=torch.long, device=images.device
+            ),
+        ).last_hidden_state
+        logits.append(model.itm_head(hidden[:, 0, :]))
+        order.append(chunk)
+    labels = pairs.labels.to(image_embeds.device)[torch.cat(order)]
+    return torch.cat(logits), labels
+
+
 def filter_losses(
     model: BlipForImageTextRetrieval,
     temperature: Temperature,
@@ -230,13 +264,6 @@ def filter_losses(
         mask = torch.cat([_pad_to(mask, width), _pad_to(extra.attention_mask, width)])
     enc_ids = ids[pairs.texts].clone()
     enc_ids[:, 0] = enc_token_id
-    images = image_embeds[pairs.images]
-    hidden = model.text_encoder(
-        input_ids=enc_ids,
-        attention_mask=mask[pairs.texts],
-        encoder_hidden_states=images,
-        encoder_attention_mask=torch.ones(images.shape[:2], dtype=torch.long, device=images.device),
-    ).last_hidden_state
-    logits = model.itm_head(hidden[:, 0, :])
-    itm = F.cross_entropy(logits, pairs.labels.to(logits.device))
+    logits, labels = itm_logits(model, image_embeds, pairs, enc_ids, mask[pairs.texts])
+    itm = F.cross_entropy(logits, labels)
     return FilterLosses(itc=itc, itm=itm)
