@@ -35,7 +35,6 @@ from models.finetune.losses import (
     ITM_CHUNK_ROWS,
     NO_NEGATIVE,
     ExtraTexts,
-    ItmPairs,
     Temperature,
     caption_labels,
     captioner_loss,
@@ -60,10 +59,17 @@ from models.finetune.text_negatives import (
     restate_place,
     reword,
     shuffle_words,
+    text_domain,
     truncate_words,
     unreadable,
 )
-from models.finetune.train import PROMPT, _prompt_length, _tokenize, prepare_base
+from models.finetune.train import (
+    PROMPT,
+    _prompt_length,
+    _tokenize,
+    evaluate_filter,
+    prepare_base,
+)
 from models.finetune.warm_start import filter_from_captioner
 from models.loading import load_captioner, load_filter
 from models.preprocess import pixel_values
@@ -252,11 +258,11 @@ def test_filter_losses_of_a_batch_of_one_group_use_its_positives_only(
     assert float(losses.itm) == pytest.approx(float(-matching.log().mean()), rel=1e-4)
 
 
-def test_itm_logits_in_length_chunks_match_one_padded_pass_and_keep_their_labels(
+def test_itm_logits_in_length_chunks_match_one_padded_pass_with_their_order(
     pairs32: TrainingPairs,
 ) -> None:
     """Pairs of mixed text lengths, more than one chunk: every pair's logits are those of one
-    padded pass over all pairs, and each comes with its own label."""
+    padded pass over all pairs, at the position the returned order gives."""
     torch.manual_seed(0)
     loaded = prepare_base("filter", "tiny", pairs32.texts, "cpu")
     model = loaded.model.eval()
@@ -267,14 +273,12 @@ def test_itm_logits_in_length_chunks_match_one_padded_pass_and_keep_their_labels
     ids, mask = _tokenize(loaded, texts)
     ids[:, 0] = loaded.tokenizer.convert_tokens_to_ids(ENC_TOKEN)
     n = len(texts)
-    pairs = ItmPairs(
-        images=torch.arange(n) % len(pairs32), texts=torch.arange(n), labels=torch.arange(n)
-    )
+    rows = torch.arange(n) % len(pairs32)
     with torch.no_grad():
         embeds = model.vision_model(pixel_values=pixel_values(pairs32.pixels, loaded))
         embeds = embeds.last_hidden_state
-        logits, labels = itm_logits(model, embeds, pairs, ids, mask)
-        images = embeds[pairs.images]
+        logits, order = itm_logits(model, embeds, rows, ids, mask)
+        images = embeds[rows]
         whole = model.text_encoder(
             input_ids=ids,
             attention_mask=mask,
@@ -284,8 +288,22 @@ def test_itm_logits_in_length_chunks_match_one_padded_pass_and_keep_their_labels
         expected = model.itm_head(whole[:, 0, :])
     assert n > ITM_CHUNK_ROWS
     assert len(set(mask.sum(dim=1).tolist())) > 5
-    assert sorted(labels.tolist()) == list(range(n))
-    torch.testing.assert_close(logits, expected[labels], rtol=1e-4, atol=1e-5)
+    assert sorted(order.tolist()) == list(range(n))
+    torch.testing.assert_close(logits, expected[order], rtol=1e-4, atol=1e-5)
+
+
+def test_evaluation_of_the_bundled_filter_reads_its_itm_right(tmp_path: Path) -> None:
+    """The held-out evaluation's ITM rates (through the length-chunked encoding) are those of
+    a filter trained for them: matches accepted, hard and composition negatives rejected."""
+    loaded = load_filter(str(BUNDLED_FILTER), device="cpu")
+    split = make_clean_split(200, 31, tmp_path / "heldout.parquet")
+    pairs = read_pairs(split, loaded.image_size, group_column="scene")
+    metrics = evaluate_filter(loaded, pairs, domain=text_domain("shapes"), seed=0)
+    assert metrics["itm_accept_matching"] >= 0.95
+    assert metrics["itm_reject_hard_negative"] >= 0.9
+    assert metrics["itm_reject_composition"] >= 0.75
+    assert metrics["itm_reject_unreadable"] >= 0.95
+    assert metrics["itm_accept_reworded"] >= 0.85
 
 
 def test_read_pairs_skips_bad_rows_and_names_missing_columns(tmp_path: Path, clean: Path) -> None:

@@ -190,31 +190,32 @@ def _pad_to(tokens: torch.Tensor, width: int) -> torch.Tensor:
 def itm_logits(
     model: BlipForImageTextRetrieval,
     image_embeds: torch.Tensor,
-    pairs: ItmPairs,
+    images: torch.Tensor,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """ITM logits of ``pairs`` (``input_ids`` and ``attention_mask``: one row per pair, [ENC]
-    first) and their labels, in the same order: the pairs are encoded in chunks of similar
-    text length (:mod:`models.length_chunks`), so that the extra texts' long tail does not pad
-    every pair."""
+    """ITM logits of text ``k`` (``input_ids[k]``, [ENC] first) against image ``images[k]``
+    (a row of ``image_embeds``), and the ``k`` of each logits row.
+
+    The pairs are encoded in chunks of similar text length (:mod:`models.length_chunks`), so
+    a long tail of texts does not pad every pair; the logits come in chunk order.
+    """
     lengths = attention_mask.sum(dim=1)
     logits, order = [], []
     for chunk in length_chunks(lengths, ITM_CHUNK_ROWS):
         width = int(lengths[chunk].max())
-        images = image_embeds[pairs.images[chunk]]
+        states = image_embeds[images[chunk]]
         hidden = model.text_encoder(
             input_ids=input_ids[chunk, :width],
             attention_mask=attention_mask[chunk, :width],
-            encoder_hidden_states=images,
+            encoder_hidden_states=states,
             encoder_attention_mask=torch.ones(
-                images.shape[:2], dtype=torch.long, device=images.device
+                states.shape[:2], dtype=torch.long, device=states.device
             ),
         ).last_hidden_state
         logits.append(model.itm_head(hidden[:, 0, :]))
         order.append(chunk)
-    labels = pairs.labels.to(image_embeds.device)[torch.cat(order)]
-    return torch.cat(logits), labels
+    return torch.cat(logits), torch.cat(order)
 
 
 def filter_losses(
@@ -264,6 +265,6 @@ def filter_losses(
         mask = torch.cat([_pad_to(mask, width), _pad_to(extra.attention_mask, width)])
     enc_ids = ids[pairs.texts].clone()
     enc_ids[:, 0] = enc_token_id
-    logits, labels = itm_logits(model, image_embeds, pairs, enc_ids, mask[pairs.texts])
-    itm = F.cross_entropy(logits, labels)
+    logits, order = itm_logits(model, image_embeds, pairs.images, enc_ids, mask[pairs.texts])
+    itm = F.cross_entropy(logits, pairs.labels.to(logits.device)[order])
     return FilterLosses(itc=itc, itm=itm)

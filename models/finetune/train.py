@@ -28,7 +28,13 @@ from transformers import (
 from curation.caption_settings import CaptionSettings
 from curation.storage import Location
 from models.finetune.data import TrainingPairs, read_pairs
-from models.finetune.losses import ExtraTexts, Temperature, captioner_loss, filter_losses
+from models.finetune.losses import (
+    ExtraTexts,
+    Temperature,
+    captioner_loss,
+    filter_losses,
+    itm_logits,
+)
 from models.finetune.model_card import write_model_card
 from models.finetune.settings import FinetuneSettings, ModelKind
 from models.finetune.text_negatives import (
@@ -356,20 +362,10 @@ def evaluate_filter(
         """ITM probability of text ``k`` against image ``rows[k]``."""
         text_ids = text_ids.clone()
         text_ids[:, 0] = enc_id
-        probs = []
-        for start in range(0, len(rows), batch_size):
-            chunk = slice(start, start + batch_size)
-            images = embeds_all[rows[chunk]]
-            hidden = model.text_encoder(
-                input_ids=text_ids[chunk],
-                attention_mask=text_mask[chunk],
-                encoder_hidden_states=images,
-                encoder_attention_mask=torch.ones(
-                    images.shape[:2], dtype=torch.long, device=sim.device
-                ),
-            ).last_hidden_state
-            probs.append(model.itm_head(hidden[:, 0]).softmax(-1)[:, 1])
-        return torch.cat(probs)
+        logits, order = itm_logits(model, embeds_all, rows, text_ids, text_mask)
+        probs = torch.empty(len(rows), device=logits.device)
+        probs[order] = logits.softmax(-1)[:, 1]
+        return probs
 
     rows = torch.arange(n, device=sim.device)
     metrics = {
