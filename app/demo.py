@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-#: Seed of the demo's web split; the bundled models were trained on seeds 1, 2 and 3.
+#: Seed of the demo's web split; the bundled models were trained on seeds 1 to 11.
 DEMO_SEED = 20261127
 DEMO_ROWS = 1000
 #: Background shading (grey levels): gives every generated image its own perceptual hash,
