@@ -278,14 +278,7 @@ def test_itm_logits_in_length_chunks_match_one_padded_pass_with_their_order(
         embeds = model.vision_model(pixel_values=pixel_values(pairs32.pixels, loaded))
         embeds = embeds.last_hidden_state
         logits, order = itm_logits(model, embeds, rows, ids, mask)
-        images = embeds[rows]
-        whole = model.text_encoder(
-            input_ids=ids,
-            attention_mask=mask,
-            encoder_hidden_states=images,
-            encoder_attention_mask=torch.ones(images.shape[:2], dtype=torch.long),
-        ).last_hidden_state
-        expected = model.itm_head(whole[:, 0, :])
+        expected = _one_pass_itm_logits(model, embeds[rows], ids, mask)
     assert n > ITM_CHUNK_ROWS
     assert len(set(mask.sum(dim=1).tolist())) > 5
     assert sorted(order.tolist()) == list(range(n))
@@ -764,13 +757,20 @@ def _match_probability(loaded, pixels: torch.Tensor, texts: list[str]) -> torch.
     model = loaded.model
     with torch.no_grad():
         images = model.vision_model(pixel_values=pixels).last_hidden_state
-        hidden = model.text_encoder(
-            input_ids=ids,
-            attention_mask=mask,
-            encoder_hidden_states=images,
-            encoder_attention_mask=torch.ones(images.shape[:2], dtype=torch.long),
-        ).last_hidden_state
-        return model.itm_head(hidden[:, 0]).softmax(-1)[:, 1]
+        return _one_pass_itm_logits(model, images, ids, mask).softmax(-1)[:, 1]
+
+
+def _one_pass_itm_logits(
+    model, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """ITM logits of every row in one pass through the stock text encoder."""
+    hidden = model.text_encoder(
+        input_ids=ids,
+        attention_mask=mask,
+        encoder_hidden_states=images,
+        encoder_attention_mask=torch.ones(images.shape[:2], dtype=torch.long),
+    ).last_hidden_state
+    return model.itm_head(hidden[:, 0])
 
 
 def test_truncated_negatives_teach_the_filter_to_reject_cut_texts(pairs32: TrainingPairs) -> None:
