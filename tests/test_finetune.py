@@ -17,6 +17,7 @@ from transformers import BlipForImageTextRetrieval
 
 from app.finetune import finetune_command
 from curation.errors import InputError, UsageError
+from curation.reasons import Reason
 from curation.shapes import (
     COLOURS,
     SIZE_WORDS,
@@ -29,7 +30,7 @@ from curation.shapes import (
 )
 from models.captioner import Captioner, CaptionSettings
 from models.finetune import phrases
-from models.finetune.data import TrainingPairs, read_pairs
+from models.finetune.data import TrainingPairs, describe_skipped, read_pairs
 from models.finetune.losses import (
     IGNORE,
     ITM_CHUNK_ROWS,
@@ -299,16 +300,48 @@ def test_evaluation_of_the_bundled_filter_reads_its_itm_right(tmp_path: Path) ->
     assert metrics["itm_accept_reworded"] >= 0.85
 
 
-def test_read_pairs_skips_bad_rows_and_names_missing_columns(tmp_path: Path, clean: Path) -> None:
-    table = pq.read_table(clean).slice(0, 3).to_pylist()
+def _mixed_file(clean: Path, path: Path) -> Path:
+    """Six rows of ``clean``: three usable, one undecodable, one without an image, one with a
+    blank text; two usable rows have no scene."""
+    table = pq.read_table(clean).slice(0, 6).to_pylist()
     table[1]["image"] = b"not an image"
     table[2]["text"] = "  ...  "
-    path = tmp_path / "mixed.parquet"
+    table[3]["image"] = None
+    table[4]["scene"] = table[5]["scene"] = None
     pq.write_table(pa.Table.from_pylist(table), path)
-    pairs = read_pairs(path, 32)
-    assert len(pairs) == 1 and pairs.pixels.shape == (1, 32, 32, 3)
+    return path
+
+
+def test_read_pairs_counts_skipped_rows_by_reason_and_names_missing_columns(
+    tmp_path: Path, clean: Path
+) -> None:
+    path = _mixed_file(clean, tmp_path / "mixed.parquet")
+    pairs = read_pairs(path, 32, group_column="scene")
+    assert len(pairs) == 3 and pairs.pixels.shape == (3, 32, 32, 3)
+    assert pairs.skipped == {Reason.UNDECODABLE: 1, Reason.EMPTY_TEXT: 1, Reason.MISSING_IMAGE: 1}
+    assert describe_skipped(pairs.skipped).startswith("3 rows skipped: 1 ")
+    # rows without a group match no other row, not each other
+    assert len(set(pairs.groups.tolist())) == 3
     with pytest.raises(InputError, match="'caption'"):
         read_pairs(path, 32, text_column="caption")
+    table = pq.read_table(path).slice(1, 3)
+    pq.write_table(table, tmp_path / "bad.parquet")
+    with pytest.raises(InputError, match="no usable .*3 rows skipped"):
+        read_pairs(tmp_path / "bad.parquet", 32)
+
+
+def test_finetune_reports_skipped_rows_and_records_them_in_the_model_card(
+    tmp_path: Path, clean: Path
+) -> None:
+    path = _mixed_file(clean, tmp_path / "mixed.parquet")
+    out = tmp_path / "filter"
+    args = ["filter", "--train", str(path), "--out", str(out), "--base", "tiny"]
+    args += ["--max-steps", "1", "--batch-size", "2", "--holdout", "0", "--device", "cpu"]
+    result = CliRunner().invoke(finetune_command, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    line = "3 rows skipped: 1 undecodable, 1 empty_text, 1 missing_image"
+    assert line in result.output
+    assert f"- {line}" in (out / "README.md").read_text()
 
 
 def test_finetuned_preset_folders_reload_score_and_caption(tmp_path: Path, clean: Path) -> None:

@@ -8,13 +8,15 @@ when curating.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from curation.decode import DecodeError, decode_image
 from curation.errors import InputError
+from curation.reasons import Reason
 from models.finetune.settings import training_file
 from models.scorer import normalize_text
 
@@ -25,11 +27,13 @@ class TrainingPairs:
 
     Pairs with the same ``groups`` value describe the same content (for example the same
     image with several captions); the filter's losses treat them as matches of each other.
+    ``skipped`` counts the rows of the file left out, by reason.
     """
 
     pixels: np.ndarray
     texts: list[str]
     groups: np.ndarray | None
+    skipped: Counter[Reason] = field(default_factory=Counter)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -68,8 +72,10 @@ def read_pairs(
 ) -> TrainingPairs:
     """Read, decode and normalise up to ``limit`` (image, text) pairs from a Parquet file.
 
-    Rows whose image does not decode or whose text is empty after normalisation are skipped;
-    a missing column raises :class:`InputError` naming the file and the column.
+    Rows whose image is missing or does not decode, or whose text is empty after
+    normalisation, are skipped and counted by reason (:attr:`TrainingPairs.skipped`); a row
+    with no group value is a group of its own. A missing column raises :class:`InputError`
+    naming the file and the column, and so does a file with no usable pair.
     """
     location = training_file(str(path))
     columns = [image_column, text_column] + ([group_column] if group_column else [])
@@ -83,23 +89,38 @@ def read_pairs(
     if limit is not None:
         table = table.slice(0, limit)
     images, texts, group_values = [], [], []
-    for row in table.to_pylist():
-        data = _image_bytes(row[image_column])
+    skipped: Counter[Reason] = Counter()
+    for index, row in enumerate(table.to_pylist()):
         text = normalize_text(row[text_column] or "")
-        if data is None or not text:
+        if not text:
+            skipped[Reason.EMPTY_TEXT] += 1
             continue
         try:
-            decoded = decode_image(data, image_size)
-        except DecodeError:
+            decoded = decode_image(_image_bytes(row[image_column]), image_size)
+        except DecodeError as err:
+            skipped[err.reason] += 1
             continue
         images.append(decoded.pixels)
         texts.append(text)
         if group_column:
-            group_values.append(str(row[group_column]))
+            value = row[group_column]
+            # A missing group matches no other row: it must not join the other missing ones.
+            group_values.append(("row", index) if value is None else ("value", str(value)))
     if not texts:
-        raise InputError(f"{path}: no usable (image, text) pairs")
+        raise InputError(
+            f"{path}: no usable (image, text) pairs ({describe_skipped(skipped) or 'no rows'})"
+        )
     groups = None
     if group_column:
         codes = {value: i for i, value in enumerate(dict.fromkeys(group_values))}
         groups = np.array([codes[v] for v in group_values], dtype=np.int64)
-    return TrainingPairs(pixels=np.stack(images), texts=texts, groups=groups)
+    return TrainingPairs(pixels=np.stack(images), texts=texts, groups=groups, skipped=skipped)
+
+
+def describe_skipped(skipped: Counter[Reason]) -> str:
+    """``"3 rows skipped: 2 undecodable, 1 empty_text"`` (most frequent first), or ``""``."""
+    total = sum(skipped.values())
+    if not total:
+        return ""
+    reasons = ", ".join(f"{count} {reason}" for reason, count in skipped.most_common())
+    return f"{total} row{'s' if total != 1 else ''} skipped: {reasons}"

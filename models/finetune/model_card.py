@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from models.finetune.data import describe_skipped
 from models.finetune.settings import DomainName, FinetuneSettings, ModelKind
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ def render_model_card(result: TrainResult, settings: FinetuneSettings, command: 
         f"- training file: `{Path(train_path).name}`",
         f"- pairs: {result.train_pairs} for training, {result.heldout_pairs} held out"
         f" ({settings.holdout:.0%}, seed {settings.seed})",
+        f"- {describe_skipped(result.skipped) or 'no rows skipped'}",
         "",
         "## Training",
         "",

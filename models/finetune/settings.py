@@ -85,7 +85,7 @@ class FinetuneSettings(Settings):
     text_column: str = flag("Column with the text.", default="text")
     group_column: str | None = flag(
         "Rows with equal values here show the same content (never drawn as each other's "
-        "negatives).",
+        "negatives); a row with no value is a group of its own.",
         default=None,
     )
     seed: int = flag("Seed of the data order, the held-out split and the extra texts.", default=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,9 @@ from transformers import (
 )
 
 from curation.caption_settings import CaptionSettings
+from curation.reasons import Reason
 from curation.storage import Location
-from models.finetune.data import TrainingPairs, read_pairs
+from models.finetune.data import TrainingPairs, describe_skipped, read_pairs
 from models.finetune.losses import (
     ExtraTexts,
     Temperature,
@@ -78,6 +80,7 @@ class TrainResult:
     final_losses: dict[str, float]
     evaluation: dict[str, float]
     examples: list[tuple[str, str]] = field(default_factory=list)
+    skipped: Counter[Reason] = field(default_factory=Counter)
 
 
 def is_preset(base: str) -> bool:
@@ -446,6 +449,8 @@ def finetune(
     train_pairs, heldout = pairs.split(settings.holdout, settings.seed)
     lr = settings.learning_rate(from_preset=is_preset(base))
     if progress is not None:
+        if pairs.skipped:
+            progress(f"{settings.train}: {describe_skipped(pairs.skipped)}")
         progress(
             f"finetuning {kind} from {base} on {len(train_pairs)} pairs "
             f"({len(heldout)} held out), image size {loaded.image_size}, device {loaded.device}"
@@ -470,6 +475,7 @@ def finetune(
         final_losses=final,
         evaluation=evaluation,
         examples=examples,
+        skipped=pairs.skipped,
     )
     with Location(settings.out).writing_folder() as folder:
         save(loaded, folder, settings.save_dtype)
