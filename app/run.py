@@ -11,6 +11,7 @@ from app.options import settings_options
 from curation.audit.warnings import run_warnings
 from curation.config import RunConfig, build_config
 from curation.errors import DATA_CHECK_FAILED
+from curation.texts import printable
 
 if TYPE_CHECKING:  # the runner imports Beam, which flag errors must not wait for
     from pipelines.runner import RunResult
@@ -47,13 +48,14 @@ def print_summary(result: RunResult, stream: TextIO | None = None) -> None:
         f" ({images['indexed_this_round']} added by this round)\n"
     )
     for warning in run_warnings(result.out_dir):
-        write(f"  warning: {warning.message}\n")
+        write(f"  warning: {printable(warning.message, 1000)}\n")
     errors = m["errors"]
     if errors["count"]:
         write(f"  errors: {errors['count']} rows; for example:\n")
         for example in errors["examples"]:
+            key, source = printable(example["key"], 120), printable(example["source_file"])
             write(
-                f"    {example['key']} ({example['source_file']} row {example['source_row']}): {example['detail']}\n"
+                f"    {key} ({source} row {example['source_row']}): {printable(example['detail'])}\n"
             )
 
 

@@ -21,6 +21,7 @@ from curation.layout import Layout, check_inputs
 from curation.reader import ImageFiles, iter_pairs, row_group_sizes
 from curation.reasons import Reason
 from curation.screen import KeyRegistry, Rejection, ScreenSettings, has_text, screen_pair
+from curation.texts import printable
 
 OK = "ok"
 #: Every outcome inspect reports, in the order the rules apply.
@@ -131,27 +132,38 @@ def inspect_input(
 
 
 def format_report(report: InspectReport) -> str:
-    """A readable summary: layout, files, rows and a table of counts per outcome."""
+    """A readable summary: layout, files, rows and a table of counts per outcome.
+
+    Names and values from the data (columns, paths, keys, details) are printed through
+    :func:`curation.texts.printable`, so no control sequence in them reaches the terminal.
+    """
     layout = report.layout
     lines = [
         f"layout:       {layout.kind}",
-        f"image column: {layout.image_column}"
+        f"image column: {printable(layout.image_column)}"
         + (" (struct bytes/path)" if layout.image_is_struct else ""),
-        f"text column:  {layout.text_column}",
-        f"key column:   {layout.key_column or '(derived from file path and row)'}",
+        f"text column:  {printable(layout.text_column)}",
+        "key column:   "
+        + (
+            printable(layout.key_column)
+            if layout.key_column
+            else "(derived from file path and row)"
+        ),
     ]
     if layout.status_column:
         lines.append(
-            f"status:       {layout.status_column}, {layout.error_column or 'no error column'}"
+            f"status:       {printable(layout.status_column)}, "
+            + (printable(layout.error_column) if layout.error_column else "no error column")
         )
-    passthrough = ", ".join(layout.passthrough.names) or "(none)"
+    passthrough = ", ".join(printable(name) for name in layout.passthrough.names) or "(none)"
     lines.append(f"passthrough:  {passthrough}")
     for source, target in layout.renamed:
         lines.append(
-            f"              {source} is written as {target} (an output column has its name)"
+            f"              {printable(source)} is written as {printable(target)} (an output "
+            "column has its name)"
         )
     lines.append(f"files:        {len(report.files)}")
-    lines += [f"  {path}  {report.file_rows.get(path, 0)} rows" for path in report.files]
+    lines += [f"  {printable(path)}  {report.file_rows.get(path, 0)} rows" for path in report.files]
     lines.append(f"rows:         {report.rows}")
     lines.append("")
     width = max(len(name) for name in report.counts)
@@ -163,9 +175,11 @@ def format_report(report: InspectReport) -> str:
         lines.append("")
         lines.append(f"{name} examples:")
         lines += [
-            f"  {e['key']}: {e['detail']}" if e["detail"] else f"  {e['key']}"
+            f"  {printable(e['key'], 120)}: {printable(e['detail'])}"
+            if e["detail"]
+            else f"  {printable(e['key'], 120)}"
             for e in report.examples[name]
         ]
     for note in report.notes:
-        lines.append(f"note: {note}")
+        lines.append(f"note: {printable(note, 1000)}")
     return "\n".join(lines)

@@ -94,6 +94,23 @@ def _removed() -> re.Pattern[str]:
     return re.compile("[" + "".join(ranges) + "]")
 
 
+def printable(value: object, max_chars: int = 300) -> str:
+    """``value`` as one line that is safe to print on a terminal: every character Python does
+    not call printable (controls such as ESC, line breaks, bidirectional overrides and other
+    format characters, surrogates) escaped as ``\\x1b``, ``\\n``, ``\\u202e``; cut to
+    ``max_chars`` characters with the count of the rest."""
+    text = str(value)
+    cut = len(text) - max_chars
+    if cut > 0:
+        text = text[:max_chars]
+    if not text.isprintable():
+        text = "".join(
+            char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+            for char in text
+        )
+    return text + (f"... ({cut} more characters)" if cut > 0 else "")
+
+
 def _count(number: int, thing: str) -> str:
     if number == 1:
         return f"1 {thing}"

@@ -322,7 +322,7 @@ def test_a_failing_stage_records_error_decisions_and_the_run_finishes(
 
     def failing_decide(group, scores, **kw):  # noqa: ANN001, ANN202
         if group.key == "k4":
-            raise ValueError("cannot decide k4")
+            raise ValueError("cannot decide k4\x1b]0;title\x07\x1b[2J")
         return decide(group, scores, **kw)
 
     monkeypatch.setattr(pipelines.inference, "decode_image", failing_decode)
@@ -337,7 +337,7 @@ def test_a_failing_stage_records_error_decisions_and_the_run_finishes(
     assert sorted(web) == sorted(images) and all(len(v) == 1 for v in web.values())
     assert web["k1"][0]["reason"] == "error"
     assert web["k1"][0]["detail"] == "pixels: MemoryError: no room for this one"
-    assert web["k4"][0]["detail"] == "decide: ValueError: cannot decide k4"
+    assert web["k4"][0]["detail"] == "decide: ValueError: cannot decide k4\x1b]0;title\x07\x1b[2J"
     assert not [
         d
         for d in pq.read_table(out / "decisions").to_pylist()
@@ -353,6 +353,9 @@ def test_a_failing_stage_records_error_decisions_and_the_run_finishes(
     )  # fmt: skip
     assert strict.exit_code == 3 and "--max-error-rate" in strict.stderr
     assert "errors: 2 rows" in strict.stdout and (tmp_path / "strict" / "manifest.json").exists()
+    # the error's text comes from the data: printed escaped, never as control sequences
+    assert "\x1b" not in strict.stdout and "\x07" not in strict.stdout
+    assert "cannot decide k4\\x1b]0;title\\x07\\x1b[2J" in strict.stdout
 
 
 def _guarded_stages() -> list[tuple[str, str, str]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from images import (
@@ -149,6 +151,23 @@ def test_cli_prints_layout_files_and_a_table(mixed_folder: Path) -> None:
     }
     for outcome, count in EXPECTED.items():
         assert lines[outcome] == str(count)
+
+
+def test_cli_prints_keys_and_details_from_the_data_escaped(tmp_path: Path) -> None:
+    good = jpeg_bytes(gradient(32, 32))
+    table = pa.table(
+        {
+            "key": ["\x1b]0;title\x07\x1b[2Jk", "\x1b]0;title\x07\x1b[2Jk", "abc\u202etxt"],
+            "jpg": [good, good, good],
+            "caption": ["a", "b", ""],
+        }
+    )
+    pq.write_table(table, tmp_path / "in.parquet")
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert not any(char in result.stdout for char in "\x1b\x07\u202e")
+    assert "\n  \\x1b]0;title\\x07\\x1b[2Jk: key '\\x1b]0;title" in result.stdout
+    assert "abc\\u202etxt" in result.stdout
 
 
 def test_cli_json_is_one_object_with_the_counts(mixed_folder: Path) -> None:

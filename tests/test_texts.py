@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from curation.texts import DEFAULT_MAX_CHARS, REPLACEMENT, ModelText, model_text, stored_text
+from curation.texts import (
+    DEFAULT_MAX_CHARS,
+    REPLACEMENT,
+    ModelText,
+    model_text,
+    printable,
+    stored_text,
+)
 
 
 def test_valid_texts_are_stored_unchanged() -> None:
@@ -96,7 +103,7 @@ def test_texts_empty_after_cleaning_are_empty(text: str | None) -> None:
     assert model_text(text).text == ""
 
 
-@settings(max_examples=300, derandomize=True, database=None)
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
 @given(text=st.text(st.characters(codec=None)), max_chars=st.integers(1, 64))
 def test_model_texts_are_printable_bounded_and_stable(text: str, max_chars: int) -> None:
     cleaned = model_text(text, max_chars).text
@@ -111,3 +118,15 @@ def test_model_texts_are_printable_bounded_and_stable(text: str, max_chars: int)
 def _unassigned(char: str) -> bool:
     """Private-use and unassigned characters stay: the models' tokenizers decide on them."""
     return unicodedata.category(char) in ("Co", "Cn")
+
+
+def test_printable_escapes_what_a_terminal_would_act_on_and_bounds_the_length() -> None:
+    hostile = "key\x1b]0;title\x07\x1b[2J\r\nabc\u202etxt.exe\u200b\ud800"
+    out = printable(hostile)
+    assert out == "key\\x1b]0;title\\x07\\x1b[2J\\r\\nabc\\u202etxt.exe\\u200b\\ud800"
+    assert out.isprintable()
+    assert (
+        printable("Café 東京 🐕 \u0627\u0644") == "Café 東京 🐕 \u0627\u0644"
+    )  # readable text stays
+    assert printable("x" * 500, 100) == "x" * 100 + "... (400 more characters)"
+    assert printable(None) == "None" and printable(12) == "12"

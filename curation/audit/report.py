@@ -32,6 +32,11 @@ from curation.reasons import Reason, TextOrigin
 REPORT_NAME = "report.html"
 #: Characters of a text shown on a card (the page stays small whatever the data).
 TEXT_CHARS = 300
+#: A text is shown up to this many lines (a flood of line breaks stays one card's height).
+TEXT_LINES = 8
+#: Keys and decision details are shown up to this many characters.
+KEY_CHARS = 100
+DETAIL_CHARS = 200
 MAX_SOURCES = 50
 MAX_INPUTS = 20
 ORIGINS = (TextOrigin.WEB.value, TextOrigin.SYNTHETIC.value)
@@ -63,12 +68,12 @@ td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .muted{color:#666}.warnings{background:#fff3e0;border:1px solid #ef6c00;padding:8px 16px}
 .warnings li{margin:4px 0}.ok{background:#e8f5e9;border:1px solid #2e7d32;padding:8px 16px}
-.cards{display:flex;flex-wrap:wrap;gap:10px}
+.cards{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start}
 .card{width:176px;border:1px solid #ddd;border-radius:4px;padding:6px;margin:0;background:#fafafa}
 .card img,.noimg{display:block;max-width:128px;max-height:128px;margin:0 auto 4px}
 .noimg{width:128px;height:64px;background:#eee;color:#666;font-size:11px;padding:4px;
 overflow:hidden;box-sizing:border-box}
-.text{word-wrap:break-word;overflow-wrap:anywhere;white-space:pre-wrap}
+.text{word-wrap:break-word;overflow-wrap:anywhere;white-space:pre-wrap;max-height:12em;overflow:auto}
 .meta,.key{font-size:12px;color:#555;overflow-wrap:anywhere}
 .kept{color:#2e7d32;font-weight:600}.dropped{color:#c62828;font-weight:600}
 .cluster{display:flex;gap:10px;align-items:flex-start;margin:8px 0;padding:6px;border:1px solid #eee}
@@ -144,10 +149,22 @@ def _share(part: int, whole: int) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "-"
 
 
-def _clip(text: str | None) -> str:
+def _clip(text: object, chars: int = TEXT_CHARS) -> str:
+    """``text`` cut to ``chars`` characters and :data:`TEXT_LINES` lines, "…" where cut."""
     if text is None:
         return ""
-    return text if len(text) <= TEXT_CHARS else text[:TEXT_CHARS] + "…"
+    text = str(text)
+    clipped = text[:chars]
+    lines = clipped.split("\n", TEXT_LINES)
+    if len(lines) > TEXT_LINES:
+        clipped = "\n".join(lines[:TEXT_LINES])
+    return clipped if clipped == text else clipped + "…"
+
+
+def _data(value: object, chars: int) -> Markup:
+    """A value from the data, clipped and isolated (``<bdi>``): its bidirectional characters
+    cannot reorder the page's own words around it."""
+    return tag("bdi", _clip(value, chars))
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]], numeric: set[int]) -> Markup:
@@ -173,7 +190,7 @@ def _image(thumb: Thumbnail | None, alt: str) -> Markup:
 def _where(source_file: str, source_row: int) -> Markup:
     """The input file's name and row, the full path as a tooltip."""
     name = source_file.rstrip("/").rsplit("/", 1)[-1]
-    return tag("span", f"{name} row {source_row}", title=source_file)
+    return tag("span", _data(name, KEY_CHARS), f" row {source_row}", title=source_file)
 
 
 def _card(row: Mapping[str, Any], thumbs: Mapping[tuple[str, int], Thumbnail]) -> Markup:
@@ -191,7 +208,7 @@ def _card(row: Mapping[str, Any], thumbs: Mapping[tuple[str, int], Thumbnail]) -
     reason = f" {row['reason']}" if row["reason"] != row["decision"] else ""
     return tag(
         "figure",
-        _image(thumb, f"image of {row['key']}"),
+        _image(thumb, f"image of {_clip(row['key'], KEY_CHARS)}"),
         tag(
             "figcaption",
             tag("div", _clip(row.get("text")), class_="text"),
@@ -200,11 +217,11 @@ def _card(row: Mapping[str, Any], thumbs: Mapping[tuple[str, int], Thumbnail]) -
                 scores,
                 tag("span", row["decision"], class_=row["decision"]),
                 reason,
-                f" · {row['detail']}" if row.get("detail") else "",
+                (" · ", _data(row["detail"], DETAIL_CHARS)) if row.get("detail") else "",
                 class_="meta",
             ),
-            tag("div", f"{row['key']}{caption} · ", _where(row["source_file"], row["source_row"]),
-                class_="key"),
+            tag("div", _data(row["key"], KEY_CHARS), f"{caption} · ",
+                _where(row["source_file"], row["source_row"]), class_="key"),
         ),
         class_="card",
     )  # fmt: skip
@@ -420,12 +437,12 @@ def _cluster_card(key: str, data: ReportInputs, note: str, first: bool = False) 
         where, text = _where(row["source_file"], row["source_row"]), row["text"]
     return tag(
         "figure",
-        _image(thumb, f"image of {key}"),
+        _image(thumb, f"image of {_clip(key, KEY_CHARS)}"),
         tag(
             "figcaption",
             tag("div", note, class_="meta"),
             tag("div", _clip(text), class_="text"),
-            tag("div", key, " · " if where else "", where, class_="key"),
+            tag("div", _data(key, KEY_CHARS), " · " if where else "", where, class_="key"),
         ),
         class_="card first" if first else "card",
     )
@@ -511,8 +528,8 @@ def _comparison_section(diff: dict[str, Any]) -> Markup:
                 continue
             rows = [
                 (
-                    r["key"] if origin == TextOrigin.WEB.value else
-                    f"{r['image_key']} caption {r['caption_index']}",
+                    _clip(r["key"], KEY_CHARS) if origin == TextOrigin.WEB.value else
+                    f"{_clip(r['image_key'], KEY_CHARS)} caption {r['caption_index']}",
                     r.get("reason_a") or "-", r.get("reason_b") or "-",
                     _number(r.get("itm_a")), _number(r.get("itm_b")),
                 )

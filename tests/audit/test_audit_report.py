@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from audit_data import PAYLOAD_FILE, PAYLOAD_TEXTS, AuditRuns
+from audit_data import PAYLOAD_FILE, PAYLOAD_TEXTS, AuditRuns, decision, write_run
 from browser import open_browser
 from click.testing import CliRunner
 
@@ -188,3 +188,37 @@ def test_report_without_inputs_still_renders(audit_runs: AuditRuns, tmp_path: Pa
 def test_report_of_a_folder_that_is_not_a_run_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "not a finished run folder" in result.output
+
+
+def test_long_keys_line_floods_and_bidi_overrides_stay_inside_their_card(tmp_path: Path) -> None:
+    """Keys and details are clipped, texts by characters and lines, and every value from the
+    data is isolated: the page stays small, no card grows past a few hundred pixels, and a
+    right-to-left override in a key cannot reorder the page's own words after it."""
+    long_key = "k" * 200_000
+    rows = [decision(f"{long_key}{i}", "kept", itm=0.9, row=i) for i in range(20)]
+    rows += [
+        {**decision("abc\u202etxt.exe", "low_itm", itm=0.1, row=20), "detail": "x\u202ey " * 500},
+        decision("floods", "kept", itm=0.8, row=21, text="\n" * 299 + "end"),
+    ]
+    for row in rows[:20]:
+        row["detail"] = f"key {row['key']!r} already used"
+    write_run(tmp_path, rows)
+    page = Path(write_report(str(tmp_path)))
+    assert page.stat().st_size < 1_000_000
+    with open_browser() as browser:
+        view = browser.new_page()
+        view.set_viewport_size({"width": 1280, "height": 900})
+        view.goto(page.as_uri())
+        dom = view.evaluate(
+            """() => ({
+              heights: [...document.querySelectorAll('figure.card')].map(
+                c => c.getBoundingClientRect().height),
+              isolated: [...document.querySelectorAll('.key')].filter(
+                k => k.textContent.includes('\\u202e')).map(k => [
+                  [...k.querySelectorAll('bdi')].some(b => b.textContent === 'abc\\u202etxt.exe'),
+                  [...k.childNodes].some(n => n.nodeType === 3 && n.textContent.includes(' · ')),
+                ]),
+            })"""
+        )
+    assert dom["heights"] and max(dom["heights"]) < 500, dom["heights"]
+    assert dom["isolated"] and all(bdi and after for bdi, after in dom["isolated"])
