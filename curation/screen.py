@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from curation.config import InputSettings
-from curation.decode import DecodeError, decode_image
+from curation.decode import DecodedImage, DecodeError, decode_image
 from curation.reasons import Reason
 from curation.records import HashedPair, Pair
 
@@ -41,6 +41,13 @@ class ScreenSettings:
     @classmethod
     def of(cls, settings: InputSettings) -> ScreenSettings:
         return cls(settings.min_side, settings.max_pixels, tuple(settings.image_formats))
+
+    def decode(self, data: bytes | None, size: int | None = None) -> DecodedImage:
+        """:func:`~curation.decode.decode_image` under these settings: screening, the models'
+        pixels and the report's thumbnails apply the same image rules."""
+        return decode_image(
+            data, size, min_side=self.min_side, max_pixels=self.max_pixels, formats=self.formats
+        )
 
 
 @dataclass(frozen=True)
@@ -60,13 +67,7 @@ def screen_pair(pair: Pair, settings: ScreenSettings) -> HashedPair | Rejection:
         reason, detail = pair.image_issue
         return Rejection(_light(pair), reason, detail)
     try:
-        image = decode_image(
-            pair.image,
-            None,
-            min_side=settings.min_side,
-            max_pixels=settings.max_pixels,
-            formats=settings.formats,
-        )
+        image = settings.decode(pair.image)
     except DecodeError as err:
         return Rejection(_light(pair), err.reason, str(err))
     return HashedPair(_light(pair), image.sha256, image.phash, image.width, image.height)

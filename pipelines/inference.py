@@ -26,9 +26,9 @@ from apache_beam.ml.inference.base import (
 from apache_beam.pvalue import TaggedOutput
 
 from curation.config import RunConfig
-from curation.decode import decode_image
 from curation.model_cache import cache_key
 from curation.records import GroupScores, ImageGroup, Pair
+from curation.screen import ScreenSettings
 from pipelines.guarded import ERRORS, NAMESPACE, GuardedDoFn, Stage, error_detail, failure_rows
 
 
@@ -76,18 +76,25 @@ class PreparePixelsFn(GuardedDoFn):
 
     stage = Stage.PIXELS
 
-    def __init__(self, sizes: tuple[int | None, int], run_id: str, threshold: float) -> None:
+    def __init__(
+        self,
+        sizes: tuple[int | None, int],
+        screen: ScreenSettings,
+        run_id: str,
+        threshold: float,
+    ) -> None:
         super().__init__(run_id, threshold)
         self._caption_size, self._filter_size = sizes
+        self._screen = screen
 
     def apply(self, group: ImageGroup) -> Iterator[tuple[str, ModelInput]]:
-        filt = decode_image(group.image, self._filter_size).pixels
+        filt = self._screen.decode(group.image, self._filter_size).pixels
         if self._caption_size is None:
             cap = None
         elif self._caption_size == self._filter_size:
             cap = filt
         else:
-            cap = decode_image(group.image, self._caption_size).pixels
+            cap = self._screen.decode(group.image, self._caption_size).pixels
         yield cache_key(group), ModelInput(group, cap, filt)
 
     def rows_of(self, group: ImageGroup) -> Iterable[tuple[Pair, str | None]]:
@@ -249,7 +256,7 @@ class CaptionAndScore(beam.PTransform):
     def expand(self, groups: beam.PCollection) -> dict[str, beam.PCollection]:
         c, run_id = self._config, self._run_id
         prepared = groups | "Pixels" >> beam.ParDo(
-            PreparePixelsFn(self._sizes, run_id, c.threshold)
+            PreparePixelsFn(self._sizes, ScreenSettings.of(c), run_id, c.threshold)
         ).with_outputs(ERRORS, main="items")
         errors = [prepared[ERRORS]]
         items = prepared.items

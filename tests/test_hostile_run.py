@@ -3,6 +3,7 @@ models, and a stage that fails on one element records ``error`` decisions for it
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from images import bomb_png, gradient, jpeg_bytes, photo, png_bytes, truncated, write_pairs_parquet
+from PIL import Image
 from runs import manifest as read_manifest
 
 from app.cli import main
@@ -47,6 +49,30 @@ def _web(out: Path) -> dict[str, list[dict]]:
 
 def _cli_run(*args: str) -> list[str]:
     return ["run", *args, "--no-progress"]
+
+
+def test_the_models_decode_under_the_runs_image_settings(
+    tmp_path: Path, tiny_captioner_dir, tiny_filter_dir
+) -> None:
+    """An image that screening accepts under the run's --min-side and --image-format is
+    decoded for the models under the same settings, not the defaults."""
+    small = png_bytes(gradient(6, 6, seed=1))  # below the default min_side (8)
+    ppm = io.BytesIO()
+    Image.fromarray(gradient(40, 30, seed=2)).save(ppm, format="PPM")  # not a default format
+    rows = [
+        {"key": "small", "image": small, "text": "a small one"},
+        {"key": "ppm", "image": ppm.getvalue(), "text": "a portable pixmap"},
+    ]
+    write_pairs_parquet(tmp_path / "in.parquet", rows)
+    out = tmp_path / "out"
+    config = _config(
+        tmp_path / "in.parquet", out, tiny_captioner_dir, tiny_filter_dir,
+        min_side=4, image_formats=("JPEG", "PNG", "PPM"), phash_distance=-1,
+    )  # fmt: skip
+    run_pipeline(config)
+    web = _web(out)
+    assert sorted(web) == ["ppm", "small"]
+    assert all(rows[0]["reason"] != "error" and rows[0]["itm"] is not None for rows in web.values())
 
 
 def test_repeated_keys_keep_the_first_row_and_the_run_finishes(

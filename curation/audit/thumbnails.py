@@ -12,20 +12,24 @@ import base64
 import bisect
 import io
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from PIL import Image
 
 from curation.config import DEFAULT_MAX_IMAGE_BYTES
-from curation.decode import DecodeError, decode_image
+from curation.decode import DEFAULT_MAX_PIXELS, DecodeError
 from curation.errors import InputError
+from curation.image_formats import WEB_FORMATS
 from curation.inputs import InputFile
 from curation.layout import Layout, detect_layout
 from curation.reader import ImageFiles, read_images, row_group_sizes
+from curation.screen import ScreenSettings
 from curation.storage import Location
 
 THUMB_SIDE = 128
+#: The default image rules with any side accepted (a too-small image is still shown).
+ANY_SIDE = ScreenSettings(min_side=1, max_pixels=DEFAULT_MAX_PIXELS, formats=WEB_FORMATS)
 JPEG_QUALITY = 70
 
 
@@ -37,10 +41,13 @@ class Thumbnail:
     note: str = ""
 
 
-def thumbnail_uri(data: bytes | None, side: int = THUMB_SIDE) -> Thumbnail:
-    """A JPEG ``data:`` URI of an encoded image, its longer side ``side`` pixels."""
+def thumbnail_uri(
+    data: bytes | None, side: int = THUMB_SIDE, screen: ScreenSettings = ANY_SIDE
+) -> Thumbnail:
+    """A JPEG ``data:`` URI of an encoded image, its longer side ``side`` pixels, decoded
+    under the run's image rules ``screen`` (any side shown)."""
     try:
-        decoded = decode_image(data, side, min_side=1)
+        decoded = screen.decode(data, side)
     except DecodeError as err:
         return Thumbnail(None, f"{err.reason.value}: {err}")
     width, height = decoded.width, decoded.height
@@ -78,6 +85,11 @@ def input_thumbnails(
         tuple(config.get("image_roots") or ()),
         int(config.get("max_image_bytes") or DEFAULT_MAX_IMAGE_BYTES),
     )
+    screen = replace(
+        ANY_SIDE,
+        max_pixels=int(config.get("max_pixels") or ANY_SIDE.max_pixels),
+        formats=tuple(config.get("image_formats") or ANY_SIDE.formats),
+    )
     out: dict[tuple[str, int], Thumbnail] = {}
     for source, rows in sorted(wanted.items()):
         try:
@@ -103,6 +115,8 @@ def input_thumbnails(
                 note = "row not in the input file"
             for row in group_rows:
                 out[(source, row)] = (
-                    thumbnail_uri(found[row]) if row in found else Thumbnail(None, note)
+                    thumbnail_uri(found[row], screen=screen)
+                    if row in found
+                    else Thumbnail(None, note)
                 )
     return out

@@ -84,6 +84,17 @@ def test_input_thumbnails_read_the_named_rows(tmp_path: Path) -> None:
     assert gone[(str(tmp_path / "gone.parquet"), 0)].note.startswith("input not readable")
 
 
+def test_input_thumbnails_decode_under_the_runs_image_settings(tmp_path: Path) -> None:
+    ppm = io.BytesIO()
+    Image.fromarray(np.full((30, 40, 3), (0, 0, 255), np.uint8)).save(ppm, format="PPM")
+    path = write_pairs_parquet(tmp_path / "in.parquet", [{"image": ppm.getvalue(), "text": "t"}])
+    default = input_thumbnails([(str(path), 0)], {})[(str(path), 0)]
+    assert default.uri is None and default.note.startswith("unsupported_format")
+    config = {"image_formats": ["JPEG", "PNG", "PPM"]}  # as the run's manifest records it
+    accepted = input_thumbnails([(str(path), 0)], config)[(str(path), 0)]
+    assert _decoded(accepted.uri).getpixel((5, 5))[2] > 200
+
+
 def _scored_run(folder: Path, n: int = 5000) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
