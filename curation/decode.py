@@ -11,12 +11,18 @@ image is never replaced by a placeholder. Rules, in order:
   ``undecodable``, the detail saying so;
 - budgets, from the header, BEFORE any pixel is allocated: more than ``max_pixels`` ->
   ``too_large`` (decompression bombs); an estimated peak memory of the decode (the first frame
-  in its decoded mode plus the copies made for orientation and RGB conversion) above
-  ``max_bytes`` -> ``too_large``; a side below ``min_side`` -> ``too_small``. PIL's own
+  in its decoded mode, the copies made for orientation and RGB conversion, and the buffers
+  the decoder holds beside the frame: a TIFF's tile or strip, a multi-scan JPEG's
+  full-resolution coefficients) above ``max_bytes`` -> ``too_large``; a JPEG whose scans
+  would pass over more than :data:`SCAN_PASSES` times ``max_pixels`` pixels -> ``too_large``
+  (each scan of a progressive JPEG is a pass over the whole image, and a scan costs a few
+  bytes of file); a side below ``min_side`` -> ``too_small``. PIL's own
   ``Image.MAX_IMAGE_PIXELS`` guard still refuses above twice its limit; no PIL warning escapes;
 - frames: only the first frame of an animated or multi-page file (GIF, APNG, WebP, TIFF, MPO,
   AVIF, HEIF) is decoded. Frames are never counted, walked or seeked, so the frame count a
   header declares costs nothing and is not a budget;
+- colour: transparency (an alpha channel, or a colour key of palette, grey, RGB and 16-bit
+  images) is composited on white; high bit depths are scaled to 8 bits;
 - the whole first frame is decoded (PIL's ``LOAD_TRUNCATED_IMAGES`` is never set) and PNG chunk
   checksums are verified: a file that ends early -> ``truncated``; any other failure while
   reading the header, decoding, converting, hashing or resizing -> ``undecodable`` with the
@@ -50,6 +56,10 @@ from curation.reasons import Reason
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default budget (about 0.25 GiB at 3 bytes/pixel)
 DEFAULT_MAX_BYTES = 1 << 30  # estimated peak memory of decoding one image
+#: A JPEG may pass over at most this many times ``max_pixels`` pixels in its scans (a
+#: progressive JPEG from common encoders has about 10 scans).
+SCAN_PASSES = 32
+_SOS = b"\xff\xda"  # JPEG start-of-scan marker (entropy-coded data never holds these bytes)
 _HASH_DRAFT = 128  # reduced-scale decode target when only hashes are needed
 _JPEG_FORMATS = ("JPEG", "MPO")  # formats Image.draft can decode at a reduced scale
 _TRANSPOSE = {  # EXIF orientation -> the transposition that displays the image upright
@@ -67,11 +77,18 @@ _INT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 # Bytes per pixel of the working copies each RGB conversion makes (see _to_rgb), on top of the
 # decoded frame, an oriented RGB copy (4) and the grayscale copy hashed (1).
-_CONVERSION_BYTES = {"none": 0, "plain": 4, "alpha": 16, "int": 14, "float": 30}
+_CONVERSION_BYTES = {"none": 0, "plain": 4, "alpha": 16, "int": 20, "float": 30}
 _STEP_BYTES = 5
 # words of decoder messages: a decoder's own resource limit (libheif), a file that ends early
 _LIMIT_WORDS = ("security limit",)
-_TRUNCATION_WORDS = ("truncated", "ended prematurely", "unexpected end", "end of file")
+_TRUNCATION_WORDS = (
+    "truncated",
+    "ended prematurely",
+    "unexpected end",
+    "end of file",
+    "chunk b''",  # PNG: the next chunk's header is missing
+    "requires a buffer of at least",  # struct: fewer bytes left than a field needs
+)
 
 
 @dataclass
@@ -123,11 +140,12 @@ def decode_image(
             if fmt == "PNG":
                 step = "checking chunk checksums"
                 Image.open(io.BytesIO(data), formats=("PNG",)).verify()
+            held = _decoder_buffers(image, data)
             if fmt in _JPEG_FORMATS:
-                step = "reading the header"
+                _check_scans(data, width, height, max_pixels)
                 target = size if size is not None else _HASH_DRAFT
                 image.draft("RGB", (target, target))
-            _check_memory(image, max_bytes)
+            _check_memory(image, max_bytes, held)
             step = "decoding pixels"
             image.load()
             step = "converting to RGB"
@@ -209,20 +227,52 @@ def _check_pixels(width: int, height: int, min_side: int, max_pixels: int) -> No
         )
 
 
-def _check_memory(image: Image.Image, max_bytes: int) -> None:
-    """Refuse before decoding when the decode's estimated peak memory exceeds ``max_bytes``."""
+def _decoder_buffers(image: Image.Image, data: bytes) -> int:
+    """Bytes the decoder holds beside the decoded frame, from the header (full size)."""
+    width, height = image.size
+    if image.format == "TIFF":
+        tags = image.tag_v2
+        samples = int(tags.get(277, len(image.getbands())))
+        bits = tags.get(258, (8,))
+        sample_bytes = (max(bits if isinstance(bits, tuple) else (bits,)) + 7) // 8
+        tile = (tags.get(322), tags.get(323))
+        if tile[0] and tile[1]:  # tiles are not clipped to the image: a decoder fills them
+            return int(tile[0]) * int(tile[1]) * samples * sample_bytes
+        rows = min(int(tags.get(278, height)), height)
+        return width * rows * samples * sample_bytes
+    if image.format in _JPEG_FORMATS and data.count(_SOS) > 1:
+        # a progressive or multi-scan JPEG keeps every DCT coefficient (2 bytes) at full size
+        return 2 * width * height * len(image.getbands())
+    return 0
+
+
+def _check_scans(data: bytes, width: int, height: int, max_pixels: int) -> None:
+    """Refuse a JPEG whose scans would pass over too many pixels (see :data:`SCAN_PASSES`)."""
+    scans = data.count(_SOS)
+    if scans * width * height > SCAN_PASSES * max_pixels:
+        raise DecodeError(
+            Reason.TOO_LARGE,
+            f"{scans} scans over {width}x{height} pixels > {SCAN_PASSES} passes of "
+            f"max_pixels={max_pixels}",
+        )
+
+
+def _check_memory(image: Image.Image, max_bytes: int, held: int = 0) -> None:
+    """Refuse before decoding when the decode's estimated peak memory (with ``held`` bytes
+    of decoder buffers) exceeds ``max_bytes``."""
     width, height = image.size
     per_pixel = (
         _mode_bytes(image.mode)
         + _CONVERSION_BYTES[_conversion(image.mode, image.info)]
         + _STEP_BYTES
     )
-    needed = width * height * per_pixel
+    needed = width * height * per_pixel + held
     if needed > max_bytes:
+        buffers = f", {held / 2**20:.0f} MiB of it decoder buffers" if held >= 2**20 else ""
         raise DecodeError(
             Reason.TOO_LARGE,
-            f"{width}x{height} {image.mode} needs about {needed / 2**20:.0f} MiB to decode "
-            f"> max_bytes={max_bytes}",
+            f"{width}x{height} {image.mode} needs about {needed / 2**20:.0f} MiB to decode"
+            f"{buffers} > max_bytes={max_bytes}",
         )
 
 
@@ -262,14 +312,14 @@ def _orientation(image: Image.Image) -> int:
 
 def _conversion(mode: str, info: dict) -> str:
     """Which RGB conversion ``_to_rgb`` applies to an image of ``mode`` with ``info``."""
-    if mode == "RGB":
-        return "none"
     if mode in _INT_MODES:
         return "int"
     if mode == "F":
         return "float"
     if mode in _ALPHA_MODES or "transparency" in info:
-        return "alpha"
+        return "alpha"  # an alpha channel, or a colour key (palette, grey or RGB)
+    if mode == "RGB":
+        return "none"
     return "plain"
 
 
@@ -279,8 +329,12 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if kind == "none":
         return image
     if kind == "int":
-        values = np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257.0
-        return Image.fromarray(np.round(values).astype(np.uint8), "L").convert("RGB")
+        raw = np.asarray(image)
+        gray = np.round(np.clip(raw.astype(np.float64), 0, 65535) / 257.0).astype(np.uint8)
+        key = image.info.get("transparency")
+        if isinstance(key, int):  # a colour key: pixels of that value are transparent
+            gray[raw == key] = 255
+        return Image.fromarray(gray, "L").convert("RGB")
     if kind == "float":
         values = np.nan_to_num(np.asarray(image, dtype=np.float64))
         if values.max(initial=0.0) <= 1.0:

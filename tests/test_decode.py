@@ -8,6 +8,7 @@ import itertools
 import struct
 import tracemalloc
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -464,6 +465,88 @@ def test_reduced_scale_jpeg_needs_only_its_reduced_size() -> None:
     assert decode_error(png_bytes(Image.open(io.BytesIO(big))), max_bytes=budget).reason is (
         Reason.TOO_LARGE
     )
+
+
+def _tiled_tiff(tile: int, side: int = 16) -> bytes:
+    """A ``side`` x ``side`` RGB TIFF whose header declares ``tile`` x ``tile`` deflate tiles
+    (one tile, its data a deflated all-grey tile)."""
+    payload = zlib.compress(b"\x80" * (tile * tile * 3))
+    bits_at, data_at = 8, 14
+    ifd_at = data_at + len(payload) + (data_at + len(payload)) % 2
+    entries = [  # tag, type (3 short, 4 long), value
+        (256, 3, side), (257, 3, side), (258, 3, bits_at), (259, 3, 8), (262, 3, 2),
+        (277, 3, 3), (284, 3, 1), (322, 4, tile), (323, 4, tile), (324, 4, data_at),
+        (325, 4, len(payload)),
+    ]  # fmt: skip
+    body = bytearray(b"II*\0" + struct.pack("<I", ifd_at) + struct.pack("<3H", 8, 8, 8))
+    body += payload + b"\0" * (ifd_at - data_at - len(payload))
+    body += struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        count = 3 if tag == 258 else 1
+        packed = (
+            struct.pack("<HH", value, 0) if kind == 3 and count == 1 else struct.pack("<I", value)
+        )
+        body += struct.pack("<HHI", tag, kind, count) + packed
+    return bytes(body + struct.pack("<I", 0))
+
+
+def test_a_tiffs_tile_buffer_counts_against_the_memory_budget(monkeypatch) -> None:
+    assert decode_image(_tiled_tiff(16), 16).pixels[4, 4].tolist() == [128, 128, 128]
+    bomb = _tiled_tiff(1024)  # 16x16 pixels, but the decoder fills a 1024x1024 tile: 3 MiB
+    assert decode_image(bomb, 16, max_bytes=4 << 20).width == 16
+    monkeypatch.setattr(ImageFile.ImageFile, "load", raising(AssertionError("decoding ran")))
+    error = decode_error(bomb, max_bytes=2 << 20)
+    assert error.reason is Reason.TOO_LARGE and "3 MiB of it decoder buffers" in str(error)
+
+
+def _repeated_scans(image: np.ndarray, repeats: int) -> bytes:
+    """A progressive JPEG of ``image`` with its refinement scans repeated ``repeats`` times
+    (each repeat a few bytes of file and one more pass over the image)."""
+    data = encode(Image.fromarray(image), "JPEG", progressive=True, quality=90)
+    first = data.index(b"\xff\xda")
+    end = data.rindex(b"\xff\xd9")
+    last = data.rindex(b"\xff\xda", first, end)
+    return data[:end] + data[last:end] * repeats + data[end:]
+
+
+def test_a_jpeg_whose_scans_pass_over_too_many_pixels_is_refused_unread(monkeypatch) -> None:
+    image = np.asarray(Image.fromarray(photo("coffee")).resize((256, 256)))
+    plain = encode(Image.fromarray(image), "JPEG", progressive=True, quality=90)
+    many = _repeated_scans(image, 40)
+    budget = 256 * 256  # max_pixels: 32 passes of it allowed
+    assert plain.count(b"\xff\xda") < 32 < many.count(b"\xff\xda")
+    assert decode_image(plain, 64, max_pixels=budget).width == 256
+    assert decode_image(many, 64).width == 256  # the same scans pass under the default budget
+    monkeypatch.setattr(ImageFile.ImageFile, "load", raising(AssertionError("decoding ran")))
+    error = decode_error(many, max_pixels=budget)
+    assert error.reason is Reason.TOO_LARGE and "scans over 256x256 pixels" in str(error)
+
+
+def test_a_progressive_jpegs_full_size_coefficients_count_against_the_memory_budget() -> None:
+    image = np.asarray(Image.fromarray(photo("coffee")).resize((1024, 768)))
+    baseline = encode(Image.fromarray(image), "JPEG", quality=90)
+    progressive = encode(Image.fromarray(image), "JPEG", quality=90, progressive=True)
+    budget = 3 << 20  # the 1/8-scale frame fits; 1024x768x3 coefficients of 2 bytes do not
+    assert decode_image(baseline, None, max_bytes=budget).width == 1024
+    assert decode_error(progressive, max_bytes=budget).reason is Reason.TOO_LARGE
+
+
+def test_a_colour_key_of_an_rgb_or_16_bit_png_is_composited_on_white() -> None:
+    logo = np.zeros((20, 20, 3), np.uint8)  # black, keyed transparent
+    logo[5:15, 5:15] = (200, 30, 30)
+    pixels = decode_image(encode(Image.fromarray(logo), "PNG", transparency=(0, 0, 0)), 20).pixels
+    assert pixels[1, 1].tolist() == [255, 255, 255] and pixels[10, 10].tolist() == [200, 30, 30]
+    deep = np.full((20, 20), 20_000, np.uint16)
+    deep[:, :10] = 0  # keyed transparent
+    pixels = decode_image(encode(Image.fromarray(deep), "PNG", transparency=0), 20).pixels
+    assert pixels[5, 2].tolist() == [255, 255, 255] and pixels[5, 15].tolist() == [78, 78, 78]
+
+
+@pytest.mark.parametrize("cut", [0.05, -14], ids=["early", "in-the-pixel-data-checksum"])
+def test_a_png_cut_anywhere_is_truncated(cut: float) -> None:
+    data = png_bytes(photo("chelsea"))  # ends with the last IDAT's checksum, then IEND (12 bytes)
+    end = int(len(data) * cut) if cut > 0 else len(data) + int(cut)
+    assert decode_error(data[:end]).reason is Reason.TRUNCATED
 
 
 def test_only_the_first_frame_is_decoded_and_frames_are_never_walked(monkeypatch) -> None:
