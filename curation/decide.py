@@ -56,6 +56,8 @@ def decision_row(
     if origin is TextOrigin.WEB:
         text = pair.text
         notes = [REPAIRED_TEXT] if pair.text_repaired else []
+        if pair.key_note:
+            notes.append(pair.key_note)
         if reason in (Reason.KEPT, Reason.LOW_ITM) and (note := model_text(text).note):
             notes.append(note)
         detail = "; ".join([detail, *notes] if detail else notes) or None

@@ -143,6 +143,27 @@ def derived_key(item: InputFile, row: int) -> str:
     return f"{item.key_prefix}_{row:06d}"
 
 
+#: Notes of keys the data did not give as they are used.
+DERIVED_KEY = "no key in the data: derived from the file and row"
+ESCAPED_KEY = "invalid UTF-8 in the key was escaped"
+
+
+def _keys(column: pa.ChunkedArray) -> tuple[list[str | None], list[bool]]:
+    """Values of a key column as strings, and which needed repair: invalid UTF-8 bytes are
+    escaped (``\\xff``), not replaced, so keys that differ only there stay distinct."""
+    if pa.types.is_dictionary(column.type):
+        column = pc.cast(column, column.type.value_type)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return _strings(column)
+    raw = pc.cast(column, pa.large_binary()).to_pylist()
+    values = [None if blob is None else blob.decode("utf-8", "backslashreplace") for blob in raw]
+    repaired = [
+        blob is not None and key.encode("utf-8", "surrogatepass") != blob
+        for blob, key in zip(raw, values, strict=True)
+    ]
+    return values, repaired
+
+
 def _strings(column: pa.ChunkedArray) -> tuple[list[str | None], list[bool]]:
     """Values of a string-like column as Python strings, and which ones needed repair."""
     if pa.types.is_dictionary(column.type):
@@ -209,7 +230,9 @@ def _pairs(
 ) -> Iterator[Pair]:
     n = table.num_rows
     texts, repaired = _strings(table.column(layout.text_column))
-    keys = _strings(table.column(layout.key_column))[0] if layout.key_column else [None] * n
+    keys, escaped = (
+        _keys(table.column(layout.key_column)) if layout.key_column else ([None] * n, [])
+    )
     statuses = _strings(table.column(layout.status_column))[0] if layout.status_column else None
     errors = _strings(table.column(layout.error_column))[0] if layout.error_column else None
     extras = _passthrough(table, layout)
@@ -218,8 +241,12 @@ def _pairs(
     for i in range(n):
         row = first_row + i
         image, issue = cells.image(i, item.location, images)
+        if not keys[i]:
+            key, note = derived_key(item, row), DERIVED_KEY if layout.key_column else None
+        else:
+            key, note = keys[i], ESCAPED_KEY if escaped[i] else None
         yield Pair(
-            key=keys[i] if keys[i] else derived_key(item, row),
+            key=key,
             source_file=item.url,
             source_row=row,
             image=image,
@@ -229,4 +256,5 @@ def _pairs(
             extra=extras[i],
             text_repaired=repaired[i],
             image_issue=issue,
+            key_note=note,
         )

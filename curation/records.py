@@ -23,6 +23,7 @@ class Pair:
     extra: dict[str, Any] = field(default_factory=dict)  # passthrough columns (output names)
     text_repaired: bool = False  # invalid UTF-8 in the text was replaced
     image_issue: tuple[Reason, str] | None = None  # why an image file named by path was refused
+    key_note: str | None = None  # the key was derived or repaired: said in the decision's detail
 
     @property
     def uid(self) -> str:

@@ -98,6 +98,8 @@ def first_occurrence(pairs: Iterable[Pair], file_order: Mapping[str, int]) -> Pa
 def duplicate_key(pair: Pair, first: Pair) -> Rejection:
     """The rejection of a later row whose key ``first`` already has."""
     detail = f"key {pair.key!r} already used by {first.source_file} row {first.source_row}"
+    if first.key_note:
+        detail += f" ({first.key_note})"
     return Rejection(_light(pair), Reason.DUPLICATE_KEY, detail)
 
 
@@ -108,13 +110,14 @@ class KeyRegistry:
     """
 
     def __init__(self) -> None:
-        self._first: dict[bytes, tuple[str, int]] = {}
+        self._first: dict[bytes, tuple[str, int, str | None]] = {}
 
     def check(self, pair: Pair) -> Rejection | None:
         """None for a key's first occurrence, else its ``duplicate_key`` rejection."""
         digest = hashlib.blake2b(pair.key.encode("utf-8", "surrogatepass"), digest_size=16)
-        first = self._first.setdefault(digest.digest(), (pair.source_file, pair.source_row))
-        if first == (pair.source_file, pair.source_row):
+        seen = (pair.source_file, pair.source_row, pair.key_note)
+        first = self._first.setdefault(digest.digest(), seen)
+        if first == seen:
             return None
-        owner = replace(pair, source_file=first[0], source_row=first[1])
+        owner = replace(pair, source_file=first[0], source_row=first[1], key_note=first[2])
         return duplicate_key(pair, owner)

@@ -357,3 +357,40 @@ def test_url_globs_keep_star_within_one_folder(tmp_path: Path, jpegs: list[bytes
         f"{tmp_path}/a/b/part-1.parquet",
         f"{tmp_path}/a/part-0.parquet",
     ]
+
+
+def test_keys_the_data_does_not_give_as_they_are_used_are_noted(
+    tmp_path: Path, jpegs: list[bytes]
+) -> None:
+    """Invalid UTF-8 in keys is escaped, so keys differing only there stay distinct; a missing
+    key is derived; both say so in the decision, and so does a duplicate of a derived key."""
+    from curation.config import InputSettings
+    from curation.decide import decision_row
+    from curation.inspect import inspect_input
+    from curation.reader import DERIVED_KEY, ESCAPED_KEY
+    from curation.reasons import Reason
+
+    keys = pa.array([b"id-\xff", b"id-\xfe", None, b"", b"in_000002", b"plain"], pa.binary())
+    table = pa.table(
+        {
+            "key": keys.cast(pa.string(), safe=False),
+            "image": [jpegs[i] for i in range(6)],
+            "text": ["a", "b", "c", "d", "e", "f"],
+        }
+    )
+    path = tmp_path / "in.parquet"
+    pq.write_table(table, path)
+    item = _file(path)
+    pairs = list(iter_pairs(item, check_inputs([item])))
+    assert [p.key for p in pairs] == [
+        "id-\\xff", "id-\\xfe", "in_000002", "in_000003", "in_000002", "plain",
+    ]  # fmt: skip
+    assert [p.key_note for p in pairs] == [
+        ESCAPED_KEY, ESCAPED_KEY, DERIVED_KEY, DERIVED_KEY, None, None,
+    ]  # fmt: skip
+    row = decision_row(pairs[2], run_id="r", reason=Reason.KEPT, threshold=0.5)
+    assert DERIVED_KEY in row["detail"]
+    report = inspect_input(InputSettings(input=(str(path),)), progress=False)
+    assert report.counts["duplicate_key"] == 1  # the real key equal to a derived one
+    (example,) = report.examples["duplicate_key"]
+    assert example["key"] == "in_000002" and f"row 2 ({DERIVED_KEY})" in example["detail"]
