@@ -21,8 +21,10 @@ image is never replaced by a placeholder. Rules, in order:
 - frames: only the first frame of an animated or multi-page file (GIF, APNG, WebP, TIFF, MPO,
   AVIF, HEIF) is decoded. Frames are never counted, walked or seeked, so the frame count a
   header declares costs nothing and is not a budget;
-- colour: transparency (an alpha channel, or a colour key of palette, grey, RGB and 16-bit
-  images) is composited on white; high bit depths are scaled to 8 bits;
+- colour: an RGB, CMYK or grey image with an embedded ICC profile is converted from it to
+  sRGB (a profile that cannot be read or does not fit the image is ignored, as browsers do);
+  transparency (an alpha channel, or a colour key of palette, grey, RGB and 16-bit images) is
+  composited on white; high bit depths are scaled to 8 bits;
 - the whole first frame is decoded (PIL's ``LOAD_TRUNCATED_IMAGES`` is never set) and PNG chunk
   checksums are verified: a file that ends early -> ``truncated``; any other failure while
   reading the header, decoding, converting, hashing or resizing -> ``undecodable`` with the
@@ -35,13 +37,14 @@ the image side, then squash-resized with bicubic filtering like BLIP's preproces
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageMode, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageMode, UnidentifiedImageError
 
 from curation.hashing import HASH_SIDE, phash64, sha256_hex
 from curation.image_formats import (
@@ -79,6 +82,9 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 # decoded frame, an oriented RGB copy (4) and the grayscale copy hashed (1).
 _CONVERSION_BYTES = {"none": 0, "plain": 4, "alpha": 16, "int": 20, "float": 30}
 _STEP_BYTES = 5
+_PROFILE_BYTES = 4  # the sRGB copy a colour-managed conversion makes
+#: Modes converted from an embedded ICC profile, and the profile colour space each needs.
+_MANAGED_MODES = {"RGB": "RGB", "CMYK": "CMYK", "L": "GRAY"}
 # words of decoder messages: a decoder's own resource limit (libheif), a file that ends early
 _LIMIT_WORDS = ("security limit",)
 _TRUNCATION_WORDS = (
@@ -265,6 +271,7 @@ def _check_memory(image: Image.Image, max_bytes: int, held: int = 0) -> None:
         _mode_bytes(image.mode)
         + _CONVERSION_BYTES[_conversion(image.mode, image.info)]
         + _STEP_BYTES
+        + (_PROFILE_BYTES if "icc_profile" in image.info else 0)
     )
     needed = width * height * per_pixel + held
     if needed > max_bytes:
@@ -324,8 +331,14 @@ def _conversion(mode: str, info: dict) -> str:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB for every PIL mode: transparency composited on white, high bit depths scaled."""
+    """RGB for every PIL mode: from an embedded ICC profile to sRGB, transparency composited
+    on white, high bit depths scaled."""
     kind = _conversion(image.mode, image.info)
+    icc = image.info.get("icc_profile")
+    if icc and kind in ("none", "plain") and image.mode in _MANAGED_MODES:
+        transform = _srgb_transform(bytes(icc), image.mode)
+        if transform is not None:
+            return ImageCms.applyTransform(image, transform)
     if kind == "none":
         return image
     if kind == "int":
@@ -347,3 +360,29 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, _WHITE + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+@functools.lru_cache(maxsize=32)
+def _srgb_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """The transform from the ICC profile ``icc`` of a ``mode`` image to sRGB; None when the
+    profile is sRGB already, cannot be read, or does not fit the mode."""
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if source.profile.xcolor_space.strip() != _MANAGED_MODES[mode]:
+            return None
+        if mode == "RGB" and "srgb" in ImageCms.getProfileDescription(source).lower():
+            return None
+        return ImageCms.buildTransform(
+            source,
+            _srgb(),
+            mode,
+            "RGB",
+            flags=ImageCms.Flags.NOCACHE,  # shared by threads
+        )
+    except (ImageCms.PyCMSError, OSError, TypeError, ValueError):
+        return None
+
+
+@functools.cache
+def _srgb() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))

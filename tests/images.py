@@ -326,3 +326,43 @@ def write_hf_parquet(
     """Write :func:`hf_image_rows` with the ``datasets`` struct type."""
     rows = hf_image_rows(images, texts, paths)
     return write_pairs_parquet(path, rows, row_group_size, schema=HF_SCHEMA)
+
+
+#: Display P3's primaries (red, green, blue) in XYZ adapted to D50, as its ICC profile has them.
+DISPLAY_P3 = ((0.5151, 0.2412, -0.0011), (0.2920, 0.6922, 0.0419), (0.1571, 0.0666, 0.7841))
+
+
+def rgb_icc_profile(
+    primaries: tuple[tuple[float, float, float], ...], gamma: float, name: str
+) -> bytes:
+    """A matrix/TRC RGB ICC v2 display profile (D50 white, one gamma for every channel)."""
+
+    def fixed(*values: float) -> bytes:  # s15Fixed16Number
+        return b"".join(struct.pack(">i", round(v * 65536)) for v in values)
+
+    def xyz(values: tuple[float, float, float]) -> bytes:
+        return b"XYZ \0\0\0\0" + fixed(*values)
+
+    text = name.encode("ascii") + b"\0"
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+    tags = [
+        (b"desc", b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * 79),
+        (b"wtpt", xyz((0.9642, 1.0, 0.8249))),
+        (b"rXYZ", xyz(primaries[0])),
+        (b"gXYZ", xyz(primaries[1])),
+        (b"bXYZ", xyz(primaries[2])),
+        (b"rTRC", curve),
+        (b"gTRC", curve),
+        (b"bTRC", curve),
+        (b"cprt", b"text\0\0\0\0none\0"),
+    ]
+    start = 128 + 4 + 12 * len(tags)
+    table, data = b"", b""
+    for signature, body in tags:
+        data += b"\0" * (-(start + len(data)) % 4)
+        table += signature + struct.pack(">II", start + len(data), len(body))
+        data += body
+    header = struct.pack(">I", start + len(data)) + b"lcms" + bytes([2, 0x10, 0, 0])
+    header += b"mntrRGB XYZ " + b"\0" * 12 + b"acspAPPL" + b"\0" * 24
+    header += fixed(0.9642, 1.0, 0.8249) + b"lcms" + b"\0" * 44
+    return header + struct.pack(">I", len(tags)) + table + data

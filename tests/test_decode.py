@@ -13,6 +13,7 @@ import zlib
 import numpy as np
 import pytest
 from images import (
+    DISPLAY_P3,
     PHOTOS,
     animated_gif,
     bomb_png,
@@ -22,12 +23,14 @@ from images import (
     jpeg_bytes,
     photo,
     png_bytes,
+    rgb_icc_profile,
     truncated,
 )
 from mutations import Field, fix_png_crcs, set_field
 from PIL import (
     GifImagePlugin,
     Image,
+    ImageCms,
     ImageFile,
     MpoImagePlugin,
     PngImagePlugin,
@@ -465,6 +468,29 @@ def test_reduced_scale_jpeg_needs_only_its_reduced_size() -> None:
     assert decode_error(png_bytes(Image.open(io.BytesIO(big))), max_bytes=budget).reason is (
         Reason.TOO_LARGE
     )
+
+
+def test_an_embedded_icc_profile_is_converted_to_srgb() -> None:
+    numbers = np.asarray(Image.fromarray(photo("coffee")).resize((64, 48)))
+    p3 = rgb_icc_profile(DISPLAY_P3, 2.2, "Display P3")
+    srgb = ImageCms.createProfile("sRGB")
+    expected = ImageCms.profileToProfile(
+        Image.fromarray(numbers), ImageCms.ImageCmsProfile(io.BytesIO(p3)), srgb, outputMode="RGB"
+    )
+    for fmt in ("PNG", "TIFF"):
+        pixels = decode_image(encode(Image.fromarray(numbers), fmt, icc_profile=p3), 48).pixels
+        want = np.asarray(expected.resize((48, 48), Image.Resampling.BICUBIC))
+        assert np.abs(pixels.astype(int) - want).max() <= 1
+        assert np.abs(pixels.astype(int) - np.asarray(Image.fromarray(numbers).resize(
+            (48, 48), Image.Resampling.BICUBIC))).mean() > 2  # fmt: skip
+    srgb_bytes = ImageCms.ImageCmsProfile(srgb).tobytes()
+    lab_bytes = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
+    for ignored in (b"not a profile" * 20, lab_bytes, srgb_bytes):  # broken, unfitting, sRGB
+        data = encode(Image.fromarray(numbers), "PNG", icc_profile=ignored)
+        assert (decode_image(data, None).phash, decode_image(data).format) == (
+            decode_image(encode(Image.fromarray(numbers), "PNG")).phash,
+            "PNG",
+        )
 
 
 def _tiled_tiff(tile: int, side: int = 16) -> bytes:
