@@ -57,6 +57,9 @@ from curation.image_formats import (
 )
 from curation.reasons import Reason
 
+#: The version of the rules that turn bytes into pixels; raised whenever a change gives some
+#: image other pixels (model outputs cached under another version are computed again).
+PIXEL_RULES = 2
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default budget (about 0.25 GiB at 3 bytes/pixel)
 DEFAULT_MAX_BYTES = 1 << 30  # estimated peak memory of decoding one image
 #: A JPEG may pass over at most this many times ``max_pixels`` pixels in its scans (a

@@ -3,8 +3,9 @@
 Every scored image group's captions, scores and embedding are kept under
 ``<run>/_cache/<fingerprint>/``. The fingerprint hashes the exact model identities (the hub
 commit of a hub model, the SHA-256 of every file of a local folder: see
-:func:`models.loading.model_identity`) and every setting that changes model outputs, so a
-re-finetuned model or another setting never reuses old outputs.
+:func:`models.loading.model_identity`), every setting that changes model outputs and the
+version of the decoding rules, so a re-finetuned model, another setting or a decoder that
+gives other pixels never reuses old outputs.
 
 While a run works, results are appended as small journal files (``j-*.parquet``, one per
 model batch, each written atomically), so a killed run loses at most a batch. At the end of
@@ -28,6 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.decode import PIXEL_RULES
 from curation.records import GroupScores, ImageGroup
 from curation.shards import iter_batches
 from curation.storage import Location
@@ -72,9 +74,11 @@ def cache_key(group: ImageGroup) -> str:
 
 
 def fingerprint(settings: Mapping[str, Any], models: Mapping[str, Any]) -> str:
-    """A short hash of the exact model identities and the output-changing settings."""
+    """A short hash of the exact model identities, the output-changing settings and the
+    version of the decoding rules (:data:`curation.decode.PIXEL_RULES`)."""
     parts = {name: settings.get(name) for name in OUTPUT_SETTINGS}
     parts["models"] = dict(models)
+    parts["pixel_rules"] = PIXEL_RULES
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -252,6 +252,21 @@ def test_rerun_reuses_cached_model_outputs(
     assert _decisions(out) == _decisions(baseline)
 
 
+def test_outputs_cached_under_other_decoding_rules_are_computed_again(
+    dataset, baseline, tiny_captioner_dir, tiny_filter_dir, tmp_path, monkeypatch
+) -> None:
+    import shutil
+
+    from curation import model_cache
+
+    path, _ = dataset
+    out = tmp_path / "newer"
+    shutil.copytree(baseline, out)
+    monkeypatch.setattr(model_cache, "PIXEL_RULES", model_cache.PIXEL_RULES + 1)
+    result = run_pipeline(_config(path, out, tiny_captioner_dir, tiny_filter_dir))
+    assert result.counters.get("images_cached", 0) == 0 and result.counters["images_scored"] > 0
+
+
 def test_resume_after_kill_matches_uninterrupted_run(
     tiny_captioner_dir, tiny_filter_dir, tmp_path: Path
 ) -> None:
