@@ -1,4 +1,4 @@
-"""Peak memory of streaming an input: N rows vs 10N rows through ``iter_pairs`` + hashing.
+"""Peak memory of streaming an input: N rows vs 10N rows through ``iter_rows`` + hashing.
 
 Each size is read in a fresh subprocess that iterates every pair, validates and hashes its
 image (``decode_image(data)``: SHA-256 + perceptual hash) and reports its peak RSS
@@ -29,13 +29,13 @@ def child(path: str) -> None:
     import psutil
 
     from curation.decode import decode_image
-    from curation.reader import detect_layout, iter_pairs
+    from curation.reader import detect_layout, iter_rows
 
     base = psutil.Process().memory_info().rss
     layout = detect_layout(path)
     start = time.perf_counter()
     rows = 0
-    for pair in iter_pairs(path, layout):
+    for pair, _ in iter_rows(path, layout):
         decode_image(pair.image)
         rows += 1
     seconds = time.perf_counter() - start

@@ -14,6 +14,7 @@ rethreshold``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from curation.grouping import text_identity
@@ -24,7 +25,31 @@ from curation.texts import model_text
 from curation.thresholds import keeps
 
 Row = dict[str, Any]
+_MESSAGE_LIMIT = 500
 REPAIRED_TEXT = "invalid UTF-8 in the text was replaced"
+
+
+class Stage(StrEnum):
+    """The per-element stages of a run, as error details name them."""
+
+    READ = "read"
+    SCREEN = "screen"
+    KEYS = "keys"
+    GROUP = "group"
+    FETCH = "fetch"
+    PIXELS = "pixels"
+    CAPTION = "caption"
+    SCORE = "score"
+    DECIDE = "decide"
+
+
+def error_detail(stage: Stage, error: BaseException | str) -> str:
+    """``"<stage>: <ExceptionType>: <message>"``, bounded in length."""
+    if isinstance(error, BaseException):
+        message = f"{type(error).__name__}: {error}".strip().rstrip(":")
+    else:
+        message = error
+    return f"{stage.value}: {message}"[:_MESSAGE_LIMIT]
 
 
 @dataclass(frozen=True)
@@ -56,8 +81,7 @@ def decision_row(
     if origin is TextOrigin.WEB:
         text = pair.text
         notes = [REPAIRED_TEXT] if pair.text_repaired else []
-        if pair.key_note:
-            notes.append(pair.key_note)
+        notes += [note for note in (pair.key_note, pair.passthrough_note) if note]
         if reason in (Reason.KEPT, Reason.LOW_ITM) and (note := model_text(text).note):
             notes.append(note)
         detail = "; ".join([detail, *notes] if detail else notes) or None

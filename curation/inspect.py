@@ -16,9 +16,10 @@ from typing import Any
 from tqdm import tqdm
 
 from curation.config import InputSettings
+from curation.decide import Stage, error_detail
 from curation.inputs import resolve_inputs
 from curation.layout import Layout, check_inputs
-from curation.reader import ImageFiles, iter_pairs, row_group_sizes
+from curation.reader import ImageFiles, iter_rows, row_group_sizes
 from curation.reasons import Reason
 from curation.screen import KeyRegistry, Rejection, ScreenSettings, has_text, screen_pair
 from curation.texts import printable
@@ -35,6 +36,7 @@ OUTCOMES: tuple[str, ...] = (
     Reason.TOO_SMALL.value,
     Reason.TOO_LARGE.value,
     Reason.EMPTY_TEXT.value,
+    Reason.ERROR.value,
     OK,
 )
 EXAMPLES_PER_REASON = 3
@@ -111,8 +113,11 @@ def inspect_input(
     start = time.monotonic()
     for item in files:
         report.file_rows[item.url] = 0
-        for pair in iter_pairs(item, layout, images):
-            outcome = keys.check(pair) or screen_pair(pair, screening)
+        for pair, error in iter_rows(item, layout, images):
+            failure = (
+                Rejection(pair, Reason.ERROR, error_detail(Stage.READ, error)) if error else None
+            )
+            outcome = failure or keys.check(pair) or screen_pair(pair, screening)
             if isinstance(outcome, Rejection):
                 name, detail = outcome.reason.value, outcome.detail
             elif not has_text(pair.text):

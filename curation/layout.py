@@ -11,10 +11,14 @@ Recognised without configuration:
 
 Explicit column names always override detection. Every file's schema is checked before any
 work: the roles must agree across files; passthrough columns (every other column) are
-unified: a column missing from some files is null there, types are widened where no value
-changes (int32 and int64 -> int64, int and float -> float64, null -> anything), and
-columns that cannot be unified (int64 in one file, string in another) are refused with the
-files and the column named. Passthrough columns whose names clash with output columns
+unified: a column missing from some files is null there, types are widened (int32 and int64
+-> int64, int and float -> float64, string and string view -> large string, timestamps to
+the finest unit, null -> anything), and columns that cannot be unified (int64 in one file,
+string in another) are refused with the files and the column named. Values are cast
+safely: one the widened type cannot hold exactly (an int64 above 2**53 as float64, a
+timestamp after 2262 in nanoseconds) is stored as null, with a note in its row's decision. Column
+names must be distinct; a repeated passthrough column may be left out with
+``--drop-column``. Passthrough columns whose names clash with output columns
 (img2dataset's own ``width``, ``height``, ``sha256``) keep their values under ``source_<name>``.
 """
 
@@ -115,6 +119,9 @@ def is_image_struct(type_: pa.DataType) -> bool:
 
 
 def is_binary(type_: pa.DataType) -> bool:
+    """Bytes of any encoding Arrow has (dictionary-encoded included)."""
+    if pa.types.is_dictionary(type_):
+        return is_binary(type_.value_type)
     return (
         pa.types.is_binary(type_)
         or pa.types.is_large_binary(type_)
@@ -145,7 +152,8 @@ def is_key_type(type_: pa.DataType) -> bool:
 def _missing(path: str, names: list[str], role: str, column: str | None, option: str) -> InputError:
     what = f"{role} column {column!r} not found" if column else f"no {role} column recognised"
     return InputError(
-        f"{path}: {what}; available columns: {', '.join(names)} (choose one with {option})"
+        f"{path}: {what}; available columns: {', '.join(map(repr, names))} "
+        f"(choose one with {option})"
     )
 
 
@@ -171,8 +179,12 @@ def _check_image_type(path: str, column: str, type_: pa.DataType) -> None:
 
 
 def _is_img2dataset(types: dict[str, pa.DataType]) -> bool:
-    return {"key", "status", "caption"} <= set(types) and any(
-        c in types and is_binary(types[c]) for c in IMG2DATASET_IMAGE_COLUMNS
+    """img2dataset's columns, its ``status`` text ("success", ...): a numeric status (an HTTP
+    code of another scraper) is not img2dataset's and passes through."""
+    return (
+        {"key", "status", "caption"} <= set(types)
+        and is_text(types["status"])
+        and any(c in types and is_binary(types[c]) for c in IMG2DATASET_IMAGE_COLUMNS)
     )
 
 
@@ -236,6 +248,10 @@ def _check_role_types(path: str, roles: _Roles, types: dict[str, pa.DataType]) -
             f"{path}: key column {roles.key!r} has type {types[roles.key]}, expected string or "
             "integer"
         )
+    if roles.error is not None and not is_text(types[roles.error]):
+        raise InputError(
+            f"{path}: error column {roles.error!r} has type {types[roles.error]}, expected string"
+        )
 
 
 def detect_layout(
@@ -254,6 +270,7 @@ def detect_layout(
     schema = schema if schema is not None else read_schema(location)
     names = list(schema.names)
     types = {f.name: f.type for f in schema}
+    repeated = sorted({n for n in names if names.count(n) > 1})
     for given, option in (
         (image_column, "--image-column"),
         (text_column, "--text-column"),
@@ -266,8 +283,14 @@ def detect_layout(
         if _is_img2dataset(types)
         else _found_roles(path, types, names, image_column, text_column, key_column)
     )
-    _check_role_types(path, roles, types)
     used = {roles.image, roles.text, roles.key, roles.status, roles.error}
+    for name in repeated:
+        if name in used or name in (image_column, text_column, key_column):
+            raise InputError(
+                f"{path}: column {name!r} appears {names.count(name)} times; a column that "
+                "plays a role must have a name of its own (rename the others in the input)"
+            )
+    _check_role_types(path, roles, types)
     return Layout(
         kind=roles.kind,
         image_column=roles.image,
@@ -301,6 +324,13 @@ def check_inputs(
         _without(detect_layout(f.location, image_column, text_column, key_column), drop_columns)
         for f in files
     ]
+    for item, layout in zip(files, layouts, strict=True):
+        names = layout.passthrough.names
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            raise InputError(
+                f"{item.url}: column {name!r} appears {names.count(name)} times; rename the "
+                f"others in the input, or leave them out with --drop-column {name!r}"
+            )
     first = layouts[0]
     for item, layout in zip(files[1:], layouts[1:], strict=True):
         if layout.roles != first.roles:
@@ -335,8 +365,15 @@ def _without(layout: Layout, drop: Sequence[str]) -> Layout:
 
 
 def _plain(field: pa.Field) -> pa.Field:
-    """A dictionary-encoded field as its value type (dictionaries differ between files)."""
-    return field.with_type(field.type.value_type) if pa.types.is_dictionary(field.type) else field
+    """A field as the type its values have: dictionary-encoded as its value type
+    (dictionaries differ between files), string and binary views as large strings and
+    bytes (Arrow does not combine a view with its plain type)."""
+    type_ = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+    if pa.types.is_string_view(type_):
+        type_ = pa.large_string()
+    elif pa.types.is_binary_view(type_):
+        type_ = pa.large_binary()
+    return field.with_type(type_)
 
 
 def unify_passthrough(files: Sequence[InputFile], layouts: Sequence[Layout]) -> pa.Schema:

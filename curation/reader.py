@@ -125,11 +125,22 @@ def read_row_group(
         return list(source.pairs(layout, index, images or ImageFiles()))
 
 
-def iter_pairs(item: InputFile, layout: Layout, images: ImageFiles | None = None) -> Iterator[Pair]:
-    """Every pair of a file, reading one row group at a time."""
+def iter_rows(
+    item: InputFile, layout: Layout, images: ImageFiles | None = None
+) -> Iterator[tuple[Pair, Exception | None]]:
+    """Every row of a file as ``(pair, None)``, reading one row group at a time; the rows of
+    a row group that cannot be read (a damaged page) come as :func:`unreadable_rows` with
+    the exception, and the other row groups still follow."""
     with ParquetInput(item) as source:
-        for index in range(len(source.row_counts)):
-            yield from source.pairs(layout, index, images or ImageFiles())
+        for index, rows in enumerate(source.row_counts):
+            try:
+                pairs = list(source.pairs(layout, index, images or ImageFiles()))
+            except Exception as err:  # one damaged row group does not hide the others
+                yield from (
+                    (pair, err) for pair in unreadable_rows(item, source.starts[index], rows)
+                )
+                continue
+            yield from ((pair, None) for pair in pairs)
 
 
 def row_group_sizes(item: InputFile) -> list[int]:
@@ -145,7 +156,24 @@ def derived_key(item: InputFile, row: int) -> str:
 
 #: Notes of keys the data did not give as they are used.
 DERIVED_KEY = "no key in the data: derived from the file and row"
+UNREAD_KEY = "its row group could not be read: key derived from the file and row"
 ESCAPED_KEY = "invalid UTF-8 in the key was escaped"
+
+
+def unreadable_rows(item: InputFile, first_row: int, rows: int) -> list[Pair]:
+    """The rows of a row group that cannot be read, as pairs without data: their decision
+    is an ``error`` naming the read failure."""
+    return [
+        Pair(
+            key=derived_key(item, row),
+            source_file=item.url,
+            source_row=row,
+            image=None,
+            text=None,
+            key_note=UNREAD_KEY,
+        )
+        for row in range(first_row, first_row + rows)
+    ]
 
 
 def _keys(column: pa.ChunkedArray) -> tuple[list[str | None], list[bool]]:
@@ -181,22 +209,44 @@ def _strings(column: pa.ChunkedArray) -> tuple[list[str | None], list[bool]]:
     return values, repaired
 
 
-def _passthrough(table: pa.Table, layout: Layout) -> list[dict[str, object]]:
-    rows = [{} for _ in range(table.num_rows)]
+def _passthrough(table: pa.Table, layout: Layout) -> tuple[list[dict[str, object]], list[str]]:
+    """Every row's passthrough values in the unified types, and a note per row ("" when
+    none) naming the values the unified type cannot hold (read as null)."""
+    rows: list[dict[str, object]] = [{} for _ in range(table.num_rows)]
+    notes: list[list[str]] = [[] for _ in range(table.num_rows)]
     for field in layout.passthrough:
         name = layout.output_name(field.name)
         if field.name not in table.column_names:
             values: Sequence[object] = [None] * table.num_rows
         elif pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
-            values = _strings(table.column(field.name))[0]
+            values = _strings(table.column(field.name))[0]  # string views included
         else:
-            column = table.column(field.name)
-            if pa.types.is_dictionary(column.type):
-                column = pc.cast(column, column.type.value_type)
-            values = pc.cast(column, field.type).to_pylist()
+            values = _cast(table.column(field.name), field, notes)
         for row, value in zip(rows, values, strict=True):
             row[name] = value
-    return rows
+    return rows, ["; ".join(n) for n in notes]
+
+
+def _cast(column: pa.ChunkedArray, field: pa.Field, notes: list[list[str]]) -> list[object]:
+    """``column`` in ``field``'s type; a value out of the type's range (a timestamp beyond
+    a finer unit's) is null, with a note in ``notes`` of its row."""
+    if pa.types.is_dictionary(column.type):
+        column = pc.cast(column, column.type.value_type)
+    try:
+        return pc.cast(column, field.type).to_pylist()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    values: list[object] = []
+    for row, scalar in enumerate(column.combine_chunks()):
+        try:
+            values.append(scalar.cast(field.type).as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            values.append(None)
+            notes[row].append(
+                f"column {field.name!r}: {scalar} does not fit {field.type} (the type "
+                "shared with the other input files), stored as null"
+            )
+    return values
 
 
 class _ImageCells:
@@ -235,7 +285,7 @@ def _pairs(
     )
     statuses = _strings(table.column(layout.status_column))[0] if layout.status_column else None
     errors = _strings(table.column(layout.error_column))[0] if layout.error_column else None
-    extras = _passthrough(table, layout)
+    extras, extra_notes = _passthrough(table, layout)
     cells = _ImageCells(table.column(layout.image_column), layout)
     del table
     for i in range(n):
@@ -257,4 +307,5 @@ def _pairs(
             text_repaired=repaired[i],
             image_issue=issue,
             key_note=note,
+            passthrough_note=extra_notes[i] or None,
         )

@@ -24,6 +24,7 @@ class Pair:
     text_repaired: bool = False  # invalid UTF-8 in the text was replaced
     image_issue: tuple[Reason, str] | None = None  # why an image file named by path was refused
     key_note: str | None = None  # the key was derived or repaired: said in the decision's detail
+    passthrough_note: str | None = None  # a passthrough value could not be kept: said there too
 
     @property
     def uid(self) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 import apache_beam as beam
 
+from curation.decide import Stage
 from curation.dedup.copies import copy_group_key, copy_link, multihash_layout
 from curation.dedup.copy_buckets import bucket_keys, bucket_links
 from curation.dedup.keep import CopyCandidate, choose_copy, copy_rank
@@ -25,7 +26,7 @@ from curation.grouping import build_group
 from curation.reasons import DuplicateKind
 from curation.records import HashedPair, ImageGroup, Pair
 from pipelines.components import KeepPerComponent
-from pipelines.guarded import ERRORS, GuardedDoFn, Stage
+from pipelines.guarded import ERRORS, GuardedDoFn
 
 
 def candidate_key(hashed: HashedPair) -> str:

@@ -10,42 +10,17 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Iterable, Iterator
-from enum import StrEnum
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from curation.decide import Row, error_row
+from curation.decide import Row, Stage, error_detail, error_row
 from curation.records import Pair
 
 NAMESPACE = "curation"
 ERRORS = "errors"
-_MESSAGE_LIMIT = 500
-
-
-class Stage(StrEnum):
-    """The per-element stages of a run, as error details name them."""
-
-    READ = "read"
-    SCREEN = "screen"
-    KEYS = "keys"
-    GROUP = "group"
-    FETCH = "fetch"
-    PIXELS = "pixels"
-    CAPTION = "caption"
-    SCORE = "score"
-    DECIDE = "decide"
-
-
-def error_detail(stage: Stage, error: BaseException | str) -> str:
-    """``"<stage>: <ExceptionType>: <message>"``, bounded in length."""
-    if isinstance(error, BaseException):
-        message = f"{type(error).__name__}: {error}".strip().rstrip(":")
-    else:
-        message = error
-    return f"{stage.value}: {message}"[:_MESSAGE_LIMIT]
 
 
 class GuardedDoFn(beam.DoFn):

@@ -8,11 +8,12 @@ from dataclasses import dataclass, replace
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from curation.decide import Stage
 from curation.inputs import InputFile
 from curation.layout import Layout
-from curation.reader import ImageFiles, ParquetInput, derived_key, read_images
+from curation.reader import ImageFiles, ParquetInput, read_images, unreadable_rows
 from curation.records import GroupScores, ImageGroup, Pair
-from pipelines.guarded import ERRORS, NAMESPACE, GuardedDoFn, Stage
+from pipelines.guarded import ERRORS, NAMESPACE, GuardedDoFn
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,8 @@ class ReadPairsFn(GuardedDoFn):
 
     def rows_of(self, unit: Unit) -> Iterable[tuple[Pair, str | None]]:
         self._rows_read.inc(unit.rows)
-        for row in range(unit.first_row, unit.first_row + unit.rows):
-            key = derived_key(unit.item, row)
-            yield (
-                Pair(key=key, source_file=unit.item.url, source_row=row, image=None, text=None),
-                None,
-            )
+        for pair in unreadable_rows(unit.item, unit.first_row, unit.rows):
+            yield pair, None
 
 
 class ReadPairs(beam.PTransform):

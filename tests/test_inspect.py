@@ -60,6 +60,7 @@ EXPECTED = {
     "too_small": 1,
     "too_large": 1,
     "empty_text": 2,
+    "error": 0,
     "ok": 3,
 }
 
@@ -168,6 +169,21 @@ def test_cli_prints_keys_and_details_from_the_data_escaped(tmp_path: Path) -> No
     assert not any(char in result.stdout for char in "\x1b\x07\u202e")
     assert "\n  \\x1b]0;title\\x07\\x1b[2Jk: key '\\x1b]0;title" in result.stdout
     assert "abc\\u202etxt" in result.stdout
+
+
+def test_a_row_group_that_cannot_be_read_counts_its_rows_as_errors(tmp_path: Path) -> None:
+    good = jpeg_bytes(gradient(32, 32))
+    path = tmp_path / "damaged.parquet"
+    table = pa.table({"key": [f"k{i}" for i in range(6)], "image": [good] * 6, "text": ["t"] * 6})
+    pq.write_table(table, path, row_group_size=3, use_dictionary=False)
+    offset = pq.ParquetFile(path).metadata.row_group(1).column(1).data_page_offset
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 12] = b"\xff" * 12  # the second row group's page header
+    path.write_bytes(bytes(data))
+    report = _inspect(str(path))
+    assert report.rows == 6 and report.counts["error"] == 3 and report.counts["ok"] == 3
+    example = report.examples["error"][0]
+    assert example["key"] == "damaged_000003" and example["detail"].startswith("read: OSError")
 
 
 def test_cli_json_is_one_object_with_the_counts(mixed_folder: Path) -> None:

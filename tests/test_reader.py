@@ -18,14 +18,22 @@ from images import (
 
 from curation.errors import InputError
 from curation.inputs import InputFile, resolve_inputs
-from curation.layout import check_inputs, detect_layout
-from curation.reader import ImageFiles, derived_key, iter_pairs, read_row_group, row_group_sizes
+from curation.layout import Layout, check_inputs, detect_layout
+from curation.reader import ImageFiles, derived_key, iter_rows, read_row_group, row_group_sizes
+from curation.records import Pair
 from curation.storage import Location
 
 
 @pytest.fixture(scope="module")
 def jpegs() -> list[bytes]:
     return [jpeg_bytes(gradient(48, 40, seed)) for seed in range(6)]
+
+
+def iter_pairs(item: InputFile, layout: Layout, images: ImageFiles | None = None) -> list[Pair]:
+    """Every pair of a file that reads cleanly."""
+    rows = list(iter_rows(item, layout, images))
+    assert all(error is None for _, error in rows)
+    return [pair for pair, _ in rows]
 
 
 def _file(path: str | Path) -> InputFile:
@@ -189,9 +197,9 @@ def test_missing_column_error_names_file_column_and_choices(
     with pytest.raises(InputError) as caught:
         detect_layout(Location(str(path)), text_column="alt")
     message = str(caught.value)
-    assert str(path) in message and "'alt'" in message and "caption, key, status" in message
+    assert str(path) in message and "'alt'" in message and "'caption', 'key', 'status'" in message
     no_text = write_pairs_parquet(tmp_path / "n.parquet", [{"image": jpegs[0], "n": 1}])
-    with pytest.raises(InputError, match=r"no text column recognised.*image, n.*--text-column"):
+    with pytest.raises(InputError, match=r"no text column recognised.*'image', 'n'.*--text-column"):
         detect_layout(Location(str(no_text)))
 
 
@@ -321,7 +329,7 @@ def test_row_groups_split_a_file_and_number_rows_within_it(
     assert streamed[7].key == "g_000007"
 
 
-def test_iter_pairs_streams_one_row_group_at_a_time(tmp_path: Path) -> None:
+def test_iter_rows_streams_one_row_group_at_a_time(tmp_path: Path) -> None:
     blob = bytes(range(256)) * 400  # 100 kB per row, incompressible enough for the check
     rows = [{"image": blob[i:] + bytes([i]), "text": str(i)} for i in range(200)]
     item = _file(write_pairs_parquet(tmp_path / "big.parquet", rows, row_group_size=10))
@@ -329,7 +337,7 @@ def test_iter_pairs_streams_one_row_group_at_a_time(tmp_path: Path) -> None:
     layout = check_inputs([item])
     tracemalloc.start()
     try:
-        count = sum(1 for _ in iter_pairs(item, layout))
+        count = sum(1 for _ in iter_rows(item, layout))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -394,3 +402,76 @@ def test_keys_the_data_does_not_give_as_they_are_used_are_noted(
     assert report.counts["duplicate_key"] == 1  # the real key equal to a derived one
     (example,) = report.examples["duplicate_key"]
     assert example["key"] == "in_000002" and f"row 2 ({DERIVED_KEY})" in example["detail"]
+
+
+def test_repeated_column_names_are_refused_unless_left_out(
+    tmp_path: Path, jpegs: list[bytes]
+) -> None:
+    def write(names: list[str]) -> Path:
+        columns = {"image": [jpegs[0]], "text": ["t"], "extra": ["x"], "other": [1]}
+        arrays = [pa.array(columns[n.split("#")[0]]) for n in names]
+        path = tmp_path / f"{len(list(tmp_path.iterdir()))}.parquet"
+        pq.write_table(pa.Table.from_arrays(arrays, names=[n.split("#")[0] for n in names]), path)
+        return path
+
+    passthrough = write(["image", "text", "extra", "extra#2"])
+    with pytest.raises(InputError, match=r"'extra' appears 2 times.*--drop-column 'extra'"):
+        check_inputs([_file(passthrough)])
+    assert check_inputs([_file(passthrough)], drop_columns=("extra",)).passthrough.names == []
+    role = write(["image", "text", "text#2"])
+    with pytest.raises(InputError, match="'text' appears 2 times"):
+        check_inputs([_file(role)])
+
+
+def test_passthrough_values_the_unified_type_cannot_hold_are_null_and_noted(
+    tmp_path: Path, jpegs: list[bytes]
+) -> None:
+    def write(name: str, **columns: pa.Array) -> Path:
+        n = len(next(iter(columns.values())))
+        table = pa.table({"image": jpegs[:n], "text": ["t"] * n, **columns})
+        pq.write_table(table, tmp_path / name)
+        return tmp_path / name
+
+    write("a.parquet", v=pa.array([1, 2**53 + 1], pa.int64()),
+          when=pa.array([0, 32503680000000], pa.timestamp("ms")),  # 1970, and the year 3000
+          s=pa.array(["x", "y"], pa.string()))  # fmt: skip
+    write("b.parquet", v=pa.array([0.5], pa.float64()), when=pa.array([1], pa.timestamp("ns")),
+          s=pa.array(["z"], pa.string_view()))  # fmt: skip
+    files = resolve_inputs(str(tmp_path))
+    layout = check_inputs(files)
+    assert [str(t) for t in layout.passthrough.types] == ["double", "timestamp[ns]", "large_string"]
+    pairs = [p for f in files for p in iter_pairs(f, layout)]
+    assert [p.extra["v"] for p in pairs] == [1.0, None, 0.5]
+    assert [p.extra["s"] for p in pairs] == ["x", "y", "z"]
+    assert pairs[0].passthrough_note is None and pairs[2].passthrough_note is None
+    note = pairs[1].passthrough_note
+    assert "'v': 9007199254740993 does not fit double" in note and "'when'" in note
+    assert pairs[1].extra["when"] is None
+
+
+def test_only_a_text_status_makes_a_file_img2dataset(tmp_path: Path, jpegs: list[bytes]) -> None:
+    def write(status: pa.Array, error: pa.Array) -> InputFile:
+        path = tmp_path / f"{len(list(tmp_path.iterdir()))}.parquet"
+        table = pa.table(
+            {"key": ["k"], "caption": ["c"], "jpg": [jpegs[0]], "status": status,
+             "error_message": error}
+        )  # fmt: skip
+        pq.write_table(table, path)
+        return _file(path)
+
+    http = write(pa.array([200]), pa.array([None], pa.string()))  # another scraper's HTTP code
+    layout = check_inputs([http])
+    assert layout.kind == "mapped" and layout.status_column is None
+    assert "status" in layout.passthrough.names
+    assert [p.status for p in iter_pairs(http, layout)] == [None]  # not download_failed
+    listed = write(pa.array(["success"]), pa.array([["a", "b"]]))
+    with pytest.raises(InputError, match="error column 'error_message' has type list"):
+        check_inputs([listed])
+
+
+def test_a_dictionary_encoded_image_column_is_read_as_its_values(
+    tmp_path: Path, jpegs: list[bytes]
+) -> None:
+    images = pa.array(jpegs[:3]).dictionary_encode()
+    pq.write_table(pa.table({"image": images, "text": ["a", "b", "c"]}), tmp_path / "d.parquet")
+    assert [p.image for p in _pairs(tmp_path / "d.parquet")] == jpegs[:3]
