@@ -26,6 +26,7 @@ from app.cli import main
 from curation.config import InputSettings, build_config
 from curation.errors import ConfigError
 from curation.inspect import inspect_input
+from curation.reader import UNREAD_KEY
 from pipelines.options import choose_runner
 from pipelines.runner import run_pipeline
 
@@ -331,27 +332,27 @@ def test_a_failing_stage_records_error_decisions_and_the_run_finishes(
 ) -> None:
     """Faults injected into two real stages: decoding at the models' size for one image,
     deciding for another. Their rows get ``error`` decisions naming the stage."""
+    import curation.screen
     import pipelines.decide
-    import pipelines.inference
 
     images = {f"k{i}": jpeg_bytes(gradient(64, 48, seed=i)) for i in range(6)}
     write_pairs_parquet(
         tmp_path / "in.parquet",
         [{"key": k, "image": v, "text": f"t {k}"} for k, v in images.items()],
     )
-    decode, decide = pipelines.inference.decode_image, pipelines.decide.decide_group
+    decode, decide = curation.screen.ScreenSettings.decode, pipelines.decide.decide_group
 
-    def failing_decode(data, size=None, **kw):  # noqa: ANN001, ANN202
-        if data == images["k1"]:
+    def failing_decode(self, data, size=None):  # noqa: ANN001, ANN202
+        if size is not None and data == images["k1"]:  # at the models' size only
             raise MemoryError("no room for this one")
-        return decode(data, size, **kw)
+        return decode(self, data, size)
 
     def failing_decide(group, scores, **kw):  # noqa: ANN001, ANN202
         if group.key == "k4":
             raise ValueError("cannot decide k4\x1b]0;title\x07\x1b[2J")
         return decide(group, scores, **kw)
 
-    monkeypatch.setattr(pipelines.inference, "decode_image", failing_decode)
+    monkeypatch.setattr(curation.screen.ScreenSettings, "decode", failing_decode)
     monkeypatch.setattr(pipelines.decide, "decide_group", failing_decide)
     out = tmp_path / "out"
     result = run_pipeline(
@@ -438,6 +439,8 @@ def test_every_stage_turns_a_failure_into_error_decisions(
     web = _web(out)
     assert len(web) == len(images) and all(len(v) == 1 for v in web.values())
     detail = f"{cls.stage.value}: RuntimeError: injected fault"
+    if name == "ReadPairsFn":  # the derived keys say why
+        detail += f"; {UNREAD_KEY}"
     errors = {k for k, v in web.items() if v[0]["reason"] == "error"}
     assert all(web[k][0]["detail"] == detail for k in errors)
     assert result.manifest["counts"]["error"] == len(errors)
