@@ -14,11 +14,10 @@ rethreshold``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from curation.grouping import text_identity
-from curation.reasons import Decision, DuplicateKind, Reason, TextOrigin, decision_of
+from curation.reasons import Decision, DuplicateKind, Reason, Stage, TextOrigin, decision_of
 from curation.records import GroupScores, ImageGroup, Pair
 from curation.screen import Rejection
 from curation.texts import model_text
@@ -27,20 +26,6 @@ from curation.thresholds import keeps
 Row = dict[str, Any]
 _MESSAGE_LIMIT = 500
 REPAIRED_TEXT = "invalid UTF-8 in the text was replaced"
-
-
-class Stage(StrEnum):
-    """The per-element stages of a run, as error details name them."""
-
-    READ = "read"
-    SCREEN = "screen"
-    KEYS = "keys"
-    GROUP = "group"
-    FETCH = "fetch"
-    PIXELS = "pixels"
-    CAPTION = "caption"
-    SCORE = "score"
-    DECIDE = "decide"
 
 
 def error_detail(stage: Stage, error: BaseException | str) -> str:

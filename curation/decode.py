@@ -149,9 +149,10 @@ def decode_image(
             if fmt == "PNG":
                 step = "checking chunk checksums"
                 Image.open(io.BytesIO(data), formats=("PNG",)).verify()
-            held = _decoder_buffers(image, data)
+            scans = data.count(_SOS) if fmt in _JPEG_FORMATS else 0
+            held = _decoder_buffers(image, scans)
             if fmt in _JPEG_FORMATS:
-                _check_scans(data, width, height, max_pixels)
+                _check_scans(scans, width, height, max_pixels)
                 target = size if size is not None else _HASH_DRAFT
                 image.draft("RGB", (target, target))
             _check_memory(image, max_bytes, held)
@@ -236,8 +237,9 @@ def _check_pixels(width: int, height: int, min_side: int, max_pixels: int) -> No
         )
 
 
-def _decoder_buffers(image: Image.Image, data: bytes) -> int:
-    """Bytes the decoder holds beside the decoded frame, from the header (full size)."""
+def _decoder_buffers(image: Image.Image, scans: int) -> int:
+    """Bytes the decoder holds beside the decoded frame, from the header (full size);
+    ``scans``: a JPEG's scan count."""
     width, height = image.size
     if image.format == "TIFF":
         tags = image.tag_v2
@@ -249,15 +251,14 @@ def _decoder_buffers(image: Image.Image, data: bytes) -> int:
             return int(tile[0]) * int(tile[1]) * samples * sample_bytes
         rows = min(int(tags.get(278, height)), height)
         return width * rows * samples * sample_bytes
-    if image.format in _JPEG_FORMATS and data.count(_SOS) > 1:
+    if scans > 1:
         # a progressive or multi-scan JPEG keeps every DCT coefficient (2 bytes) at full size
         return 2 * width * height * len(image.getbands())
     return 0
 
 
-def _check_scans(data: bytes, width: int, height: int, max_pixels: int) -> None:
+def _check_scans(scans: int, width: int, height: int, max_pixels: int) -> None:
     """Refuse a JPEG whose scans would pass over too many pixels (see :data:`SCAN_PASSES`)."""
-    scans = data.count(_SOS)
     if scans * width * height > SCAN_PASSES * max_pixels:
         raise DecodeError(
             Reason.TOO_LARGE,

@@ -16,11 +16,11 @@ from typing import Any
 from tqdm import tqdm
 
 from curation.config import InputSettings
-from curation.decide import Stage, error_detail
+from curation.decide import error_detail
 from curation.inputs import resolve_inputs
 from curation.layout import Layout, check_inputs
 from curation.reader import ImageFiles, iter_rows, row_group_sizes
-from curation.reasons import Reason
+from curation.reasons import Reason, Stage
 from curation.screen import KeyRegistry, Rejection, ScreenSettings, has_text, screen_pair
 from curation.texts import printable
 

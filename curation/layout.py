@@ -16,14 +16,15 @@ unified: a column missing from some files is null there, types are widened (int3
 the finest unit, null -> anything), and columns that cannot be unified (int64 in one file,
 string in another) are refused with the files and the column named. Values are cast
 safely: one the widened type cannot hold exactly (an int64 above 2**53 as float64, a
-timestamp after 2262 in nanoseconds) is stored as null, with a note in its row's decision. Column
-names must be distinct; a repeated passthrough column may be left out with
+timestamp after 2262 in nanoseconds) is stored as null, with a note in its row's decision.
+Column names must be distinct; a repeated passthrough column may be left out with
 ``--drop-column``. Passthrough columns whose names clash with output columns
 (img2dataset's own ``width``, ``height``, ``sha256``) keep their values under ``source_<name>``.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
@@ -270,7 +271,7 @@ def detect_layout(
     schema = schema if schema is not None else read_schema(location)
     names = list(schema.names)
     types = {f.name: f.type for f in schema}
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    repeated = {name: n for name, n in Counter(names).items() if n > 1}
     for given, option in (
         (image_column, "--image-column"),
         (text_column, "--text-column"),
@@ -284,10 +285,10 @@ def detect_layout(
         else _found_roles(path, types, names, image_column, text_column, key_column)
     )
     used = {roles.image, roles.text, roles.key, roles.status, roles.error}
-    for name in repeated:
+    for name, count in sorted(repeated.items()):
         if name in used or name in (image_column, text_column, key_column):
             raise InputError(
-                f"{path}: column {name!r} appears {names.count(name)} times; a column that "
+                f"{path}: column {name!r} appears {count} times; a column that "
                 "plays a role must have a name of its own (rename the others in the input)"
             )
     _check_role_types(path, roles, types)
@@ -325,12 +326,12 @@ def check_inputs(
         for f in files
     ]
     for item, layout in zip(files, layouts, strict=True):
-        names = layout.passthrough.names
-        for name in sorted({n for n in names if names.count(n) > 1}):
-            raise InputError(
-                f"{item.url}: column {name!r} appears {names.count(name)} times; rename the "
-                f"others in the input, or leave them out with --drop-column {name!r}"
-            )
+        for name, count in sorted(Counter(layout.passthrough.names).items()):
+            if count > 1:
+                raise InputError(
+                    f"{item.url}: column {name!r} appears {count} times; rename the others "
+                    f"in the input, or leave them out with --drop-column {name!r}"
+                )
     first = layouts[0]
     for item, layout in zip(files[1:], layouts[1:], strict=True):
         if layout.roles != first.roles:

@@ -17,7 +17,7 @@ input size. Values are taken as they are, with these rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -179,21 +179,14 @@ def unreadable_rows(item: InputFile, first_row: int, rows: int) -> list[Pair]:
 def _keys(column: pa.ChunkedArray) -> tuple[list[str | None], list[bool]]:
     """Values of a key column as strings, and which needed repair: invalid UTF-8 bytes are
     escaped (``\\xff``), not replaced, so keys that differ only there stay distinct."""
-    if pa.types.is_dictionary(column.type):
-        column = pc.cast(column, column.type.value_type)
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        return _strings(column)
-    raw = pc.cast(column, pa.large_binary()).to_pylist()
-    values = [None if blob is None else blob.decode("utf-8", "backslashreplace") for blob in raw]
-    repaired = [
-        blob is not None and key.encode("utf-8", "surrogatepass") != blob
-        for blob, key in zip(raw, values, strict=True)
-    ]
-    return values, repaired
+    return _strings(column, lambda blob: blob.decode("utf-8", "backslashreplace"))
 
 
-def _strings(column: pa.ChunkedArray) -> tuple[list[str | None], list[bool]]:
-    """Values of a string-like column as Python strings, and which ones needed repair."""
+def _strings(
+    column: pa.ChunkedArray, decode: Callable[[bytes], str] = stored_text
+) -> tuple[list[str | None], list[bool]]:
+    """Values of a string-like column as Python strings (bytes read with ``decode``), and
+    which ones needed repair."""
     if pa.types.is_dictionary(column.type):
         column = pc.cast(column, column.type.value_type)
     if pa.types.is_null(column.type):
@@ -201,7 +194,7 @@ def _strings(column: pa.ChunkedArray) -> tuple[list[str | None], list[bool]]:
     if pa.types.is_integer(column.type):
         return [None if v is None else str(v) for v in column.to_pylist()], [False] * len(column)
     raw = pc.cast(column, pa.large_binary()).to_pylist()
-    values = [stored_text(blob) for blob in raw]
+    values = [None if blob is None else decode(blob) for blob in raw]
     repaired = [
         blob is not None and text.encode("utf-8") != blob
         for blob, text in zip(raw, values, strict=True)
@@ -235,7 +228,12 @@ def _cast(column: pa.ChunkedArray, field: pa.Field, notes: list[list[str]]) -> l
     try:
         return pc.cast(column, field.type).to_pylist()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass
+        return _cast_each(column, field, notes)
+
+
+def _cast_each(column: pa.ChunkedArray, field: pa.Field, notes: list[list[str]]) -> list[object]:
+    """``column`` in ``field``'s type value by value: a value the type cannot hold is null,
+    with a note in ``notes`` of its row."""
     values: list[object] = []
     for row, scalar in enumerate(column.combine_chunks()):
         try:

@@ -49,3 +49,17 @@ class DuplicateKind(StrEnum):
 def decision_of(reason: Reason) -> Decision:
     """The decision a reason stands for: only ``kept`` keeps."""
     return Decision.KEPT if reason is Reason.KEPT else Decision.DROPPED
+
+
+class Stage(StrEnum):
+    """The per-element stages of a run, as error details name them."""
+
+    READ = "read"
+    SCREEN = "screen"
+    KEYS = "keys"
+    GROUP = "group"
+    FETCH = "fetch"
+    PIXELS = "pixels"
+    CAPTION = "caption"
+    SCORE = "score"
+    DECIDE = "decide"

@@ -18,12 +18,11 @@ from typing import Any
 
 import apache_beam as beam
 
-from curation.decide import Stage
 from curation.dedup.copies import copy_group_key, copy_link, multihash_layout
 from curation.dedup.copy_buckets import bucket_keys, bucket_links
 from curation.dedup.keep import CopyCandidate, choose_copy, copy_rank
 from curation.grouping import build_group
-from curation.reasons import DuplicateKind
+from curation.reasons import DuplicateKind, Stage
 from curation.records import HashedPair, ImageGroup, Pair
 from pipelines.components import KeepPerComponent
 from pipelines.guarded import ERRORS, GuardedDoFn

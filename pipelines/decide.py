@@ -10,7 +10,8 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from curation.decide import Stage, decide_group
+from curation.decide import decide_group
+from curation.reasons import Stage
 from curation.records import GroupScores, ImageGroup, Pair
 from curation.thresholds import Thresholds
 from pipelines.guarded import NAMESPACE, GuardedDoFn

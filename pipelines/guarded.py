@@ -16,7 +16,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from curation.decide import Row, Stage, error_detail, error_row
+from curation.decide import Row, error_detail, error_row
+from curation.reasons import Stage
 from curation.records import Pair
 
 NAMESPACE = "curation"

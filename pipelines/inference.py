@@ -26,8 +26,9 @@ from apache_beam.ml.inference.base import (
 from apache_beam.pvalue import TaggedOutput
 
 from curation.config import RunConfig
-from curation.decide import Stage, error_detail
+from curation.decide import error_detail
 from curation.model_cache import cache_key
+from curation.reasons import Stage
 from curation.records import GroupScores, ImageGroup, Pair
 from curation.screen import ScreenSettings
 from pipelines.guarded import ERRORS, NAMESPACE, GuardedDoFn, failure_rows

@@ -8,10 +8,10 @@ from dataclasses import dataclass, replace
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from curation.decide import Stage
 from curation.inputs import InputFile
 from curation.layout import Layout
 from curation.reader import ImageFiles, ParquetInput, read_images, unreadable_rows
+from curation.reasons import Stage
 from curation.records import GroupScores, ImageGroup, Pair
 from pipelines.guarded import ERRORS, NAMESPACE, GuardedDoFn
 

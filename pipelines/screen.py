@@ -8,7 +8,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 
-from curation.decide import Stage
+from curation.reasons import Stage
 from curation.records import HashedPair, Pair
 from curation.screen import Rejection, ScreenSettings, duplicate_key, first_occurrence, screen_pair
 from pipelines.guarded import ERRORS, GuardedDoFn
