@@ -17,9 +17,14 @@ from curation.audit.tables import RunTables
 from curation.errors import UsageError
 from curation.reasons import TextOrigin
 from curation.schemas import DECISION_FIELDS
+from curation.texts import printable
 
 #: Copies, and texts of copies, listed per image (the counts are complete).
 MAX_RELATED = 100
+#: Characters of a text, and of a key, file name or detail, shown by the terminal format
+#: (``--json`` gives them whole).
+TEXT_CHARS = 2000
+NAME_CHARS = 300
 DECISION_COLUMNS = list(DECISION_FIELDS)
 
 
@@ -99,8 +104,16 @@ def _scores(row: dict[str, Any]) -> str:
     return f"itm {row['itm']:.4f}  itc {row['itc']:.4f}  threshold {row['threshold']:g}"
 
 
+def _quoted(value: object, max_chars: int = NAME_CHARS) -> str:
+    """``value`` quoted with ``repr`` (controls escaped), cut to ``max_chars`` characters
+    with the count of the rest, so one huge text cannot flood the terminal."""
+    if not isinstance(value, str) or len(value) <= max_chars:
+        return repr(value)
+    return f"{value[:max_chars]!r}... ({len(value) - max_chars} more characters)"
+
+
 def _verdict(row: dict[str, Any]) -> str:
-    detail = f" ({row['detail']!r})" if row.get("detail") else ""
+    detail = f" ({_quoted(row['detail'])})" if row.get("detail") else ""
     return f"{row['decision']} [{row['reason']}]{detail}"
 
 
@@ -109,37 +122,37 @@ def _similarity(value: float | None) -> str:
 
 
 def format_explanation(record: dict[str, Any]) -> str:
-    """An explanation as text for a terminal; data is shown with ``repr`` quoting."""
+    """An explanation as text for a terminal: data quoted with ``repr``, long values cut."""
     key = record["key"]
-    lines = [f"key {key!r} in {record['run']}"]
+    lines = [f"key {_quoted(key)} in {printable(record['run'])}"]
     for row in record["web"]:
-        lines.append(f"  input: {row['source_file']!r} row {row['source_row']}")
-        lines.append(f"  web text: {row['text']!r}")
+        lines.append(f"  input: {_quoted(row['source_file'])} row {row['source_row']}")
+        lines.append(f"  web text: {_quoted(row['text'], TEXT_CHARS)}")
         lines.append(f"    {_verdict(row)}; {_scores(row)}")
     if record["image_key"] and record["image_key"] != key:
         lines.append(
-            f"  its text was scored against image {record['image_key']!r} (a copy kept for it)"
+            f"  its text was scored against image {_quoted(record['image_key'])} (a copy kept for it)"
         )
     for row in record["copy_of"]:
         lines.append(
-            f"  removed as a {row['kind']} duplicate of {row['dup_of']!r}{_similarity(row['similarity'])}"
+            f"  removed as a {row['kind']} duplicate of {_quoted(row['dup_of'])}{_similarity(row['similarity'])}"
         )
     if record["captions"]:
         image = record["image_key"] or key
-        lines.append(f"  synthetic captions of image {image!r}:")
+        lines.append(f"  synthetic captions of image {_quoted(image)}:")
         for row in record["captions"]:
-            lines.append(f"    #{row['caption_index']} {row['text']!r}")
+            lines.append(f"    #{row['caption_index']} {_quoted(row['text'], TEXT_CHARS)}")
             lines.append(f"       {_verdict(row)}; {_scores(row)}")
     lines += _listing(
         "removed as duplicates of it",
         record["copies"],
-        lambda row: [f"    {row['key']!r} ({row['kind']}{_similarity(row['similarity'])})"],
+        lambda row: [f"    {_quoted(row['key'])} ({row['kind']}{_similarity(row['similarity'])})"],
     )
     lines += _listing(
         "web texts of other keys scored against its image",
         record["texts_on_image"],
         lambda row: [
-            f"    {row['key']!r}: {row['text']!r}",
+            f"    {_quoted(row['key'])}: {_quoted(row['text'], TEXT_CHARS)}",
             f"       {_verdict(row)}; {_scores(row)}",
         ],
     )

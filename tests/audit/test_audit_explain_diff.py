@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from app.cli import main
 from curation.audit.diff import diff_runs
-from curation.audit.explain import explain_key
+from curation.audit.explain import TEXT_CHARS, explain_key, format_explanation
 from curation.audit.tables import RunTables
 
 
@@ -77,6 +77,18 @@ def test_explain_text_output_quotes_data_and_unknown_key_exits_2(audit_runs: Aud
     assert repr(PAYLOAD_KEY) in result.output and repr(PAYLOAD_TEXTS[0]) in result.output
     missing = CliRunner().invoke(main, ["explain", str(audit_runs.b), "no-such-key"])
     assert missing.exit_code == 2 and "no-such-key" in missing.output
+
+
+def test_explain_text_output_cuts_huge_values(audit_runs: AuditRuns) -> None:
+    record = _explain(audit_runs.b, PAYLOAD_KEY)
+    huge_text, huge_key = "a red circle " * 400_000, "k" * 50_000
+    record["key"] = huge_key
+    record["web"][0] |= {"text": huge_text, "detail": "\x1b]0;title\x07" * 1000}
+    record["texts_on_image"] = {"total": 3, "rows": [record["web"][0] | {"key": huge_key}] * 3}
+    out = format_explanation(record)
+    assert len(out) < 20_000 and "\x1b" not in out
+    assert f"{len(huge_text) - TEXT_CHARS} more characters" in out
+    assert repr(huge_text[:TEXT_CHARS]) in out
 
 
 def test_explain_a_row_rejected_before_the_models(audit_runs: AuditRuns) -> None:
