@@ -15,6 +15,7 @@ fixed part for a glob.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -59,10 +60,23 @@ def resolve_inputs(
         if not found:
             raise InputError(f"input {entry!r}: no such file, or no *.parquet file matches")
         for item in found:
+            _check_name(item.location)
             if item.url not in seen:
                 seen.add(item.url)
                 files.append(item)
     return files
+
+
+def _check_name(location: Location) -> None:
+    """Raise :class:`InputError` for a file name that is not valid UTF-8 (a Latin-1 name
+    from an old system): every output records the name as text."""
+    try:
+        location.url.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(location.url).decode("utf-8", "backslashreplace")
+        raise InputError(
+            f"input file {shown}: its name is not valid UTF-8; rename it (e.g. with convmv)"
+        ) from None
 
 
 def check_key_prefixes(files: Sequence[InputFile]) -> None:
@@ -88,6 +102,8 @@ def _expand(entry: str) -> list[InputFile]:
         return [InputFile(location, _prefix(location.parent, location))]
     if location.is_dir():
         return [InputFile(f, _prefix(location, f)) for f in location.files(PARQUET)]
+    if location.exists():
+        raise InputError(f"input {entry!r}: not a regular file (a pipe, socket or device)")
     if not has_glob(entry):
         return []
     base = Location(_glob_base(entry))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Any
 
@@ -66,6 +66,7 @@ class Layout:
     image_is_struct: bool  # datasets Image struct {bytes, path}
     passthrough: pa.Schema  # every other column (input names), unified over all files
     renamed: tuple[tuple[str, str], ...] = ()  # (input name, output name) of clashing columns
+    images_absent: bool = False  # the image column is all null (Arrow's null type)
 
     @property
     def roles(self) -> dict[str, Any]:
@@ -73,8 +74,16 @@ class Layout:
         return {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name not in {"passthrough", "renamed"}
+            if f.name not in {"passthrough", "renamed", "images_absent"}
         }
+
+    def fits(self, other: Layout) -> bool:
+        """True when a file of this layout can be read with ``other``'s roles: the same
+        roles, or an image column of nulls only where ``other`` has images."""
+        if not self.images_absent:
+            return self.roles == other.roles
+        loose = ("kind", "image_is_struct")
+        return all(v == other.roles[k] for k, v in self.roles.items() if k not in loose)
 
     def columns(self, available: Sequence[str]) -> list[str]:
         """The columns a reader projects from a file that has ``available`` columns."""
@@ -163,6 +172,7 @@ def _choose_image(path: str, types: dict[str, pa.DataType], names: list[str]) ->
     if structs:
         return "image" if "image" in structs else structs[0]
     found = next((c for c in IMAGE_COLUMNS if c in types and is_binary(types[c])), None)
+    found = found or next((c for c in IMAGE_COLUMNS if c in types and is_null(types[c])), None)
     if found is not None:
         return found
     binaries = [n for n in names if is_binary(types[n])]
@@ -171,8 +181,13 @@ def _choose_image(path: str, types: dict[str, pa.DataType], names: list[str]) ->
     return binaries[0]
 
 
+def is_null(type_: pa.DataType) -> bool:
+    """A column with no values at all (pandas writes an all-None column so)."""
+    return pa.types.is_null(type_)
+
+
 def _check_image_type(path: str, column: str, type_: pa.DataType) -> None:
-    if not (is_image_struct(type_) or is_binary(type_)):
+    if not (is_image_struct(type_) or is_binary(type_) or is_null(type_)):
         raise InputError(
             f"{path}: image column {column!r} has type {type_}, expected binary "
             "bytes or a datasets Image struct {bytes, path}"
@@ -301,6 +316,7 @@ def detect_layout(
         error_column=roles.error,
         image_is_struct=is_image_struct(types[roles.image]),
         passthrough=pa.schema([f for f in schema if f.name not in used]),
+        images_absent=is_null(types[roles.image]),
     )
 
 
@@ -332,16 +348,17 @@ def check_inputs(
                     f"{item.url}: column {name!r} appears {count} times; rename the others "
                     f"in the input, or leave them out with --drop-column {name!r}"
                 )
-    first = layouts[0]
-    for item, layout in zip(files[1:], layouts[1:], strict=True):
-        if layout.roles != first.roles:
+    first_at = next((i for i, layout in enumerate(layouts) if not layout.images_absent), 0)
+    first = layouts[first_at]
+    for item, layout in zip(files, layouts, strict=True):
+        if not layout.fits(first):
             diffs = [
                 f"{name}: {value!r} vs {layout.roles[name]!r}"
                 for name, value in first.roles.items()
                 if layout.roles[name] != value
             ]
             raise InputError(
-                f"{item.url}: columns play other roles than in {files[0].url} "
+                f"{item.url}: columns play other roles than in {files[first_at].url} "
                 f"({'; '.join(diffs)}); all input files must have the same layout"
             )
     passthrough = unify_passthrough(files, layouts)
@@ -362,7 +379,7 @@ def check_inputs(
 
 def _without(layout: Layout, drop: Sequence[str]) -> Layout:
     kept = [f for f in layout.passthrough if f.name not in drop]
-    return Layout(**{**layout.roles, "passthrough": pa.schema(kept)})  # type: ignore[arg-type]
+    return replace(layout, passthrough=pa.schema(kept))
 
 
 def _plain(field: pa.Field) -> pa.Field:

@@ -17,6 +17,8 @@ input size. Values are taken as they are, with these rules:
 
 from __future__ import annotations
 
+import itertools
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -46,21 +48,21 @@ class ImageFiles:
     def read(self, path: str, parquet: Location) -> tuple[bytes | None, tuple[Reason, str] | None]:
         """The bytes of the image at ``path`` (relative to the Parquet file's folder), or
         ``None`` and the reason and detail of the rule that refused it."""
-        local_path = not is_url(path) and path.startswith("/")
-        # a remote dataset naming a local path never reads this machine's files
-        target = None if local_path and not parquet.is_local else parquet.parent.join_relative(path)
+        if "\x00" in path:
+            return None, (Reason.MISSING_IMAGE, f"image path {path!r} holds a NUL byte")
         folders = [parquet.parent, *(Location(r) for r in self.roots)]
-        if target is None or not any(folder.inside(target) for folder in folders):
+        target = self._target(path, parquet, folders)
+        if target is None:
             allowed = " or an --image-root" if not self.roots else ", nor under an --image-root"
             return None, (
                 Reason.MISSING_IMAGE,
                 f"image path {path!r} is outside the dataset folder {parquet.parent.url}{allowed}",
             )
-        if not target.exists():
-            return None, (Reason.MISSING_IMAGE, f"image file {target.url} not found")
-        if not target.is_regular_file():
-            return None, (Reason.MISSING_IMAGE, f"image path {path!r} is not a regular file")
         try:
+            if not target.exists():
+                return None, (Reason.MISSING_IMAGE, f"image file {target.url} not found")
+            if not target.is_regular_file():
+                return None, (Reason.MISSING_IMAGE, f"image path {path!r} is not a regular file")
             data = target.read_bytes(limit=self.max_bytes)
         except (OSError, ValueError) as err:
             return None, (Reason.MISSING_IMAGE, f"image file {target.url} unreadable: {err}")
@@ -71,21 +73,70 @@ class ImageFiles:
             )
         return data, None
 
+    @staticmethod
+    def _target(path: str, parquet: Location, folders: list[Location]) -> Location | None:
+        """The location of ``path`` when it lies in one of ``folders``, else ``None``. A URL
+        is checked as text first, so one elsewhere (another store, host or scheme) never
+        gets a filesystem; a remote dataset naming a local path never reads this machine's
+        files."""
+        if not is_url(path) and path.startswith("/") and not parquet.is_local:
+            return None
+        url = parquet.parent.relative_url(path)
+        if is_url(url) and not any(folder.contains_url(url) for folder in folders):
+            return None
+        target = Location(url)
+        return target if any(folder.inside(target) for folder in folders) else None
+
+
+@dataclass(frozen=True)
+class Footer:
+    """A file's parsed footer and what is derived from it once: rows per row group and the
+    first row number of each."""
+
+    metadata: pq.FileMetaData
+    row_counts: tuple[int, ...]
+    starts: tuple[int, ...]
+
+    @classmethod
+    def of(cls, metadata: pq.FileMetaData) -> Footer:
+        counts = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
+        return cls(metadata, counts, tuple(itertools.accumulate(counts, initial=0))[:-1])
+
+
+class Footers:
+    """The footers of the files read last, so that reading a file one row group at a time
+    parses its footer once: a file written with a row group per row has a footer as long
+    as its rows, and parsing it for every row group would take time quadratic in them."""
+
+    def __init__(self, size: int = 8) -> None:
+        self._size = size
+        self._footers: OrderedDict[str, Footer] = OrderedDict()
+
+    def open(self, item: InputFile) -> ParquetInput:
+        """``item`` opened, with its footer parsed at most once while it stays recent."""
+        source = ParquetInput(item, self._footers.get(item.url))
+        self._footers[item.url] = source.footer
+        self._footers.move_to_end(item.url)
+        while len(self._footers) > self._size:
+            self._footers.popitem(last=False)
+        return source
+
 
 class ParquetInput:
     """An open input file: its row groups and their first row numbers."""
 
-    def __init__(self, item: InputFile) -> None:
+    def __init__(self, item: InputFile, footer: Footer | None = None) -> None:
         self.item = item
         self._handle = item.location.open_file()
         try:
-            self.parquet = pq.ParquetFile(self._handle, pre_buffer=False)
+            metadata = footer.metadata if footer else None
+            self.parquet = pq.ParquetFile(self._handle, metadata=metadata, pre_buffer=False)
         except (pa.ArrowInvalid, OSError) as err:
             self._handle.close()
             raise InputError(f"{item.url}: not a Parquet file ({err})") from None
-        meta = self.parquet.metadata
-        self.row_counts = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-        self.starts = [sum(self.row_counts[:i]) for i in range(len(self.row_counts))]
+        self.footer = footer or Footer.of(self.parquet.metadata)
+        self.row_counts = self.footer.row_counts
+        self.starts = self.footer.starts
 
     def __enter__(self) -> ParquetInput:
         return self
@@ -101,12 +152,17 @@ class ParquetInput:
 
 
 def read_images(
-    item: InputFile, layout: Layout, index: int, rows: set[int], images: ImageFiles | None = None
+    item: InputFile,
+    layout: Layout,
+    index: int,
+    rows: set[int],
+    images: ImageFiles | None = None,
+    footers: Footers | None = None,
 ) -> dict[int, bytes | None]:
     """The image bytes of some rows (numbered within the file) of row group ``index``; rows
     outside the row group are left out."""
     policy = images or ImageFiles()
-    with ParquetInput(item) as source:
+    with (footers or Footers()).open(item) as source:
         table = source.parquet.read_row_group(index, columns=[layout.image_column])
         first = source.starts[index]
     cells = _ImageCells(table.column(layout.image_column), layout)
@@ -220,38 +276,64 @@ def _passthrough(table: pa.Table, layout: Layout) -> tuple[list[dict[str, object
     return rows, ["; ".join(n) for n in notes]
 
 
+#: What reading a value as Python can raise besides a failed cast: a date beyond Python's
+#: years (OverflowError, ValueError), invalid UTF-8 in a nested string (UnicodeDecodeError),
+#: a time zone this machine's database lacks (a KeyError).
+_UNREADABLE = (pa.ArrowException, ValueError, OverflowError, KeyError)
+
+
 def _cast(column: pa.ChunkedArray, field: pa.Field, notes: list[list[str]]) -> list[object]:
     """``column`` in ``field``'s type; a value out of the type's range (a timestamp beyond
-    a finer unit's) is null, with a note in ``notes`` of its row."""
+    a finer unit's) or that Python cannot hold is null, with a note in ``notes`` of its row."""
     if pa.types.is_dictionary(column.type):
         column = pc.cast(column, column.type.value_type)
     try:
         return pc.cast(column, field.type).to_pylist()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    except _UNREADABLE:
         return _cast_each(column, field, notes)
 
 
 def _cast_each(column: pa.ChunkedArray, field: pa.Field, notes: list[list[str]]) -> list[object]:
-    """``column`` in ``field``'s type value by value: a value the type cannot hold is null,
-    with a note in ``notes`` of its row."""
+    """``column`` in ``field``'s type value by value: a value the type cannot hold, or that
+    cannot be read as a Python value, is null, with a note in ``notes`` of its row."""
     values: list[object] = []
     for row, scalar in enumerate(column.combine_chunks()):
         try:
-            values.append(scalar.cast(field.type).as_py())
+            cast = scalar.cast(field.type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             values.append(None)
             notes[row].append(
-                f"column {field.name!r}: {scalar} does not fit {field.type} (the type "
-                "shared with the other input files), stored as null"
+                f"column {field.name!r}: {_shown(scalar)} does not fit {field.type} (the "
+                "type shared with the other input files), stored as null"
+            )
+            continue
+        try:
+            values.append(cast.as_py())
+        except _UNREADABLE as err:
+            values.append(None)
+            notes[row].append(
+                f"column {field.name!r}: a {field.type} value cannot be read "
+                f"({type(err).__name__}: {err}), stored as null"
             )
     return values
+
+
+def _shown(scalar: pa.Scalar) -> str:
+    """A value as a note shows it (a date beyond Python's years cannot be printed)."""
+    try:
+        return str(scalar)
+    except _UNREADABLE:
+        return f"a {scalar.type} value"
 
 
 class _ImageCells:
     """The image column of a row group: bytes, or (image structs) a path to read them from."""
 
     def __init__(self, column: pa.ChunkedArray, layout: Layout) -> None:
-        if layout.image_is_struct:
+        if pa.types.is_null(column.type):  # a file whose image column holds no value at all
+            self.blobs, self.paths = [None] * len(column), [None] * len(column)
+            self.valid = [False] * len(column)
+        elif layout.image_is_struct:
             values = column.combine_chunks()
             self.blobs = values.field("bytes").to_pylist()
             self.paths = _strings(pa.chunked_array([values.field("path")]))[0]

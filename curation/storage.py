@@ -79,8 +79,11 @@ class Location:
             url = url.url
         self.url = normalise(str(url))
         protocol = self.url.split("://", 1)[0] if is_url(self.url) else "file"
-        self.fs, self.path = fsspec.core.url_to_fs(self.url, **_OPTIONS.get(protocol, {}))
         self.is_local = protocol == "file"
+        if self.is_local:  # a local name is a path as it is (fsspec reads "::" as a chain)
+            self.fs, self.path = fsspec.filesystem("file"), self.url
+        else:
+            self.fs, self.path = fsspec.core.url_to_fs(self.url, **_OPTIONS.get(protocol, {}))
 
     def __repr__(self) -> str:
         return f"Location({self.url!r})"
@@ -122,17 +125,25 @@ class Location:
     def join_relative(self, path: str) -> Location:
         """The location of ``path`` relative to this folder, ``..`` resolved (a URL or an
         absolute local path is taken as it is)."""
+        return Location(self.relative_url(path))
+
+    def relative_url(self, path: str) -> str:
+        """The URL :meth:`join_relative` names, found from the text alone: no filesystem is
+        built for it, so a URL of another store or host is never contacted."""
         if is_url(path):
-            return Location(path)
+            return normalise(path)
         if self.is_local:
-            return Location(os.path.normpath(os.path.join(self.path, path)))
+            return normalise(os.path.join(self.path, path))
         scheme, rest = self.url.split("://", 1)
-        return Location(f"{scheme}://{posixpath.normpath(posixpath.join(rest, path))}")
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, path))}"
 
     def inside(self, other: Location) -> bool:
         """True when ``other`` lies in this folder, symbolic links resolved on local disk."""
         if self.is_local and other.is_local:
-            folder, target = os.path.realpath(self.path), os.path.realpath(other.path)
+            try:
+                folder, target = os.path.realpath(self.path), os.path.realpath(other.path)
+            except (OSError, ValueError):  # a name no path can hold (a NUL byte)
+                return False
             return target == folder or target.startswith(folder.rstrip("/") + "/")
         return self.contains(other) and "/../" not in other.url + "/"
 
@@ -147,7 +158,11 @@ class Location:
 
     def contains(self, other: Location) -> bool:
         """True when ``other`` is this location or lies below it."""
-        return other.url == self.url or other.url.startswith(self.url.rstrip("/") + "/")
+        return self.contains_url(other.url)
+
+    def contains_url(self, url: str) -> bool:
+        """:meth:`contains` for a canonical URL (:func:`normalise`) not yet a location."""
+        return url == self.url or url.startswith(self.url.rstrip("/") + "/")
 
     def relative(self, other: Location) -> str:
         """``other``'s path below this folder (``other`` must lie below it)."""
@@ -175,14 +190,15 @@ class Location:
         return int(info["size"]) if info.get("type") == "file" else None
 
     def files(self, suffix: str = "", *, hidden: bool = False) -> list[Location]:
-        """Files below this folder (recursively), sorted; names in folders starting with
-        ``.`` or ``_`` are left out unless ``hidden``."""
+        """Files holding data below this folder (recursively), sorted; names in folders
+        starting with ``.`` or ``_`` are left out unless ``hidden``, and so are pipes,
+        sockets and devices."""
         if not self.is_dir():
             return []
         found = []
-        for path in sorted(self.fs.find(self.path)):
+        for path, info in sorted(self.fs.find(self.path, detail=True).items()):
             relative = path[len(self.path.rstrip("/")) + 1 :]
-            if not hidden and is_hidden(relative):
+            if not hidden and is_hidden(relative) or info.get("type") != "file":
                 continue
             if path.endswith(suffix):
                 found.append(Location(self.url_of(path)))

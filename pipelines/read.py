@@ -10,7 +10,7 @@ from apache_beam.metrics import Metrics
 
 from curation.inputs import InputFile
 from curation.layout import Layout
-from curation.reader import ImageFiles, ParquetInput, read_images, unreadable_rows
+from curation.reader import Footers, ImageFiles, read_images, unreadable_rows
 from curation.reasons import Stage
 from curation.records import GroupScores, ImageGroup, Pair
 from pipelines.guarded import ERRORS, NAMESPACE, GuardedDoFn
@@ -37,8 +37,11 @@ class ReadPairsFn(GuardedDoFn):
         self._images = images
         self._rows_read = Metrics.counter(NAMESPACE, "rows_read")
 
+    def setup(self) -> None:
+        self._footers = Footers()
+
     def apply(self, unit: Unit) -> Iterable[Pair]:
-        with ParquetInput(unit.item) as source:
+        with self._footers.open(unit.item) as source:
             pairs = list(source.pairs(self._layout, unit.index, self._images))
         self._rows_read.inc(len(pairs))
         return pairs
@@ -93,13 +96,18 @@ class FetchImagesFn(GuardedDoFn):
         self._layout = layout
         self._images = images
 
+    def setup(self) -> None:
+        self._footers = Footers()
+
     def apply(self, element: RowGroupItems) -> Iterator[object]:
         from apache_beam.pvalue import TaggedOutput
 
         (url, index), grouped = element
         grouped = list(grouped)
         wanted = {group.rep.pair.source_row for group, _ in grouped}
-        found = read_images(self._items[url], self._layout, index, wanted, self._images)
+        found = read_images(
+            self._items[url], self._layout, index, wanted, self._images, self._footers
+        )
         for group, scores in grouped:
             image = found.get(group.rep.pair.source_row)
             if image is None:

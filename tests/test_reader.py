@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -19,7 +20,15 @@ from images import (
 from curation.errors import InputError
 from curation.inputs import InputFile, resolve_inputs
 from curation.layout import Layout, check_inputs, detect_layout
-from curation.reader import ImageFiles, derived_key, iter_rows, read_row_group, row_group_sizes
+from curation.reader import (
+    Footer,
+    Footers,
+    ImageFiles,
+    derived_key,
+    iter_rows,
+    read_row_group,
+    row_group_sizes,
+)
 from curation.records import Pair
 from curation.storage import Location
 
@@ -475,3 +484,103 @@ def test_a_dictionary_encoded_image_column_is_read_as_its_values(
     images = pa.array(jpegs[:3]).dictionary_encode()
     pq.write_table(pa.table({"image": images, "text": ["a", "b", "c"]}), tmp_path / "d.parquet")
     assert [p.image for p in _pairs(tmp_path / "d.parquet")] == jpegs[:3]
+
+
+def test_values_python_cannot_hold_are_null_and_noted_not_the_row_group_lost(
+    tmp_path: Path, jpegs: list[bytes]
+) -> None:
+    tags = pa.array([b"cat", b"caf\xe9"], pa.binary())  # Latin-1 inside a list of strings
+    table = pa.table({
+        "image": jpegs[:2], "text": ["t0", "t1"],
+        "until": pa.array([0, 2**63 - 1], pa.timestamp("us")),  # beyond Python's years
+        "tags": pa.ListArray.from_arrays(
+            pa.array([0, 1, 2], pa.int32()), pa.Array.from_buffers(pa.string(), 2, tags.buffers())
+        ),
+        "seen": pa.array([0, 1], pa.timestamp("s", tz="UTC+1")),  # a zone no database knows
+    })  # fmt: skip
+    pq.write_table(table, tmp_path / "a.parquet")
+    pairs = _pairs(tmp_path / "a.parquet")
+    assert [p.image for p in pairs] == jpegs[:2]  # the rows are read, their images too
+    assert pairs[0].extra["until"] is not None and pairs[1].extra["until"] is None
+    assert [p.extra["tags"] for p in pairs] == [["cat"], None]
+    assert [p.extra["seen"] for p in pairs] == [None, None]
+    assert (
+        "'until': a timestamp[us] value cannot be read (OverflowError" in pairs[1].passthrough_note
+    )
+    assert "'tags'" in pairs[1].passthrough_note and "'tags'" not in pairs[0].passthrough_note
+    assert "'seen'" in pairs[0].passthrough_note
+
+
+def test_image_paths_of_other_stores_or_with_nul_are_refused_per_row_without_contact(
+    tmp_path: Path, jpegs: list[bytes]
+) -> None:
+    paths = [
+        None,
+        "oss://bucket/img/5.jpg",  # a scheme with no filesystem installed
+        "foo://host/x.jpg",  # a scheme fsspec does not know
+        "ftp://10.255.255.1/x.jpg",  # building its filesystem would connect
+        "img\x00.jpg",
+    ]
+    path = write_hf_parquet(
+        tmp_path / "train.parquet", [jpegs[0]] + [None] * 4, ["t"] * 5, paths=paths
+    )
+    item = _file(path)
+    pairs = iter_pairs(item, check_inputs([item]))
+    assert pairs[0].image == jpegs[0]
+    for refused in pairs[1:4]:
+        assert refused.image_issue[0] == "missing_image"
+        assert "outside the dataset folder" in refused.image_issue[1]
+    assert pairs[4].image_issue == ("missing_image", "image path 'img\\x00.jpg' holds a NUL byte")
+
+
+def test_an_image_column_of_nulls_only_reads_as_rows_without_images(
+    tmp_path: Path, jpegs: list[bytes]
+) -> None:
+    write_hf_parquet(tmp_path / "a.parquet", [jpegs[0]], ["t0"], paths=["a.jpg"])
+    empty = pa.table({"image": pa.nulls(2), "text": ["t1", "t2"]})  # pandas writes all-None so
+    pq.write_table(empty, tmp_path / "b.parquet")
+    files = resolve_inputs(str(tmp_path))
+    layout = check_inputs(files)
+    assert layout.image_is_struct  # the layout of the file with images
+    pairs = [p for f in files for p in iter_pairs(f, layout)]
+    assert [p.image for p in pairs] == [jpegs[0], None, None]
+    assert [p.text for p in pairs] == ["t0", "t1", "t2"]
+    alone = resolve_inputs(str(tmp_path / "b.parquet"))
+    assert check_inputs(alone).image_column == "image"
+
+
+def test_input_names_that_are_not_utf8_pipes_or_hold_double_colons(
+    tmp_path: Path, jpegs: list[bytes]
+) -> None:
+    def write_parquet(path: str | Path, texts: list[str]) -> None:
+        rows = [{"image": image, "text": text} for image, text in zip(jpegs, texts, strict=False)]
+        write_pairs_parquet(path, rows)
+
+    write_parquet(tmp_path / "shard::1.parquet", ["a", "b"])
+    assert [p.text for p in _pairs(tmp_path / "shard::1.parquet")] == ["a", "b"]
+    os.mkfifo(tmp_path / "pipe.parquet")  # opening it would wait for a writer forever
+    assert _urls(str(tmp_path)) == [str(tmp_path / "shard::1.parquet")]
+    with pytest.raises(InputError, match="not a regular file"):
+        resolve_inputs(str(tmp_path / "pipe.parquet"))
+    with open(bytes(tmp_path) + b"/caf\xe9.parquet", "wb") as latin1:  # an old system's name
+        latin1.write((tmp_path / "shard::1.parquet").read_bytes())
+    with pytest.raises(InputError, match=r"caf\\xe9.parquet: its name is not valid UTF-8"):
+        resolve_inputs(str(tmp_path))
+
+
+def test_a_file_of_a_row_group_per_row_parses_its_footer_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = pa.table({"image": pa.array([None] * 50, pa.binary()), "text": ["t"] * 50})
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=1)
+    [item] = resolve_inputs(str(tmp_path / "a.parquet"))
+    layout = check_inputs([item])
+    parsed = []
+    parse = Footer.of.__func__
+    monkeypatch.setattr(Footer, "of", classmethod(lambda cls, m: parsed.append(m) or parse(cls, m)))
+    footers = Footers()
+    rows = []
+    for index in range(50):
+        with footers.open(item) as source:
+            rows += [p.source_row for p in source.pairs(layout, index, ImageFiles())]
+    assert rows == list(range(50)) and len(parsed) == 1
