@@ -14,9 +14,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from curation.errors import UsageError
 from curation.run_folder import MANIFEST, RunFolder
+from curation.storage import Location
 
 #: Rows per streamed batch of the narrow (no image bytes) audit scans.
 SCAN_ROWS = 65_536
@@ -36,6 +38,49 @@ class RunTables:
         if manifest is None:
             raise UsageError(f"{self.path} is not a finished run folder (no {MANIFEST})")
         self._manifest: dict[str, Any] = manifest
+        self._check_files()
+
+    def _check_files(self) -> None:
+        """Refuse a folder missing a table file its manifest lists (one listing per folder)."""
+        listed = {
+            name: self.run.table_files(name, self._manifest)
+            for name in self._manifest.get("tables", {})
+        }
+        present: dict[Location, set[Location]] = {}
+        for files in listed.values():
+            for folder in {f.parent for f in files} - present.keys():
+                present[folder] = set(folder.children())
+        missing = {
+            name: [f for f in files if f not in present[f.parent]] for name, files in listed.items()
+        }
+        first = [self.run.relative(f) for files in missing.values() for f in files]
+        if not first:
+            return
+        which = (
+            f"{first[0]}, which is"
+            if len(first) == 1
+            else f"{first[0]} and {len(first) - 1} more, which are"
+        )
+        counts = ", ".join(
+            f"{len(missing[name])} of {len(files)} {name} files"
+            for name, files in listed.items()
+            if missing[name]
+        )
+        raise UsageError(
+            f"run folder {self.path} is incomplete: {MANIFEST} lists {which} missing ({counts})"
+        )
+
+    def _check_parquet(self, name: str) -> None:
+        """Refuse a table whose files are missing or not readable Parquet (after a failed read)."""
+        self._check_files()
+        for file in self.run.table_files(name, self._manifest):
+            try:
+                pq.read_metadata(file.path, filesystem=file.fs)
+            except (pa.ArrowException, OSError) as err:
+                raise UsageError(
+                    f"run folder {self.path} is damaged: {self.run.relative(file)} "
+                    f"is not readable Parquet ({err})"
+                ) from err
 
     def location(self, name: str) -> str:
         """The path or URL of an entry of the run folder, as a user would type it."""
@@ -52,7 +97,11 @@ class RunTables:
         files = self.run.table_files(name, self._manifest)
         if not files:
             return None
-        return ds.dataset([f.path for f in files], format="parquet", filesystem=files[0].fs)
+        try:
+            return ds.dataset([f.path for f in files], format="parquet", filesystem=files[0].fs)
+        except (pa.ArrowException, OSError):
+            self._check_parquet(name)
+            raise
 
     def batches(
         self,
@@ -71,13 +120,17 @@ class RunTables:
                 f"{self.location(name)}: column(s) {', '.join(missing)} missing; "
                 f"it has {', '.join(dataset.schema.names)}"
             )
-        yield from dataset.to_batches(
-            columns=columns,
-            filter=where,
-            batch_size=batch_size,
-            batch_readahead=READAHEAD,
-            fragment_readahead=1,
-        )
+        try:
+            yield from dataset.to_batches(
+                columns=columns,
+                filter=where,
+                batch_size=batch_size,
+                batch_readahead=READAHEAD,
+                fragment_readahead=1,
+            )
+        except (pa.ArrowException, OSError):
+            self._check_parquet(name)
+            raise
 
     def write_text(self, name: str, text: str) -> str:
         """Write a text file into the run folder (atomically); returns its location."""

@@ -146,3 +146,21 @@ def write_run(folder: Path, decisions: list[dict], duplicates: list[dict] = ()) 
         tables[name] = {"files": files, "rows": len(rows)}
     (folder / "manifest.json").write_text(json.dumps({"tables": tables}))
     return folder
+
+
+def damaged_copy(
+    run: Path, folder: Path, table: str, *, truncate: bool = False
+) -> tuple[Path, str]:
+    """A copy of ``run`` whose first ``table`` file listed in its manifest is deleted, or cut
+    to 10 bytes with ``truncate``; the copy and that file's name in the manifest."""
+    import json
+    import shutil
+
+    copy = folder / "damaged"
+    shutil.copytree(run, copy)
+    name = json.loads((copy / "manifest.json").read_text())["tables"][table]["files"][0]
+    if truncate:
+        (copy / name).write_bytes((copy / name).read_bytes()[:10])
+    else:
+        (copy / name).unlink()
+    return copy, name

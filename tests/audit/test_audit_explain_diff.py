@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from audit_data import PAYLOAD_KEY, PAYLOAD_TEXTS, AuditRuns
+from audit_data import PAYLOAD_KEY, PAYLOAD_TEXTS, AuditRuns, damaged_copy
 from click.testing import CliRunner
 
 from app.cli import main
@@ -210,3 +210,21 @@ def test_diff_listing_is_bounded_and_a_run_equals_itself(audit_runs: AuditRuns) 
 def test_not_a_run_folder_exits_2(command: str, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, [command, str(tmp_path), "x"])
     assert result.exit_code == 2 and "not a finished run folder" in result.output
+
+
+@pytest.mark.parametrize("truncate", [False, True], ids=["missing", "truncated"])
+@pytest.mark.parametrize("command", ["explain", "diff"])
+def test_an_incomplete_or_damaged_run_folder_exits_2_with_one_line(
+    command: str, truncate: bool, audit_runs: AuditRuns, tmp_path: Path
+) -> None:
+    run, name = damaged_copy(audit_runs.b, tmp_path, "decisions", truncate=truncate)
+    args = [str(run), "p1"] if command == "explain" else [str(audit_runs.a), str(run)]
+    result = CliRunner().invoke(main, [command, *args])
+    problem = (
+        f"is damaged: {name} is not readable Parquet"
+        if truncate
+        else f"is incomplete: manifest.json lists {name}, which is missing (1 of 1 decisions files)"
+    )
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"error: run folder {run} {problem}")
+    assert result.stderr.count("\n") == 1

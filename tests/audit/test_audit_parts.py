@@ -194,6 +194,29 @@ def test_tables_read_projected_columns_and_check_them(tmp_path: Path) -> None:
     assert sum(b.num_rows for b in again.batches("decisions", ["key"])) == 1
 
 
+def test_tables_refuse_missing_and_unreadable_listed_files(tmp_path: Path) -> None:
+    import pytest
+
+    from curation.errors import UsageError
+
+    rows = [decision(k, "kept", itm=0.9) for k in "abcd"]
+    write_run(tmp_path, rows, [{"key": "b", "dup_of": "a", "kind": "exact", "similarity": 1.0}])
+    second = tmp_path / "decisions" / "part-00001.parquet"
+    second.write_bytes(second.read_bytes()[:10])  # the scan, not the opening, finds it
+    tables = RunTables(str(tmp_path))
+    with pytest.raises(UsageError, match="is damaged: decisions/part-00001.parquet is not rea"):
+        list(tables.batches("decisions", ["key"]))
+    second.unlink()
+    (tmp_path / "decisions" / "part-00000.parquet").unlink()
+    (tmp_path / "duplicates" / "part-00001.parquet").unlink()
+    with pytest.raises(UsageError) as err:
+        RunTables(str(tmp_path))
+    assert str(err.value) == (
+        f"run folder {tmp_path} is incomplete: manifest.json lists decisions/part-00000.parquet "
+        "and 2 more, which are missing (2 of 2 decisions files, 1 of 2 duplicates files)"
+    )
+
+
 def test_an_empty_run_renders_diffs_and_does_not_warn(tmp_path: Path) -> None:
     from curation.audit.diff import diff_runs
     from curation.audit.warnings import run_warnings

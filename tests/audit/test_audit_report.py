@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from audit_data import PAYLOAD_FILE, PAYLOAD_TEXTS, AuditRuns, decision, write_run
+from audit_data import (
+    PAYLOAD_FILE,
+    PAYLOAD_TEXTS,
+    AuditRuns,
+    damaged_copy,
+    decision,
+    write_run,
+)
 from browser import open_browser
 from click.testing import CliRunner
 
@@ -188,6 +195,24 @@ def test_report_without_inputs_still_renders(audit_runs: AuditRuns, tmp_path: Pa
 def test_report_of_a_folder_that_is_not_a_run_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "not a finished run folder" in result.output
+
+
+@pytest.mark.parametrize(
+    ("table", "truncate"), [("decisions", False), ("clean", False), ("duplicates", True)]
+)
+def test_report_of_an_incomplete_or_damaged_run_exits_2_with_one_line(
+    table: str, truncate: bool, audit_runs: AuditRuns, tmp_path: Path
+) -> None:
+    run, name = damaged_copy(audit_runs.a, tmp_path, table, truncate=truncate)
+    result = CliRunner().invoke(main, ["report", str(run)])
+    problem = (
+        f"is damaged: {name} is not readable Parquet"
+        if truncate
+        else f"is incomplete: manifest.json lists {name}, which is missing (1 of 1 {table} files)"
+    )
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"error: run folder {run} {problem}")
+    assert result.stderr.count("\n") == 1
 
 
 def test_long_keys_line_floods_and_bidi_overrides_stay_inside_their_card(tmp_path: Path) -> None:
