@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from curation.errors import UsageError
-from curation.storage import Location
+from curation.storage import Location, absent
 
 MANIFEST = "manifest.json"
 FINAL_TABLES = ("decisions", "clean", "synthetic", "duplicates")
@@ -134,6 +134,13 @@ class RunFolder:
                 "run `curation run` into it first"
             )
         data: dict[str, Any] = listing.read_json()
+        files = [self.resolve(f) for table in data["tables"].values() for f in table]
+        if missing := absent(files):
+            raise UsageError(
+                f"{self.url}: the staged tables are incomplete: {STAGE}/{STAGE_LISTING} lists "
+                f"{self.relative(missing[0])}, which is missing ({len(missing)} of "
+                f"{len(files)} files missing)"
+            )
         return data
 
     def stage_files(self, table: str, listing: dict[str, Any] | None = None) -> list[str]:

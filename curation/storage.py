@@ -374,6 +374,14 @@ class Location:
             self.fs.rm_file(self.path)
 
 
+def absent(files: list[Location]) -> list[Location]:
+    """Those of ``files`` that are not there, in order, listing each folder once."""
+    present: dict[Location, set[Location]] = {}
+    for folder in dict.fromkeys(f.parent for f in files):
+        present[folder] = set(folder.children())
+    return [f for f in files if f not in present[f.parent]]
+
+
 def _local_copy_name(identity: str, name: str) -> str:
     """Where the local copy of an object-store file or folder with ``identity`` lives."""
     tag = hashlib.sha256(identity.encode()).hexdigest()[:16]

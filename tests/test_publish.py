@@ -285,6 +285,23 @@ def test_the_runs_own_index_is_refused_as_previous_round(
     assert json.loads((run_dir / "manifest.json").read_text())["config"]["dedup_against"] is None
 
 
+@pytest.mark.parametrize("command", [["rethreshold", "--threshold", "0.4"], ["dedup"]])
+def test_republishing_refuses_staged_tables_with_a_file_missing(
+    finished_run: Path, tmp_path: Path, command: list[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    listing = json.loads((run_dir / "_stage" / "stage.json").read_text())
+    gone = listing["tables"]["decisions"][0]
+    (run_dir / gone).unlink()
+    before = (run_dir / "manifest.json").read_text()
+    result = CliRunner().invoke(main, [command[0], str(run_dir), *command[1:]])
+    assert result.exit_code == 2, result.output
+    assert f"lists {gone}, which is missing (1 of " in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (run_dir / "manifest.json").read_text() == before  # the finished run is untouched
+
+
 def test_tables_load_in_hugging_face_datasets_and_pyarrow(finished_run: Path) -> None:
     import datasets
 

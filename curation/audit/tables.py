@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from curation.errors import UsageError
 from curation.run_folder import MANIFEST, RunFolder
-from curation.storage import Location
+from curation.storage import absent
 
 #: Rows per streamed batch of the narrow (no image bytes) audit scans.
 SCAN_ROWS = 65_536
@@ -46,13 +46,7 @@ class RunTables:
             name: self.run.table_files(name, self._manifest)
             for name in self._manifest.get("tables", {})
         }
-        present: dict[Location, set[Location]] = {}
-        for files in listed.values():
-            for folder in {f.parent for f in files} - present.keys():
-                present[folder] = set(folder.children())
-        missing = {
-            name: [f for f in files if f not in present[f.parent]] for name, files in listed.items()
-        }
+        missing = {name: absent(files) for name, files in listed.items()}
         first = [self.run.relative(f) for files in missing.values() for f in files]
         if not first:
             return
