@@ -20,7 +20,7 @@ from curation.grouping import text_identity
 from curation.reasons import Decision, DuplicateKind, Reason, Stage, TextOrigin, decision_of
 from curation.records import GroupScores, ImageGroup, Pair
 from curation.screen import Rejection
-from curation.texts import model_text
+from curation.texts import empty_detail, model_text
 from curation.thresholds import keeps
 
 Row = dict[str, Any]
@@ -186,7 +186,8 @@ def _web_rows(
         pair = member.hashed.pair
         ident = text_identity(pair.text)
         if not ident:
-            decisions.append(decision_row(pair, reason=Reason.EMPTY_TEXT, **common))
+            detail = empty_detail(pair.text)
+            decisions.append(decision_row(pair, reason=Reason.EMPTY_TEXT, detail=detail, **common))
         elif ident in first_with_text:
             detail = f"same image and text as {first_with_text[ident]}"
             decisions.append(decision_row(pair, reason=Reason.DUPLICATE, detail=detail, **common))

@@ -22,7 +22,7 @@ from curation.layout import Layout, check_inputs
 from curation.reader import ImageFiles, iter_rows, row_group_sizes
 from curation.reasons import Reason, Stage
 from curation.screen import KeyRegistry, Rejection, ScreenSettings, has_text, screen_pair
-from curation.texts import printable
+from curation.texts import empty_detail, printable
 
 OK = "ok"
 #: Every outcome inspect reports, in the order the rules apply.
@@ -121,7 +121,7 @@ def inspect_input(
             if isinstance(outcome, Rejection):
                 name, detail = outcome.reason.value, outcome.detail
             elif not has_text(pair.text):
-                name, detail = Reason.EMPTY_TEXT.value, None
+                name, detail = Reason.EMPTY_TEXT.value, empty_detail(pair.text)
             else:
                 name, detail = OK, None
             report.counts[name] += 1

@@ -159,6 +159,11 @@ def is_key_type(type_: pa.DataType) -> bool:
     return is_text(type_) or pa.types.is_integer(type_)
 
 
+def _keyable(type_: pa.DataType) -> bool:
+    """A type a key column may have, bytes (read as UTF-8) included."""
+    return is_key_type(type_) or is_binary(type_)
+
+
 def _missing(path: str, names: list[str], role: str, column: str | None, option: str) -> InputError:
     what = f"{role} column {column!r} not found" if column else f"no {role} column recognised"
     return InputError(
@@ -249,25 +254,22 @@ def _found_roles(
         kind=LayoutKind.HF_DATASETS if is_image_struct(types[image]) else LayoutKind.MAPPED,
         image=image,
         text=text,
-        key=key or ("key" if "key" in types and is_key_type(types["key"]) else None),
+        key=key or ("key" if "key" in types and _keyable(types["key"]) else None),
     )
 
 
 def _check_role_types(path: str, roles: _Roles, types: dict[str, pa.DataType]) -> None:
     _check_image_type(path, roles.image, types[roles.image])
-    if not is_text(types[roles.text]):
-        raise InputError(
-            f"{path}: text column {roles.text!r} has type {types[roles.text]}, expected string"
-        )
-    if roles.key is not None and not is_key_type(types[roles.key]):
-        raise InputError(
-            f"{path}: key column {roles.key!r} has type {types[roles.key]}, expected string or "
-            "integer"
-        )
-    if roles.error is not None and not is_text(types[roles.error]):
-        raise InputError(
-            f"{path}: error column {roles.error!r} has type {types[roles.error]}, expected string"
-        )
+    # bytes are read as UTF-8 text too: writers such as older Spark store strings so
+    for role, column, fits, expected in (
+        ("text", roles.text, is_text, "string"),
+        ("key", roles.key, _keyable, "string or integer"),
+        ("error", roles.error, is_text, "string"),
+    ):
+        if column is not None and not (fits(types[column]) or is_binary(types[column])):
+            raise InputError(
+                f"{path}: {role} column {column!r} has type {types[column]}, expected {expected}"
+            )
 
 
 def detect_layout(
@@ -337,10 +339,9 @@ def check_inputs(
 
     if not files:
         raise InputError("no input files")
-    layouts = [
-        _without(detect_layout(f.location, image_column, text_column, key_column), drop_columns)
-        for f in files
-    ]
+    detected = [detect_layout(f.location, image_column, text_column, key_column) for f in files]
+    _check_drops(detected, drop_columns)
+    layouts = [_without(layout, drop_columns) for layout in detected]
     for item, layout in zip(files, layouts, strict=True):
         for name, count in sorted(Counter(layout.passthrough.names).items()):
             if count > 1:
@@ -375,6 +376,28 @@ def check_inputs(
     return Layout(
         **{**first.roles, "passthrough": passthrough, "renamed": tuple(renamed)}  # type: ignore[arg-type]
     )
+
+
+def _check_drops(layouts: Sequence[Layout], drop: Sequence[str]) -> None:
+    """Refuse a ``--drop-column`` that names no passthrough column of any file: a misspelt
+    name would otherwise leave the column it meant in the outputs."""
+    present = {name for layout in layouts for name in layout.passthrough.names}
+    roles = {
+        column
+        for layout in layouts
+        for role, column in layout.roles.items()
+        if role.endswith("_column") and column
+    }
+    for name in drop:
+        if name in roles:
+            raise InputError(
+                f"--drop-column {name!r}: the column plays a role; it cannot be left out"
+            )
+        if name not in present:
+            raise InputError(
+                f"--drop-column {name!r}: no input file has this column; the others are "
+                f"{', '.join(map(repr, sorted(present))) or 'none'}"
+            )
 
 
 def _without(layout: Layout, drop: Sequence[str]) -> Layout:

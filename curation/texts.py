@@ -75,6 +75,15 @@ def model_text(text: str | None, max_chars: int = DEFAULT_MAX_CHARS) -> ModelTex
     return ModelText(cleaned, "; ".join(notes))
 
 
+def empty_detail(text: str | None) -> str:
+    """Why a web text leaves the models nothing (the detail of ``empty_text``)."""
+    if text is None:
+        return "no text (null)"
+    if not text.strip():
+        return "blank text" if text else "empty text"
+    return f"nothing left for the models: {model_text(text).note}"
+
+
 @functools.cache
 def _removed() -> re.Pattern[str]:
     """Characters removed for the models: Cc, Cf and Cs except whitespace, and U+FFFD."""

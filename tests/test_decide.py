@@ -64,6 +64,7 @@ def test_decide_applies_threshold_to_web_and_synthetic() -> None:
     assert web["b"]["reason"] == "duplicate" and "same image and text as a" in web["b"]["detail"]
     assert web["c"]["reason"] == "low_itm" and web["c"]["image_key"] == "a"
     assert web["d"]["reason"] == "empty_text" and web["d"]["itm"] is None
+    assert web["d"]["detail"] == "blank text"
     syn = [d for d in out.decisions if d["text_origin"] == "synthetic"]
     assert [(d["caption_index"], d["decision"]) for d in syn] == [(0, "kept"), (1, "dropped")]
     # clean and synthetic rows are the scored candidates: finalize keeps what the threshold keeps

@@ -216,6 +216,38 @@ def test_wrong_column_type_is_refused(tmp_path: Path, jpegs: list[bytes]) -> Non
     path = write_pairs_parquet(tmp_path / "w.parquet", [{"image": jpegs[0], "text": "t"}])
     with pytest.raises(InputError, match="image column 'text' has type string"):
         detect_layout(Location(str(path)), image_column="text")
+    with pytest.raises(InputError, match="text column 'n' has type int64, expected string"):
+        write_pairs_parquet(tmp_path / "i.parquet", [{"image": jpegs[0], "n": 1}])
+        detect_layout(Location(str(tmp_path / "i.parquet")), text_column="n")
+
+
+def test_text_and_key_columns_of_bytes_are_read_as_utf8(tmp_path: Path, jpegs: list[bytes]) -> None:
+    # older Spark writes strings as plain binary
+    table = pa.table({
+        "jpg": jpegs[:2],
+        "caption": pa.array([b"a red ball", b"caf\xe9"], pa.binary()),
+        "key": pa.array([b"k1", b"k\xff"], pa.binary()),
+    })  # fmt: skip
+    pq.write_table(table, tmp_path / "b.parquet")
+    pairs = _pairs(tmp_path / "b.parquet", image_column="jpg")
+    assert [p.text for p in pairs] == ["a red ball", "caf\ufffd"]
+    assert [p.text_repaired for p in pairs] == [False, True]
+    assert [p.key for p in pairs] == ["k1", "k\\xff"]
+
+
+def test_a_drop_column_must_name_a_passthrough_column(tmp_path: Path, jpegs: list[bytes]) -> None:
+    path = write_pairs_parquet(
+        tmp_path / "a.parquet", [{"image": jpegs[0], "text": "t", "url": "u"}]
+    )
+    files = resolve_inputs(str(path))
+    assert check_inputs(files, drop_columns=("url",)).passthrough.names == []
+    with pytest.raises(
+        InputError,
+        match=r"--drop-column 'ulr': no input file has this column; the others are 'url'",
+    ):
+        check_inputs(files, drop_columns=("ulr",))
+    with pytest.raises(InputError, match="'text': the column plays a role"):
+        check_inputs(files, drop_columns=("text",))
 
 
 def test_not_parquet_and_missing_file(tmp_path: Path) -> None:

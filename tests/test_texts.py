@@ -14,6 +14,7 @@ from curation.texts import (
     DEFAULT_MAX_CHARS,
     REPLACEMENT,
     ModelText,
+    empty_detail,
     model_text,
     printable,
     stored_text,
@@ -130,3 +131,12 @@ def test_printable_escapes_what_a_terminal_would_act_on_and_bounds_the_length() 
     )  # readable text stays
     assert printable("x" * 500, 100) == "x" * 100 + "... (400 more characters)"
     assert printable(None) == "None" and printable(12) == "12"
+
+
+def test_an_empty_text_says_why_it_is_empty() -> None:
+    assert empty_detail(None) == "no text (null)"
+    assert empty_detail("") == "empty text" and empty_detail(" \t\n") == "blank text"
+    assert empty_detail("\u200b\u200b") == (
+        "nothing left for the models: 2 control or invisible characters removed"
+    )
+    assert "invalid character (U+FFFD) removed" in empty_detail(REPLACEMENT)
