@@ -178,7 +178,7 @@ def decode_image(
     except DecodeError:
         raise
     except Exception as err:
-        raise _failure(fmt, step, err) from None
+        raise _failure(fmt, step, err, data) from None
     return DecodedImage(
         pixels=pixels, width=width, height=height, sha256=digest, phash=phash, format=fmt
     )
@@ -193,7 +193,7 @@ def _open(data: bytes, formats: tuple[str, ...]) -> Image.Image:
         pass
     except Exception as err:
         fmt = claiming_format(data, openers) or "image"
-        raise _failure(fmt, "reading the header", err) from None
+        raise _failure(fmt, "reading the header", err, data) from None
     claimed = claiming_format(data, names)
     if claimed is not None and claimed not in openers:
         raise DecodeError(
@@ -221,7 +221,7 @@ def _header_failure(data: bytes, fmt: str) -> DecodeError:
     try:
         factory(io.BytesIO(data), "")
     except Exception as err:
-        return _failure(fmt, "reading the header", err)
+        return _failure(fmt, "reading the header", err, data)
     return DecodeError(Reason.UNDECODABLE, f"{fmt}: the header could not be read")
 
 
@@ -296,7 +296,7 @@ def _mode_bytes(mode: str) -> int:
     return 4 if len(described.bands) > 1 else max(1, int(described.typestr[2:]))
 
 
-def _failure(fmt: str, step: str, err: BaseException) -> DecodeError:
+def _failure(fmt: str, step: str, err: BaseException, data: bytes) -> DecodeError:
     """The decision for an exception raised while ``step`` of a ``fmt`` file."""
     if isinstance(err, SyntaxError) and isinstance(err.__cause__, Exception):
         err = err.__cause__  # PIL wraps a plugin's IndexError, EOFError, ... in SyntaxError
@@ -309,7 +309,18 @@ def _failure(fmt: str, step: str, err: BaseException) -> DecodeError:
         return DecodeError(Reason.TOO_LARGE, detail)
     if isinstance(err, EOFError) or any(words in lowered for words in _TRUNCATION_WORDS):
         return DecodeError(Reason.TRUNCATED, detail)
+    if (declared := _declared_length(data)) is not None and len(data) < declared:
+        return DecodeError(
+            Reason.TRUNCATED, f"{detail} (the file declares {declared} bytes and has {len(data)})"
+        )
     return DecodeError(Reason.UNDECODABLE, detail)
+
+
+def _declared_length(data: bytes) -> int | None:
+    """The whole file's length as its container header declares it (RIFF: WebP), if any."""
+    if data[:4] == b"RIFF" and len(data) >= 8:
+        return int.from_bytes(data[4:8], "little") + 8
+    return None
 
 
 def _orientation(image: Image.Image) -> int:

@@ -575,6 +575,18 @@ def test_a_png_cut_anywhere_is_truncated(cut: float) -> None:
     assert decode_error(data[:end]).reason is Reason.TRUNCATED
 
 
+@pytest.mark.parametrize("cut", [0.5, -5, 30], ids=["half", "last-bytes", "in-the-header"])
+def test_a_webp_cut_anywhere_is_truncated(cut: float) -> None:
+    data = encode(Image.fromarray(photo("chelsea")), "WEBP")
+    end = int(len(data) * cut) if 0 < cut < 1 else len(data) + int(cut) if cut < 0 else int(cut)
+    error = decode_error(data[:end])
+    assert error.reason is Reason.TRUNCATED
+    assert f"the file declares {len(data)} bytes and has {end}" in str(error)
+    # a RIFF file whose declared length it has is refused for what it is
+    broken = data[:12] + b"VP8 " + b"\xff" * (len(data) - 16)
+    assert decode_error(broken).reason is Reason.UNDECODABLE
+
+
 def test_only_the_first_frame_is_decoded_and_frames_are_never_walked(monkeypatch) -> None:
     classes = [
         GifImagePlugin.GifImageFile,
