@@ -29,13 +29,16 @@ def child(path: str) -> None:
     import psutil
 
     from curation.decode import decode_image
-    from curation.reader import detect_layout, iter_rows
+    from curation.inputs import resolve_inputs
+    from curation.layout import check_inputs
+    from curation.reader import iter_rows
 
     base = psutil.Process().memory_info().rss
-    layout = detect_layout(path)
+    [item] = resolve_inputs(path)
+    layout = check_inputs([item])
     start = time.perf_counter()
     rows = 0
-    for pair, _ in iter_rows(path, layout):
+    for pair, _ in iter_rows(item, layout):
         decode_image(pair.image)
         rows += 1
     seconds = time.perf_counter() - start
