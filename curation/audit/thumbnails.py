@@ -23,7 +23,7 @@ from curation.errors import InputError
 from curation.image_formats import WEB_FORMATS
 from curation.inputs import InputFile
 from curation.layout import Layout, detect_layout
-from curation.reader import ImageFiles, read_images, row_group_sizes
+from curation.reader import Footers, ImageFiles, read_images
 from curation.screen import ScreenSettings
 from curation.storage import Location
 
@@ -61,7 +61,9 @@ def thumbnail_uri(
     )
 
 
-def _input(source: str, config: Mapping[str, Any]) -> tuple[InputFile, Layout, list[int]]:
+def _input(
+    source: str, config: Mapping[str, Any], footers: Footers
+) -> tuple[InputFile, Layout, tuple[int, ...]]:
     item = InputFile(Location(source), "")
     layout = detect_layout(
         item.location,
@@ -69,8 +71,8 @@ def _input(source: str, config: Mapping[str, Any]) -> tuple[InputFile, Layout, l
         text_column=config.get("text_column"),
         key_column=config.get("key_column"),
     )
-    sizes = row_group_sizes(item)
-    return item, layout, [sum(sizes[:i]) for i in range(len(sizes))]
+    with footers.open(item) as opened:
+        return item, layout, opened.starts
 
 
 def input_thumbnails(
@@ -91,9 +93,10 @@ def input_thumbnails(
         formats=tuple(config.get("image_formats") or ANY_SIDE.formats),
     )
     out: dict[tuple[str, int], Thumbnail] = {}
+    footers = Footers()
     for source, rows in sorted(wanted.items()):
         try:
-            item, layout, starts = _input(source, config)
+            item, layout, starts = _input(source, config, footers)
         except (InputError, OSError) as err:
             for row in rows:
                 out[(source, row)] = Thumbnail(None, f"input not readable: {err}")
@@ -107,7 +110,7 @@ def input_thumbnails(
                 by_group.setdefault(group, set()).add(row)
         for group, group_rows in sorted(by_group.items()):
             try:
-                found = read_images(item, layout, group, group_rows, images)
+                found = read_images(item, layout, group, group_rows, images, footers)
             except (InputError, OSError) as err:
                 found = {}
                 note = f"input not readable: {err}"
