@@ -92,7 +92,12 @@ class LazyGroup(click.Group):
         except UsageError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(err.exit_code)
-        except Exception:
+        except Exception as err:
+            from curation.storage import credentials_problem
+
+            if problem := credentials_problem(err):
+                click.echo(f"error: {problem}", err=True)
+                sys.exit(2)
             if not interrupted.is_set():
                 raise
             # a stage wrapped the interrupt in its own error (Beam does): still an interrupt

@@ -94,6 +94,13 @@ class InputSettings(Settings):
             raise ValueError(str(err)) from None
 
 
+def check_dtype(dtype: str, device: str) -> None:
+    """Raise ``ValueError`` for a dtype the device cannot run (fp16 needs CUDA)."""
+    if dtype == "fp16" and not device.startswith("cuda"):
+        where = "CPU" if device == "cpu" else device
+        raise ValueError(f"dtype fp16 is not supported on {where}; use bf16 or fp32 there")
+
+
 class RunConfig(InputSettings):
     """Everything that determines a run's outputs (and a few knobs that do not)."""
 
@@ -185,8 +192,8 @@ class RunConfig(InputSettings):
                 self.caption_settings()
             except ValueError as err:
                 raise ValueError(f"invalid caption settings: {err}") from None
-        if self.dtype == "fp16" and self.device == "cpu":
-            raise ValueError("dtype fp16 is not supported on CPU; use bf16 or fp32 there")
+        if self.device != "auto":
+            check_dtype(self.dtype, self.device)
         return self
 
     def thresholds(self) -> Thresholds:
@@ -275,9 +282,16 @@ def load_yaml(path: str | Path, model: type[Settings] = RunConfig) -> dict[str, 
         data = yaml.safe_load(location.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    values = {str(k).replace("-", "_"): v for k, v in data.items()}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name in values:
+            raise ConfigError(f"{path}: {name!r} is given twice (with dashes and underscores)")
+        values[name] = value
     unknown = sorted(set(values) - set(model.model_fields))
     if unknown:
         raise ConfigError(

@@ -56,7 +56,13 @@ def resolve_inputs(
         except OSError as err:
             raise InputError(f"input {entry!r}: cannot be listed ({err})") from None
         if exclude is not None:
-            found = [f for f in found if not exclude.contains(f.location)]
+            kept = [f for f in found if not exclude.contains(f.location)]
+            if found and not kept:
+                raise InputError(
+                    f"input {entry!r}: lies inside the output folder {exclude.url}, whose "
+                    "files are never input; write the run elsewhere"
+                )
+            found = kept
         if not found:
             raise InputError(f"input {entry!r}: no such file, or no *.parquet file matches")
         for item in found:

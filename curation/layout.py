@@ -301,7 +301,17 @@ def detect_layout(
         if _is_img2dataset(types)
         else _found_roles(path, types, names, image_column, text_column, key_column)
     )
-    used = {roles.image, roles.text, roles.key, roles.status, roles.error}
+    named = {
+        "image": roles.image, "text": roles.text, "key": roles.key, "status": roles.status,
+        "error": roles.error,
+    }  # fmt: skip
+    taken: dict[str, str] = {}
+    for role, column in named.items():
+        if column is not None and (other := taken.setdefault(column, role)) != role:
+            raise InputError(
+                f"{path}: column {column!r} cannot be both the {other} and the {role} column"
+            )
+    used = set(named.values())
     for name, count in sorted(repeated.items()):
         if name in used or name in (image_column, text_column, key_column):
             raise InputError(

@@ -98,6 +98,20 @@ class RunFolder:
     def cache(self, fingerprint: str) -> Location:
         return self.root / CACHE / fingerprint
 
+    def check_may_run_into(self) -> None:
+        """Raise :class:`UsageError` unless the folder is new, empty or a run folder: a run
+        replaces the files of its table and index folders, so a folder of other files is
+        never taken for one."""
+        children = [c for c in self.root.children() if not c.name.startswith(".")]
+        marks = {MANIFEST, STAGE, CACHE, LOCK}
+        if children and not marks & {child.name for child in children}:
+            shown = ", ".join(child.name for child in children[:3])
+            more = f" and {len(children) - 3} more" if len(children) > 3 else ""
+            raise UsageError(
+                f"--out {self.url} holds other files ({shown}{more}) and is not a run folder "
+                f"(no {MANIFEST}, {STAGE}/ or {CACHE}/); give a new or empty folder"
+            )
+
     def relative(self, location: Location | str) -> str:
         """A path below the run folder, as listings store it."""
         return self.root.relative(Location(location))

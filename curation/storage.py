@@ -374,6 +374,29 @@ class Location:
             self.fs.rm_file(self.path)
 
 
+#: Errors of the object-store clients that mean "no usable credentials" (botocore, google-auth).
+_CREDENTIAL_ERRORS = frozenset(
+    {"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError", "RefreshError"}
+)
+
+
+def credentials_problem(error: BaseException) -> str | None:
+    """A one-line explanation when ``error`` (or what caused it) is an object store's
+    client finding no usable credentials; None otherwise."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if type(current).__name__ in _CREDENTIAL_ERRORS:
+            message = " ".join(str(current).split())
+            return (
+                f"object storage refused the credentials ({message}); set the AWS variables "
+                "for s3:// or Google's default credentials for gs://"
+            )
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def absent(files: list[Location]) -> list[Location]:
     """Those of ``files`` that are not there, in order, listing each folder once."""
     present: dict[Location, set[Location]] = {}
@@ -391,6 +414,13 @@ def _local_copy_name(identity: str, name: str) -> str:
 def check_writable_folder(location: Location, what: str) -> None:
     """Raise :class:`InputError` when ``location`` cannot be a folder to write in: it is a
     file, lies under a file, or cannot be written."""
+    if not location.is_local:
+        bucket = location.path.split("/", 1)[0]
+        if not location.fs.exists(bucket):
+            raise InputError(
+                f"{what} {location.url!r}: bucket {bucket!r} does not exist (a misspelt name "
+                "would otherwise create a new bucket); create it first"
+            )
     probe = location
     while True:
         if probe.is_file():

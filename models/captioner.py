@@ -15,6 +15,7 @@ cross-attention keys and values projected once for its beams (``models.shared_st
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,24 @@ from models.sampling import TokenSampler, row_seeds
 from models.shared_states import SharedCrossAttention
 
 
+def prompt_token_ids(tokenizer: Any, prompt: str, bos_token_id: int) -> torch.Tensor:
+    """The tokens decoding starts from, as ``BlipForConditionalGeneration.generate`` makes
+    them: [DEC] (``bos_token_id``) replaces [CLS] and the trailing [SEP] is dropped."""
+    ids = tokenizer(prompt, return_tensors="pt").input_ids[:, :-1]
+    ids[:, 0] = bos_token_id
+    return ids
+
+
+def check_prompt(prompt_tokens: int, settings: CaptionSettings) -> None:
+    """Raise ``ValueError`` when a prompt of ``prompt_tokens`` tokens leaves no token to
+    write within ``settings.max_length``."""
+    if prompt_tokens >= settings.max_length:
+        raise ValueError(
+            f"prompt {settings.prompt!r} is {prompt_tokens} tokens, which leaves no room "
+            f"within max_length {settings.max_length}; shorten --prompt or raise --max-length"
+        )
+
+
 class Captioner:
     """Writes ``captions_per_image`` captions for each image of a batch."""
 
@@ -36,13 +55,9 @@ class Captioner:
         self.loaded = loaded
         self.settings = settings
         tokenizer = loaded.tokenizer
-        # As BlipForConditionalGeneration.generate: [DEC] replaces [CLS], the trailing
-        # [SEP] is dropped, and decoding continues the prompt.
-        prompt_ids = tokenizer(settings.prompt, return_tensors="pt").input_ids[:, :-1]
-        prompt_ids[:, 0] = loaded.model.config.text_config.bos_token_id
-        if prompt_ids.shape[1] >= settings.max_length:
-            raise ValueError(f"prompt {settings.prompt!r} is longer than max_length")
-        self.prompt_ids = prompt_ids
+        bos = loaded.model.config.text_config.bos_token_id
+        self.prompt_ids = prompt_token_ids(tokenizer, settings.prompt, bos)
+        check_prompt(self.prompt_ids.shape[1], settings)
         text_config = loaded.model.config.text_config
         self.decoder: CaptionDecoder | None = None
         self.generation: GenerationConfig | None = None

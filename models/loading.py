@@ -25,6 +25,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from curation.config import check_dtype
 from curation.errors import UsageError
 from curation.storage import Location, is_url
 from models.fused_attention import use_fused_attention
@@ -88,8 +89,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """Map ``fp32|bf16|fp16`` to a torch dtype; fp16 is refused on CPU."""
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if dtype == "fp16" and device.type == "cpu":
-        raise ModelLoadError("dtype fp16 is not supported on CPU; use bf16 or fp32 there")
+    try:
+        check_dtype(dtype, device.type)
+    except ValueError as err:
+        raise ModelLoadError(str(err)) from None
     return DTYPES[dtype]
 
 
@@ -187,6 +190,27 @@ def _load(
     )
 
 
+#: The class each role loads.
+ROLE_CLASSES: dict[str, type] = {
+    "captioner": BlipForConditionalGeneration,
+    "filter": BlipForImageTextRetrieval,
+}
+
+
+def load_tokenizer(name_or_path: str, *, revision: str | None = None) -> Any:
+    """A model's tokenizer alone (for checks before the weights are loaded)."""
+    folder = model_folder(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(
+            name_or_path if folder is None else str(folder),
+            revision=revision,
+            trust_remote_code=False,
+            local_files_only=folder is None and _offline(),
+        )
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{name_or_path}: its tokenizer cannot be read ({err})") from err
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What the pre-run checks need from a model's config."""
@@ -199,13 +223,18 @@ class ModelInfo:
 
 
 def check_model(
-    name_or_path: str, *, revision: str | None = None, allow_pickle: bool = False
+    name_or_path: str,
+    *,
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    role: str | None = None,
 ) -> ModelInfo:
     """Check that a BLIP model can be found, reading its config only.
 
     For runs to fail before any work starts: raises :class:`ModelLoadError` with the same
     messages as loading (missing folder, unreachable hub id, pickle-only or empty folder,
-    not BLIP).
+    not BLIP), and, with ``role`` (``captioner`` or ``filter``), when the config names
+    another class than the role loads (a filter given as the captioner).
     """
     from transformers import AutoConfig
 
@@ -226,6 +255,13 @@ def check_model(
     if vision is None or text is None or not hasattr(vision, "image_size"):
         raise ModelLoadError(
             f"{name_or_path} is not a BLIP model (its config has no vision_config)"
+        )
+    expected = ROLE_CLASSES.get(role or "")
+    saved = getattr(config, "architectures", None) or []
+    if expected is not None and saved and expected.__name__ not in saved:
+        raise ModelLoadError(
+            f"{name_or_path} is a {', '.join(saved)}, but the {role} loads a "
+            f"{expected.__name__}: its heads would start from random weights"
         )
     return ModelInfo(
         image_size=int(vision.image_size),

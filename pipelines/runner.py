@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import apache_beam as beam
 import pyarrow as pa
 
-from curation.config import RunConfig
+from curation.config import RunConfig, check_dtype
 from curation.errors import ConfigError
 from curation.inputs import InputFile, resolve_inputs
 from curation.layout import Layout, check_inputs
@@ -154,23 +154,37 @@ def _batch_size(config: RunConfig, device: str, runner: RunnerChoice, infos: lis
 def _check_models(
     config: RunConfig,
 ) -> tuple[tuple[int | None, int], int, dict[str, dict[str, Any]], list[Any]]:
-    from models.loading import check_model, model_identity
+    from models.captioner import check_prompt, prompt_token_ids
+    from models.loading import check_model, load_tokenizer, model_identity
 
     filt = check_model(
-        config.filter, revision=config.filter_revision, allow_pickle=config.allow_pickle
+        config.filter,
+        revision=config.filter_revision,
+        allow_pickle=config.allow_pickle,
+        role="filter",
     )
     models = {"filter": model_identity(config.filter, config.filter_revision)}
     infos = [filt]
     caption_size = None
     if config.captions_per_image > 0:
         cap = check_model(
-            config.captioner, revision=config.captioner_revision, allow_pickle=config.allow_pickle
+            config.captioner,
+            revision=config.captioner_revision,
+            allow_pickle=config.allow_pickle,
+            role="captioner",
         )
         if config.max_length > cap.max_positions:
             raise ConfigError(
                 f"max_length {config.max_length} is beyond the captioner's {cap.max_positions} "
                 "positions; lower --max-length"
             )
+        tokenizer = load_tokenizer(config.captioner, revision=config.captioner_revision)
+        try:
+            check_prompt(
+                prompt_token_ids(tokenizer, config.prompt, 0).shape[1], config.caption_settings()
+            )
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         caption_size = cap.image_size
         models["captioner"] = model_identity(config.captioner, config.captioner_revision)
         infos.append(cap)
@@ -215,7 +229,12 @@ def prepare(config: RunConfig) -> RunPlan:
     sizes, dimension, models, infos = _check_models(config)
     _check_previous(config, run, dimension)
     device = _device(config, runner)
+    try:
+        check_dtype(config.dtype, device)
+    except ValueError as err:
+        raise ConfigError(f"{err} (--device {config.device} resolved to {device})") from None
     check_writable_folder(run.root, "--out")
+    run.check_may_run_into()
     units = []
     for item in files:
         first = 0

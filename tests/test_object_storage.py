@@ -250,3 +250,35 @@ def test_finetune_reads_and_writes_object_storage(s3_bucket, tmp_path, monkeypat
     assert not [
         p for p in tmp_path.iterdir() if p.name.startswith("curation-") and "tuned" not in p.name
     ]
+
+
+def test_missing_credentials_are_one_line_and_exit_2(
+    s3_input: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import s3fs
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance to ask
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    s3fs.S3FileSystem.clear_instance_cache()  # a client made with the credentials
+    try:
+        result = CliRunner().invoke(main, ["inspect", s3_input])
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: object storage refused the credentials")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_output_bucket_that_does_not_exist_is_refused_not_created(
+    s3_input: str, tiny_captioner_dir: Path, tiny_filter_dir: Path
+) -> None:
+    args = ["run", s3_input, "--out", "s3://no-such-bucket-here/runs/r1", "--captioner",
+            str(tiny_captioner_dir), "--filter", str(tiny_filter_dir), "--no-progress"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "bucket 'no-such-bucket-here' does not exist" in result.stderr
+    fs, _ = fsspec.core.url_to_fs("s3://no-such-bucket-here")
+    fs.invalidate_cache()
+    assert not fs.exists("no-such-bucket-here")

@@ -271,6 +271,44 @@ def test_unusable_output_folders_are_refused_before_work(
         read_only.chmod(0o700)
 
 
+def test_settings_a_run_could_not_finish_with_are_refused_before_work(
+    tmp_path: Path, tiny_captioner_dir, tiny_filter_dir
+) -> None:
+    data = tmp_path / "data"
+    write_pairs_parquet(data / "in.parquet", [{"image": jpeg_bytes(photo("coffee")), "text": "t"}])
+    mine = tmp_path / "mine"
+    (mine / "clean").mkdir(parents=True)
+    (mine / "clean" / "old.parquet").write_bytes(b"a user's file")
+    (tmp_path / "latin1.yaml").write_bytes(b"prompt: caf\xe9\n")
+    (tmp_path / "twice.yaml").write_text("captions-per-image: 2\ncaptions_per_image: 3\n")
+    models = ["--captioner", str(tiny_captioner_dir), "--filter", str(tiny_filter_dir)]
+    out = ["--out", str(tmp_path / "run")]
+    cases = [
+        ([str(data), "--out", str(mine), *models], "holds other files (clean) and is not a run"),
+        ([str(data), "--out", str(data), *models], "lies inside the output folder"),
+        ([str(data), *out, "--captioner", str(tiny_filter_dir), "--filter", str(tiny_filter_dir)],
+         "is a BlipForImageTextRetrieval, but the captioner loads a BlipForConditionalGeneration"),
+        ([str(data), *out, "--captioner", str(tiny_captioner_dir), "--filter",
+          str(tiny_captioner_dir)], "but the filter loads a BlipForImageTextRetrieval"),
+        ([str(data), *out, *models, "--prompt", "a " * 40], "leaves no room within max_length"),
+        ([str(data), *out, *models, "--dtype", "fp16"], "fp16 is not supported on CPU"),
+        ([str(data), *out, *models, "--text-column", "image"],
+         "column 'image' cannot be both the image and the text column"),
+        ([str(data), *out, *models, "--config", str(tmp_path / "latin1.yaml")], "not UTF-8"),
+        ([str(data), *out, *models, "--config", str(tmp_path / "twice.yaml")], "given twice"),
+    ]  # fmt: skip
+    import torch
+
+    for args, message in cases:
+        if "fp16" in args and torch.cuda.is_available():
+            continue  # --device auto resolves to CUDA, where fp16 runs
+        result = CliRunner().invoke(main, ["run", *args, "--no-progress"])
+        assert result.exit_code == 2 and message in result.stderr, (args, result.output)
+        assert "Traceback" not in result.output
+    assert (mine / "clean" / "old.parquet").read_bytes() == b"a user's file"
+    assert not (tmp_path / "run" / "_stage").exists()
+
+
 def test_the_runs_own_index_is_refused_as_previous_round(
     finished_run: Path, tmp_path: Path
 ) -> None:

@@ -129,5 +129,8 @@ class RunTables:
     def write_text(self, name: str, text: str) -> str:
         """Write a text file into the run folder (atomically); returns its location."""
         target = self.run.root / name
-        target.write_text(text)
+        try:
+            target.write_text(text)
+        except OSError as err:
+            raise UsageError(f"{target.url} cannot be written: {err}") from None
         return target.url
