@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from images import gradient, jpeg_bytes, photo
@@ -164,3 +165,17 @@ def damaged_copy(
     else:
         (copy / name).unlink()
     return copy, name
+
+
+def assert_refused_damaged(
+    result: Any, run: Path, name: str, table: str, *, truncate: bool
+) -> None:
+    """``result`` of a command on a :func:`damaged_copy`: exit 2, one line naming the file."""
+    problem = (
+        f"is damaged: {name} is not readable Parquet"
+        if truncate
+        else f"is incomplete: manifest.json lists {name}, which is missing (1 of 1 {table} files)"
+    )
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"error: run folder {run} {problem}")
+    assert result.stderr.count("\n") == 1

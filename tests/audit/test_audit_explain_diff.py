@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from audit_data import PAYLOAD_KEY, PAYLOAD_TEXTS, AuditRuns, damaged_copy
+from audit_data import (
+    PAYLOAD_KEY,
+    PAYLOAD_TEXTS,
+    AuditRuns,
+    assert_refused_damaged,
+    damaged_copy,
+)
 from click.testing import CliRunner
 
 from app.cli import main
@@ -220,11 +226,4 @@ def test_an_incomplete_or_damaged_run_folder_exits_2_with_one_line(
     run, name = damaged_copy(audit_runs.b, tmp_path, "decisions", truncate=truncate)
     args = [str(run), "p1"] if command == "explain" else [str(audit_runs.a), str(run)]
     result = CliRunner().invoke(main, [command, *args])
-    problem = (
-        f"is damaged: {name} is not readable Parquet"
-        if truncate
-        else f"is incomplete: manifest.json lists {name}, which is missing (1 of 1 decisions files)"
-    )
-    assert result.exit_code == 2 and result.stdout == ""
-    assert result.stderr.startswith(f"error: run folder {run} {problem}")
-    assert result.stderr.count("\n") == 1
+    assert_refused_damaged(result, run, name, "decisions", truncate=truncate)

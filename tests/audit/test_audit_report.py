@@ -14,6 +14,7 @@ from audit_data import (
     PAYLOAD_FILE,
     PAYLOAD_TEXTS,
     AuditRuns,
+    assert_refused_damaged,
     damaged_copy,
     decision,
     write_run,
@@ -205,14 +206,7 @@ def test_report_of_an_incomplete_or_damaged_run_exits_2_with_one_line(
 ) -> None:
     run, name = damaged_copy(audit_runs.a, tmp_path, table, truncate=truncate)
     result = CliRunner().invoke(main, ["report", str(run)])
-    problem = (
-        f"is damaged: {name} is not readable Parquet"
-        if truncate
-        else f"is incomplete: manifest.json lists {name}, which is missing (1 of 1 {table} files)"
-    )
-    assert result.exit_code == 2 and result.stdout == ""
-    assert result.stderr.startswith(f"error: run folder {run} {problem}")
-    assert result.stderr.count("\n") == 1
+    assert_refused_damaged(result, run, name, table, truncate=truncate)
 
 
 def test_long_keys_line_floods_and_bidi_overrides_stay_inside_their_card(tmp_path: Path) -> None:
