@@ -78,6 +78,14 @@ def choose_runner(
         values = options.get_all_options(drop_default=True, retain_unknown_options=True)
     except (SystemExit, ValueError) as err:
         raise ConfigError(f"invalid --beam-arg options {' '.join(args)!r}: {err}") from None
+    stray = [a for a in args if not a.startswith("-")]
+    unknown = sorted(set(values) - set(options.get_all_options(drop_default=True)))
+    if stray or unknown:
+        named = [repr(a) for a in stray] + [f"--{name}" for name in unknown]
+        raise ConfigError(
+            f"--beam-arg: {', '.join(named)} is no Beam pipeline option (give each as "
+            "--beam-arg=--name=value)"
+        )
     name = _runner_name(args)
     if name is None:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner

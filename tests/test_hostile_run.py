@@ -244,6 +244,12 @@ def test_settings_the_models_cannot_honour_are_refused_before_work(
     dataflow = CliRunner().invoke(main, [*base, "--beam-arg=--runner=DataflowRunner"])
     assert dataflow.exit_code == 2
     assert all(f"--{k}" in dataflow.stderr for k in ("project", "region", "temp_location"))
+    for stray, named in (
+        ("garbage", "'garbage'"),
+        ("--wroker_machine_type=n1", "--wroker_machine_type"),
+    ):
+        refused = CliRunner().invoke(main, [*base, f"--beam-arg={stray}"])
+        assert refused.exit_code == 2 and f"{named} is no Beam pipeline option" in refused.stderr
     here = [("--out", str(tmp_path / "o"))]
     portable = ["--runner=PortableRunner", "--job_endpoint=localhost:8099"]
     pool = [*portable, "--environment_type=EXTERNAL", "--environment_config=localhost:50000"]
