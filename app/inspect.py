@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -26,6 +27,13 @@ def check_run_settings(config: RunConfig) -> list[str]:
     ]
 
 
+def _a_number(value: float | None) -> float | None:
+    """A share that can be compared (NaN passes click's range check, and every comparison)."""
+    if value is not None and math.isnan(value):
+        raise click.BadParameter("nan is not a share between 0 and 1")
+    return value
+
+
 @click.command("inspect")
 @click.argument("input", nargs=-1, required=True)
 @click.option(
@@ -45,6 +53,7 @@ def check_run_settings(config: RunConfig) -> list[str]:
 @click.option(
     "--fail-under",
     type=click.FloatRange(0, 1),
+    callback=lambda _ctx, _param, value: _a_number(value),
     help="Exit 3 when the share of rows that reach the models is below this.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")

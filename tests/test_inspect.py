@@ -108,6 +108,8 @@ def test_fail_under_fails_the_step_when_too_few_rows_are_usable(mixed_folder: Pa
     assert ok.exit_code == 0, ok.output
     bad = CliRunner().invoke(main, ["inspect", str(mixed_folder), "--fail-under", "0.5"])
     assert bad.exit_code == 3 and "--fail-under" in bad.stderr
+    nan = CliRunner().invoke(main, ["inspect", str(mixed_folder), "--fail-under", "nan"])
+    assert nan.exit_code == 2 and "nan is not a share" in nan.output
 
 
 def test_config_file_settings_apply_and_bad_values_fail_fast(
