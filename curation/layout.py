@@ -263,7 +263,7 @@ def _check_role_types(path: str, roles: _Roles, types: dict[str, pa.DataType]) -
     # bytes are read as UTF-8 text too: writers such as older Spark store strings so
     for role, column, fits, expected in (
         ("text", roles.text, is_text, "string"),
-        ("key", roles.key, _keyable, "string or integer"),
+        ("key", roles.key, is_key_type, "string or integer"),
         ("error", roles.error, is_text, "string"),
     ):
         if column is not None and not (fits(types[column]) or is_binary(types[column])):

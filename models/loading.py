@@ -149,12 +149,7 @@ def _load(
     if torch_device.type == "cpu":
         reuse_freed_memory()
     folder = _check_source(name, allow_pickle)
-    source = name if folder is None else str(folder)
-    options: dict[str, Any] = {
-        "revision": revision,
-        "trust_remote_code": False,
-        "local_files_only": folder is None and _offline(),
-    }
+    source, options = _pretrained(name, folder, revision)
     try:
         model = model_class.from_pretrained(
             source,
@@ -199,14 +194,9 @@ ROLE_CLASSES: dict[str, type] = {
 
 def load_tokenizer(name_or_path: str, *, revision: str | None = None) -> Any:
     """A model's tokenizer alone (for checks before the weights are loaded)."""
-    folder = model_folder(name_or_path)
+    source, options = _pretrained(name_or_path, model_folder(name_or_path), revision)
     try:
-        return AutoTokenizer.from_pretrained(
-            name_or_path if folder is None else str(folder),
-            revision=revision,
-            trust_remote_code=False,
-            local_files_only=folder is None and _offline(),
-        )
+        return AutoTokenizer.from_pretrained(source, **options)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"{name_or_path}: its tokenizer cannot be read ({err})") from err
 
@@ -239,13 +229,9 @@ def check_model(
     from transformers import AutoConfig
 
     folder = _check_source(name_or_path, allow_pickle)
+    source, options = _pretrained(name_or_path, folder, revision)
     try:
-        config = AutoConfig.from_pretrained(
-            name_or_path if folder is None else str(folder),
-            revision=revision,
-            trust_remote_code=False,
-            local_files_only=folder is None and _offline(),
-        )
+        config = AutoConfig.from_pretrained(source, **options)
     except (OSError, ValueError) as err:
         raise ModelLoadError(
             _explain(name_or_path, folder is not None, allow_pickle, OSError(str(err)))
@@ -293,6 +279,17 @@ def model_folder(name: str) -> Path | None:
     if _looks_like_folder(name):
         raise ModelLoadError(f"model folder {name!r} does not exist")
     return None
+
+
+def _pretrained(name: str, folder: Path | None, revision: str | None) -> tuple[str, dict[str, Any]]:
+    """What ``from_pretrained`` reads from (the local folder, or the hub id) and its options:
+    no remote code, and the hub cache only when offline."""
+    options = {
+        "revision": revision,
+        "trust_remote_code": False,
+        "local_files_only": folder is None and _offline(),
+    }
+    return (name if folder is None else str(folder)), options
 
 
 def _check_source(name: str, allow_pickle: bool) -> Path | None:
