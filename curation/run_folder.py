@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from curation.errors import UsageError
+from curation.shards import unreadable
 from curation.storage import Location, absent
 
 MANIFEST = "manifest.json"
@@ -156,6 +157,18 @@ class RunFolder:
                 f"{len(files)} files missing)"
             )
         return data
+
+    def check_staged(self, listing: dict[str, Any]) -> None:
+        """Refuse staged tables of ``listing`` with a file that does not read whole (called
+        after a failed read: every page of every file is read)."""
+        for table in listing["tables"].values():
+            for name in table:
+                file = self.resolve(name)
+                if problem := unreadable(file):
+                    raise UsageError(
+                        f"{self.url}: the staged tables are damaged: {self.relative(file)} "
+                        f"{problem}; run `curation run` into it again to stage them anew"
+                    )
 
     def stage_files(self, table: str, listing: dict[str, Any] | None = None) -> list[str]:
         """URLs of one staged table's shards."""

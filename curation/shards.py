@@ -79,6 +79,26 @@ def iter_batches(
             yield from parquet.iter_batches(batch_size=batch_rows, columns=columns)
 
 
+def unreadable(location: Location, columns: list[str] | None = None) -> str | None:
+    """Why ``location`` cannot be read as Parquet (its footer, then every page of
+    ``columns``, or of all columns), or None when it reads whole."""
+    with location.open("rb") as handle:
+        try:
+            parquet = pq.ParquetFile(handle, pre_buffer=False)
+        except (pa.ArrowException, OSError) as err:
+            return f"is not readable Parquet ({_one_line(err)})"
+        try:
+            for _ in parquet.iter_batches(batch_size=ROW_GROUP_ROWS, columns=columns):
+                pass
+        except (pa.ArrowException, OSError) as err:
+            return f"cannot be read ({_one_line(err)})"
+    return None
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
 def read_rows(url: str) -> Iterator[dict[str, Any]]:
     """Every row of a shard as a dict, a row group at a time."""
     for batch in iter_batches([url], batch_rows=ROW_GROUP_ROWS):

@@ -166,7 +166,11 @@ def republish(
             dimension=int(manifest["index"]["dimension"]),
             schemas=run_schemas(None) | {"clean": schema_from_text(listing["clean_schema"])},
         )
-        result = finalize(run, listing, settings, runner)
+        try:
+            result = finalize(run, listing, settings, runner)
+        except Exception:
+            run.check_staged(listing)
+            raise
         recorded = {
             "threshold": thresholds.web,
             "synthetic_threshold": thresholds.synthetic,

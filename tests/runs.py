@@ -49,3 +49,24 @@ def gradient_rows(n: int) -> list[dict]:
         {"key": f"g{i:03d}", "image": jpeg_bytes(gradient(96, 80, seed=i)), "text": f"picture {i}"}
         for i in range(n)
     ]
+
+
+def corrupt_pages(path: Path) -> None:
+    """Scramble the middle half of every column chunk of a Parquet file, footer untouched:
+    its metadata still reads, its pages do not."""
+    data = bytearray(path.read_bytes())
+    metadata = pq.read_metadata(path)
+    for group in range(metadata.num_row_groups):
+        for column in range(metadata.num_columns):
+            chunk = metadata.row_group(group).column(column)
+            start = chunk.dictionary_page_offset or chunk.data_page_offset
+            size = chunk.total_compressed_size
+            for offset in range(start + size // 4, start + 3 * size // 4):
+                data[offset] ^= 0x5A
+    path.write_bytes(bytes(data))
+    assert pq.read_metadata(path).num_rows == metadata.num_rows
+    try:
+        pq.read_table(path)
+    except (pa.ArrowException, OSError):
+        return
+    raise AssertionError(f"{path}: scrambled pages still read")

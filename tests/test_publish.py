@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from images import gradient, jpeg_bytes, photo, write_pairs_parquet
-from runs import gradient_rows, index_files, kill_when
+from runs import corrupt_pages, gradient_rows, index_files, kill_when
 
 from app.cli import main
 from curation.config import RepublishSettings, RunConfig, build_config
@@ -337,6 +337,31 @@ def test_republishing_refuses_staged_tables_with_a_file_missing(
     assert result.exit_code == 2, result.output
     assert f"lists {gone}, which is missing (1 of " in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    assert (run_dir / "manifest.json").read_text() == before  # the finished run is untouched
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pages"])
+@pytest.mark.parametrize(
+    ("command", "table"),
+    [(["rethreshold", "--threshold", "0.4"], "decisions"), (["dedup"], "images")],
+)
+def test_republishing_refuses_staged_tables_with_a_damaged_file(
+    finished_run: Path, tmp_path: Path, command: list[str], table: str, damage: str
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    listing = json.loads((run_dir / "_stage" / "stage.json").read_text())
+    name = listing["tables"][table][0]
+    if damage == "truncated":
+        (run_dir / name).write_bytes((run_dir / name).read_bytes()[:10])
+    else:
+        corrupt_pages(run_dir / name)
+    before = (run_dir / "manifest.json").read_text()
+    result = CliRunner().invoke(main, [command[0], str(run_dir), *command[1:]])
+    assert result.exit_code == 2, result.output
+    problem = "is not readable Parquet" if damage == "truncated" else "cannot be read"
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {run_dir}: the staged tables are damaged: {name} {problem}")
     assert (run_dir / "manifest.json").read_text() == before  # the finished run is untouched
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from curation.errors import UsageError
 from curation.run_folder import MANIFEST, RunFolder
+from curation.shards import unreadable
 from curation.storage import absent
 
 #: Rows per streamed batch of the narrow (no image bytes) audit scans.
@@ -64,17 +64,15 @@ class RunTables:
             f"run folder {self.path} is incomplete: {MANIFEST} lists {which} missing ({counts})"
         )
 
-    def _check_parquet(self, name: str) -> None:
-        """Refuse a table whose files are missing or not readable Parquet (after a failed read)."""
+    def _check_parquet(self, name: str, columns: list[str] | None = None) -> None:
+        """Refuse a table whose files are missing, not readable Parquet, or hold pages of
+        ``columns`` that do not decode (called after a failed read)."""
         self._check_files()
         for file in self.run.table_files(name, self._manifest):
-            try:
-                pq.read_metadata(file.path, filesystem=file.fs)
-            except (pa.ArrowException, OSError) as err:
+            if problem := unreadable(file, columns):
                 raise UsageError(
-                    f"run folder {self.path} is damaged: {self.run.relative(file)} "
-                    f"is not readable Parquet ({err})"
-                ) from err
+                    f"run folder {self.path} is damaged: {self.run.relative(file)} {problem}"
+                )
 
     def location(self, name: str) -> str:
         """The path or URL of an entry of the run folder, as a user would type it."""
@@ -94,7 +92,7 @@ class RunTables:
         try:
             return ds.dataset([f.path for f in files], format="parquet", filesystem=files[0].fs)
         except (pa.ArrowException, OSError):
-            self._check_parquet(name)
+            self._check_parquet(name, [])
             raise
 
     def batches(
@@ -123,7 +121,7 @@ class RunTables:
                 fragment_readahead=1,
             )
         except (pa.ArrowException, OSError):
-            self._check_parquet(name)
+            self._check_parquet(name, columns)
             raise
 
     def write_text(self, name: str, text: str) -> str:

@@ -149,33 +149,35 @@ def write_run(folder: Path, decisions: list[dict], duplicates: list[dict] = ()) 
     return folder
 
 
-def damaged_copy(
-    run: Path, folder: Path, table: str, *, truncate: bool = False
-) -> tuple[Path, str]:
-    """A copy of ``run`` whose first ``table`` file listed in its manifest is deleted, or cut
-    to 10 bytes with ``truncate``; the copy and that file's name in the manifest."""
+def damaged_copy(run: Path, folder: Path, table: str, damage: str = "missing") -> tuple[Path, str]:
+    """A copy of ``run`` whose first ``table`` file listed in its manifest is deleted
+    (``missing``), cut to 10 bytes (``truncated``) or has its pages scrambled (``pages``); the
+    copy and that file's name in the manifest."""
     import json
     import shutil
+
+    from runs import corrupt_pages
 
     copy = folder / "damaged"
     shutil.copytree(run, copy)
     name = json.loads((copy / "manifest.json").read_text())["tables"][table]["files"][0]
-    if truncate:
+    if damage == "truncated":
         (copy / name).write_bytes((copy / name).read_bytes()[:10])
+    elif damage == "pages":
+        corrupt_pages(copy / name)
     else:
         (copy / name).unlink()
     return copy, name
 
 
-def assert_refused_damaged(
-    result: Any, run: Path, name: str, table: str, *, truncate: bool
-) -> None:
+def assert_refused_damaged(result: Any, run: Path, name: str, table: str, damage: str) -> None:
     """``result`` of a command on a :func:`damaged_copy`: exit 2, one line naming the file."""
-    problem = (
-        f"is damaged: {name} is not readable Parquet"
-        if truncate
-        else f"is incomplete: manifest.json lists {name}, which is missing (1 of 1 {table} files)"
-    )
+    problem = {
+        "missing": f"is incomplete: manifest.json lists {name}, which is missing "
+        f"(1 of 1 {table} files)",
+        "truncated": f"is damaged: {name} is not readable Parquet",
+        "pages": f"is damaged: {name} cannot be read",
+    }[damage]
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.startswith(f"error: run folder {run} {problem}")
     assert result.stderr.count("\n") == 1

@@ -218,12 +218,12 @@ def test_not_a_run_folder_exits_2(command: str, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "not a finished run folder" in result.output
 
 
-@pytest.mark.parametrize("truncate", [False, True], ids=["missing", "truncated"])
+@pytest.mark.parametrize("damage", ["missing", "truncated", "pages"])
 @pytest.mark.parametrize("command", ["explain", "diff"])
 def test_an_incomplete_or_damaged_run_folder_exits_2_with_one_line(
-    command: str, truncate: bool, audit_runs: AuditRuns, tmp_path: Path
+    command: str, damage: str, audit_runs: AuditRuns, tmp_path: Path
 ) -> None:
-    run, name = damaged_copy(audit_runs.b, tmp_path, "decisions", truncate=truncate)
+    run, name = damaged_copy(audit_runs.b, tmp_path, "decisions", damage)
     args = [str(run), "p1"] if command == "explain" else [str(audit_runs.a), str(run)]
     result = CliRunner().invoke(main, [command, *args])
-    assert_refused_damaged(result, run, name, "decisions", truncate=truncate)
+    assert_refused_damaged(result, run, name, "decisions", damage)

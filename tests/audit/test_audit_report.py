@@ -199,14 +199,16 @@ def test_report_of_a_folder_that_is_not_a_run_exits_2(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("table", "truncate"), [("decisions", False), ("clean", False), ("duplicates", True)]
-)
+    ("table", "damage"),
+    [("decisions", "missing"), ("clean", "missing"), ("duplicates", "truncated"),
+     ("decisions", "pages")],
+)  # fmt: skip
 def test_report_of_an_incomplete_or_damaged_run_exits_2_with_one_line(
-    table: str, truncate: bool, audit_runs: AuditRuns, tmp_path: Path
+    table: str, damage: str, audit_runs: AuditRuns, tmp_path: Path
 ) -> None:
-    run, name = damaged_copy(audit_runs.a, tmp_path, table, truncate=truncate)
+    run, name = damaged_copy(audit_runs.a, tmp_path, table, damage)
     result = CliRunner().invoke(main, ["report", str(run)])
-    assert_refused_damaged(result, run, name, table, truncate=truncate)
+    assert_refused_damaged(result, run, name, table, damage)
 
 
 def test_long_keys_line_floods_and_bidi_overrides_stay_inside_their_card(tmp_path: Path) -> None:
