@@ -59,13 +59,18 @@ class Rejection:
     detail: str | None
 
 
+def refused_before_decoding(pair: Pair) -> tuple[Reason, str | None] | None:
+    """The reason and detail of rule 2, or of rule 3 for an image path that was refused;
+    None when the row's image bytes are to be decoded."""
+    if pair.status is not None and pair.status != IMG2DATASET_SUCCESS:
+        return Reason.DOWNLOAD_FAILED, pair.error or pair.status
+    return pair.image_issue
+
+
 def screen_pair(pair: Pair, settings: ScreenSettings) -> HashedPair | Rejection:
     """Decode and hash a row's image, or say why the row is refused (rules 2 and 3)."""
-    if pair.status is not None and pair.status != IMG2DATASET_SUCCESS:
-        return Rejection(_light(pair), Reason.DOWNLOAD_FAILED, pair.error or pair.status)
-    if pair.image_issue is not None:
-        reason, detail = pair.image_issue
-        return Rejection(_light(pair), reason, detail)
+    if (refused := refused_before_decoding(pair)) is not None:
+        return Rejection(_light(pair), *refused)
     try:
         image = settings.decode(pair.image)
     except DecodeError as err:

@@ -54,19 +54,26 @@ def gradient_rows(n: int) -> list[dict]:
 def corrupt_pages(path: Path) -> None:
     """Scramble the middle half of every column chunk of a Parquet file, footer untouched:
     its metadata still reads, its pages do not."""
-    data = bytearray(path.read_bytes())
-    metadata = pq.read_metadata(path)
-    for group in range(metadata.num_row_groups):
-        for column in range(metadata.num_columns):
-            chunk = metadata.row_group(group).column(column)
-            start = chunk.dictionary_page_offset or chunk.data_page_offset
-            size = chunk.total_compressed_size
-            for offset in range(start + size // 4, start + 3 * size // 4):
-                data[offset] ^= 0x5A
-    path.write_bytes(bytes(data))
-    assert pq.read_metadata(path).num_rows == metadata.num_rows
+    for group in range(pq.read_metadata(path).num_row_groups):
+        corrupt_row_group(path, group)
     try:
         pq.read_table(path)
     except (pa.ArrowException, OSError):
         return
     raise AssertionError(f"{path}: scrambled pages still read")
+
+
+def corrupt_row_group(path: Path, group: int) -> None:
+    """Scramble the middle half of every column chunk of row group ``group`` of a Parquet
+    file, footer untouched."""
+    data = bytearray(path.read_bytes())
+    metadata = pq.read_metadata(path)
+    row_group = metadata.row_group(group)
+    for column in range(metadata.num_columns):
+        chunk = row_group.column(column)
+        start = chunk.dictionary_page_offset or chunk.data_page_offset
+        size = chunk.total_compressed_size
+        for offset in range(start + size // 4, start + 3 * size // 4):
+            data[offset] ^= 0x5A
+    path.write_bytes(bytes(data))
+    assert pq.read_metadata(path).num_rows == metadata.num_rows

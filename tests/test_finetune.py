@@ -13,6 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
+from images import (
+    HF_SCHEMA,
+    gradient,
+    hf_image_rows,
+    jpeg_bytes,
+    write_img2dataset_parquet,
+    write_pairs_parquet,
+)
+from runs import corrupt_row_group
 from transformers import BlipForImageTextRetrieval
 
 from app.finetune import finetune_command
@@ -328,6 +337,63 @@ def test_read_pairs_counts_skipped_rows_by_reason_and_names_missing_columns(
     pq.write_table(table, tmp_path / "bad.parquet")
     with pytest.raises(InputError, match="no usable .*3 rows skipped"):
         read_pairs(tmp_path / "bad.parquet", 32)
+
+
+def test_read_pairs_reads_img2dataset_output_as_the_run_does(tmp_path: Path) -> None:
+    """No column flags: img2dataset's columns are recognised, failed downloads are skipped as
+    ``download_failed``, and the key column can group rows."""
+    images = [jpeg_bytes(gradient(40, 30, seed=i)) for i in range(4)]
+    texts = ["a red circle", "a blue square", "a green star", "a red square"]
+    path = write_img2dataset_parquet(tmp_path / "00000.parquet", images, texts, failed=[2])
+    pairs = read_pairs(path, 32, group_column="key")
+    assert pairs.texts == ["a red circle", "a blue square", "a red square"]
+    assert pairs.skipped == {Reason.DOWNLOAD_FAILED: 1}
+    assert len(set(pairs.groups.tolist())) == 3
+
+
+def test_read_pairs_reads_image_paths_bytes_texts_and_damaged_row_groups_as_the_run_does(
+    tmp_path: Path,
+) -> None:
+    """Hugging Face image structs naming a file beside the Parquet file are read (a path
+    outside its folder is not); texts stored as bytes are UTF-8 and cleaned as the run cleans
+    them; a row group that cannot be read is skipped as ``error``, the others still read."""
+    (tmp_path / "beside.jpg").write_bytes(jpeg_bytes(gradient(40, 30, seed=1)))
+    (tmp_path.parent / "outside.jpg").write_bytes(jpeg_bytes(gradient(40, 30, seed=2)))
+    rows = hf_image_rows(
+        [None, None, jpeg_bytes(gradient(40, 30, seed=3)), jpeg_bytes(gradient(40, 30, seed=4))],
+        ["x"] * 4,
+        ["beside.jpg", "../outside.jpg", None, None],
+    )
+    texts = ["A Red\u200b Circle".encode(), b"a blue square", b"caf\xe9 \x00star", b"a cat"]
+    for row, text in zip(rows, texts, strict=True):
+        row["text"] = text
+    schema = HF_SCHEMA.set(1, pa.field("text", pa.binary()))
+    path = write_pairs_parquet(tmp_path / "hf.parquet", rows, row_group_size=2, schema=schema)
+    pairs = read_pairs(path, 32)
+    assert pairs.texts == ["a red circle", "caf star", "a cat"]
+    assert pairs.skipped == {Reason.MISSING_IMAGE: 1}
+    assert not np.array_equal(pairs.pixels[0], pairs.pixels[1])
+    damaged = tmp_path / "damaged.parquet"
+    damaged.write_bytes(path.read_bytes())
+    corrupt_row_group(damaged, 1)
+    pairs = read_pairs(damaged, 32)
+    assert pairs.texts == ["a red circle"]
+    assert pairs.skipped == {Reason.MISSING_IMAGE: 1, Reason.ERROR: 2}
+
+
+def test_read_pairs_refuses_columns_the_run_refuses_and_unusable_group_columns(
+    tmp_path: Path, clean: Path
+) -> None:
+    table = pq.read_table(clean).slice(0, 4)
+    numbers = tmp_path / "numbers.parquet"
+    text = table.schema.get_field_index("text")
+    pq.write_table(table.set_column(text, "text", pa.array(range(4))), numbers)
+    with pytest.raises(InputError, match="text column 'text' has type int64, expected string"):
+        read_pairs(numbers, 32)
+    with pytest.raises(InputError, match="group column 'text' is the image or text column"):
+        read_pairs(clean, 32, group_column="text")
+    with pytest.raises(InputError, match="group column 'scen' not found .*scene"):
+        read_pairs(clean, 32, group_column="scen")
 
 
 def test_finetune_reports_skipped_rows_and_records_them_in_the_model_card(

@@ -1,7 +1,9 @@
 """Training pairs for finetuning: read from Parquet, decoded exactly as the pipeline does.
 
-Images go through :func:`curation.decode.decode_image` at the model's input size (the decode
-stage of the pipeline) and are kept as uint8; texts go through BLIP's ``pre_caption``
+Rows are read as ``curation run`` reads them; images go through
+:func:`curation.decode.decode_image` at the model's input size (the decode stage of the
+pipeline) and are kept as uint8; texts are cleaned as the run cleans them
+(:func:`curation.texts.model_text`), then go through BLIP's ``pre_caption``
 (:func:`models.scorer.normalize_text`), so what the model sees in training is what it sees
 when curating.
 """
@@ -9,14 +11,20 @@ when curating.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 
 from curation.decode import DecodeError, decode_image
 from curation.errors import InputError
+from curation.inputs import InputFile
+from curation.layout import Layout, detect_layout
+from curation.reader import iter_rows
 from curation.reasons import Reason
+from curation.records import Pair
+from curation.screen import refused_before_decoding
+from curation.texts import model_text
 from models.finetune.settings import training_file
 from models.scorer import normalize_text
 
@@ -53,57 +61,50 @@ class TrainingPairs:
         return self.subset(order[n_held:]), self.subset(order[:n_held])
 
 
-def _image_bytes(cell: object) -> bytes | None:
-    if isinstance(cell, bytes | bytearray):
-        return bytes(cell)
-    if isinstance(cell, dict):  # Hugging Face datasets image struct
-        data = cell.get("bytes")
-        return bytes(data) if data else None
-    return None
-
-
 def read_pairs(
     path: str,
     image_size: int,
-    image_column: str = "image",
-    text_column: str = "text",
+    image_column: str | None = None,
+    text_column: str | None = None,
     group_column: str | None = None,
     limit: int | None = None,
 ) -> TrainingPairs:
     """Read, decode and normalise up to ``limit`` (image, text) pairs from a Parquet file.
 
-    Rows whose image is missing or does not decode, or whose text is empty after
-    normalisation, are skipped and counted by reason (:attr:`TrainingPairs.skipped`); a row
-    with no group value is a group of its own. A missing column raises :class:`InputError`
-    naming the file and the column, and so does a file with no usable pair.
+    Columns are recognised, checked and read as ``curation run`` does
+    (:func:`curation.layout.detect_layout`, :func:`curation.reader.iter_rows`): img2dataset
+    and Hugging Face layouts, images named by path, texts stored as bytes. Rows the run would
+    refuse before its models (a failed download, no image, an image that does not decode, an
+    empty text, a row group that cannot be read) are skipped and counted by reason
+    (:attr:`TrainingPairs.skipped`); a row with no group value is a group of its own. A
+    missing or unusable column raises :class:`InputError` naming the file and the column,
+    and so does a file with no usable pair.
     """
     location = training_file(str(path))
-    columns = [image_column, text_column] + ([group_column] if group_column else [])
-    with location.open() as handle:
-        parquet = pq.ParquetFile(handle)
-        names = parquet.schema_arrow.names
-        for column in columns:
-            if column not in names:
-                raise InputError(f"{path}: no column {column!r} (columns: {', '.join(names)})")
-        table = parquet.read(columns=columns)
-    if limit is not None:
-        table = table.slice(0, limit)
+    layout = detect_layout(location, image_column, text_column)
+    if group_column is not None:
+        layout = _with_group(layout, group_column, location.url)
     images, texts, group_values = [], [], []
     skipped: Counter[Reason] = Counter()
-    for index, row in enumerate(table.to_pylist()):
-        text = normalize_text(row[text_column] or "")
-        if not text:
-            skipped[Reason.EMPTY_TEXT] += 1
-            continue
-        try:
-            decoded = decode_image(_image_bytes(row[image_column]), image_size)
-        except DecodeError as err:
-            skipped[err.reason] += 1
+    for index, (pair, error) in enumerate(iter_rows(InputFile(location, "train"), layout)):
+        if limit is not None and index >= limit:
+            break
+        refused = (Reason.ERROR, None) if error else refused_before_decoding(pair)
+        text = normalize_text(model_text(pair.text).text)
+        if refused is None and not text:
+            refused = (Reason.EMPTY_TEXT, None)
+        if refused is None:
+            try:
+                decoded = decode_image(pair.image, image_size)
+            except DecodeError as err:
+                refused = (err.reason, None)
+        if refused is not None:
+            skipped[refused[0]] += 1
             continue
         images.append(decoded.pixels)
         texts.append(text)
-        if group_column:
-            value = row[group_column]
+        if group_column is not None:
+            value = _group_value(pair, layout, group_column)
             # A missing group matches no other row: it must not join the other missing ones.
             group_values.append(("row", index) if value is None else ("value", str(value)))
     if not texts:
@@ -111,10 +112,32 @@ def read_pairs(
             f"{path}: no usable (image, text) pairs ({describe_skipped(skipped) or 'no rows'})"
         )
     groups = None
-    if group_column:
+    if group_column is not None:
         codes = {value: i for i, value in enumerate(dict.fromkeys(group_values))}
         groups = np.array([codes[v] for v in group_values], dtype=np.int64)
     return TrainingPairs(pixels=np.stack(images), texts=texts, groups=groups, skipped=skipped)
+
+
+def _with_group(layout: Layout, column: str, path: str) -> Layout:
+    """``layout`` reading only ``column`` besides its roles (the key column may group)."""
+    if column == layout.key_column:
+        return replace(layout, passthrough=pa.schema([]))
+    kept = [f for f in layout.passthrough if f.name == column]
+    if not kept:
+        roles = {layout.image_column, layout.text_column, layout.status_column}
+        problem = "is the image or text column" if column in roles else "not found"
+        raise InputError(
+            f"{path}: group column {column!r} {problem} (other columns: "
+            f"{', '.join(layout.passthrough.names) or 'none'})"
+        )
+    return replace(layout, passthrough=pa.schema(kept))
+
+
+def _group_value(pair: Pair, layout: Layout, column: str) -> object:
+    """The row's value of the group column; a row without a key has its own derived key."""
+    if column == layout.key_column:
+        return pair.key
+    return pair.extra[layout.output_name(column)]
 
 
 def describe_skipped(skipped: Counter[Reason]) -> str:

@@ -81,11 +81,18 @@ class FinetuneSettings(Settings):
     holdout: float = flag(
         "Share of pairs held out for the evaluation in the model card.", default=0.05, ge=0, le=0.5
     )
-    image_column: str = flag("Column with the image bytes.", default="image")
-    text_column: str = flag("Column with the text.", default="text")
+    image_column: str | None = flag(
+        "Column with the image bytes or a datasets Image struct (none: recognised as "
+        "`curation run` does).",
+        default=None,
+    )
+    text_column: str | None = flag(
+        "Column with the text (none: recognised as `curation run` does).", default=None
+    )
     group_column: str | None = flag(
         "Rows with equal values here show the same content (never drawn as each other's "
-        "negatives); a row with no value is a group of its own.",
+        "negatives); a row with no value is a group of its own. Any column but the image "
+        "and text columns.",
         default=None,
     )
     seed: int = flag("Seed of the data order, the held-out split and the extra texts.", default=0)
