@@ -30,6 +30,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,18 +100,28 @@ class RunFolder:
     def cache(self, fingerprint: str) -> Location:
         return self.root / CACHE / fingerprint
 
-    def check_may_run_into(self) -> None:
-        """Raise :class:`UsageError` unless the folder is new, empty or a run folder: a run
-        replaces the files of its table and index folders, so a folder of other files is
-        never taken for one."""
+    def check_may_run_into(self, inputs: list[str]) -> None:
+        """Raise :class:`UsageError` unless the folder is new, empty, or a run folder whose
+        finished run read no file outside ``inputs`` (file URLs): a run replaces the files of
+        its table and index folders, so neither a folder of other files nor the results of
+        input this run does not read are ever replaced by mistake. Adding files to a
+        finished run's input is allowed."""
         children = [c for c in self.root.children() if not c.name.startswith(".")]
         marks = {MANIFEST, STAGE, CACHE, LOCK}
         if children and not marks & {child.name for child in children}:
-            shown = ", ".join(child.name for child in children[:3])
-            more = f" and {len(children) - 3} more" if len(children) > 3 else ""
             raise UsageError(
-                f"--out {self.url} holds other files ({shown}{more}) and is not a run folder "
-                f"(no {MANIFEST}, {STAGE}/ or {CACHE}/); give a new or empty folder"
+                f"--out {self.url} holds other files ({_some((c.name for c in children), 3)}) and "
+                f"is not a run folder (no {MANIFEST}, {STAGE}/ or {CACHE}/); give a new or "
+                "empty folder"
+            )
+        finished = self.read_manifest() if MANIFEST in {c.name for c in children} else None
+        read = [str(i["path"]) for i in (finished or {}).get("inputs", [])]
+        dropped = [path for path in read if path not in set(inputs)]
+        if dropped:
+            raise UsageError(
+                f"--out {self.url} holds a finished run whose input this run does not read "
+                f"({_some(dropped)}); a run would replace its results with those of "
+                f"{_some(inputs)}; give a new --out for this input, or delete the folder first"
             )
 
     def relative(self, location: Location | str) -> str:
@@ -346,3 +357,10 @@ def _is_stale(holder: dict[str, Any]) -> bool:
         except (PermissionError, ValueError, OverflowError):
             pass
     return time.time() - float(holder.get("heartbeat", 0)) > LOCK_STALE_SECONDS
+
+
+def _some(names: Iterable[str], shown: int = 2) -> str:
+    """``"a, b and 3 more"``."""
+    names = list(names)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more

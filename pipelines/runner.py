@@ -234,7 +234,7 @@ def prepare(config: RunConfig) -> RunPlan:
     except ValueError as err:
         raise ConfigError(f"{err} (--device {config.device} resolved to {device})") from None
     check_writable_folder(run.root, "--out")
-    run.check_may_run_into()
+    run.check_may_run_into([item.url for item in files])
     units = []
     for item in files:
         first = 0

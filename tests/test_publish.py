@@ -309,6 +309,28 @@ def test_settings_a_run_could_not_finish_with_are_refused_before_work(
     assert not (tmp_path / "run" / "_stage").exists()
 
 
+def test_a_finished_run_of_other_input_is_not_replaced(
+    finished_run: Path, tmp_path: Path, tiny_captioner_dir, tiny_filter_dir
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    manifest = (run_dir / "manifest.json").read_bytes()
+    files = sorted(run_dir.rglob("*"))
+    other = tmp_path / "other.parquet"
+    write_pairs_parquet(other, [{"image": jpeg_bytes(photo("coffee")), "text": "t"}])
+    result = CliRunner().invoke(main, [
+        "run", str(other), "--out", str(run_dir), "--captioner", str(tiny_captioner_dir),
+        "--filter", str(tiny_filter_dir), "--no-progress",
+    ])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "holds a finished run whose input this run does not read (" in result.stderr
+    assert "in.parquet" in result.stderr and "Traceback" not in result.output
+    assert (run_dir / "manifest.json").read_bytes() == manifest
+    assert sorted(run_dir.rglob("*")) == files
+    read = [i["path"] for i in json.loads(manifest)["inputs"]]
+    RunFolder.at(str(run_dir)).check_may_run_into([*read, other.as_uri()])  # more input: allowed
+
+
 def test_the_runs_own_index_is_refused_as_previous_round(
     finished_run: Path, tmp_path: Path
 ) -> None:
