@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from curation.storage import Location
 
 #: Seed of the demo's web split; the bundled models were trained on seeds 1 to 11.
 DEMO_SEED = 20261127
@@ -60,6 +63,34 @@ def demo_settings() -> dict[str, Any]:
     }
 
 
+#: What a demo folder holds; the demo replaces each of them.
+DEMO_INPUT = "input/shapes-web.parquet"
+DEMO_ENTRIES = ("input", "run", "metrics.json")
+
+
+def check_demo_folder(out_dir: Location) -> None:
+    """Raise :class:`UsageError` unless ``out_dir`` is new, empty or a demo's folder: the demo
+    replaces its input, run and metrics, so a folder of other files is never taken for one."""
+    from curation.errors import UsageError
+    from curation.run_folder import RunFolder
+
+    def others(folder: Location, own: tuple[str, ...]) -> list[str]:
+        return [c.name for c in folder.children() if c.name not in own and c.name[0] != "."]
+
+    input_name = DEMO_INPUT.split("/")[1]
+    found = (
+        others(out_dir, DEMO_ENTRIES)
+        + [f"input/{name}" for name in others(out_dir / "input", (input_name,))]
+        + [name for name in ("input", "run") if (out_dir / name).is_file()]
+    )
+    if found:
+        raise UsageError(
+            f"--out {out_dir.url} holds files a demo does not write ({', '.join(found[:3])}); "
+            "give a new or empty folder, or a former demo's"
+        )
+    RunFolder.at((out_dir / "run").url).check_may_run_into([(out_dir / DEMO_INPUT).url])
+
+
 def run_demo(
     out: str,
     rows: int = DEMO_ROWS,
@@ -76,10 +107,9 @@ def run_demo(
 
     out_dir = Location(out)
     check_writable_folder(out_dir, "--out")
+    check_demo_folder(out_dir)
     (out_dir / "run").remove()  # measure a full run, not a cached re-run
-    data = make_web_split(
-        rows, seed, (out_dir / "input" / "shapes-web.parquet").url, texture=DEMO_TEXTURE
-    )
+    data = make_web_split(rows, seed, (out_dir / DEMO_INPUT).url, texture=DEMO_TEXTURE)
     config = RunConfig(
         input=(data,),
         out=(out_dir / "run").url,

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from app.demo import check_demo_folder
 from app.demo_metrics import caption_metrics, rejection_metrics, run_metrics, write_metrics
 from curation.schemas import DECISIONS_SCHEMA
 from curation.storage import Location
@@ -165,3 +166,26 @@ def test_demo_command_curates_a_small_generated_split_with_the_bundled_models(tm
     assert m["filter"]["binding_recall"] >= 0.6 and m["filter"]["correct_kept_share"] >= 0.85
     assert m["captioner"]["captions"] == rows and m["captioner"]["kept_correct_share"] >= 0.8
     assert m["throughput"]["images"] == rows and m["throughput"]["images_per_second"] > 0
+    check_demo_folder(Location(str(out)))  # a finished demo's folder may be run into again
+
+
+@pytest.mark.parametrize(
+    ("entry", "shown"),
+    [
+        ("mine.txt", "holds files a demo does not write (mine.txt)"),
+        ("input/data.parquet", "holds files a demo does not write (input/data.parquet)"),
+        ("run/clean/old.parquet", "run holds other files (clean) and is not a run folder"),
+    ],
+)
+def test_demo_refuses_a_folder_of_other_files_before_work(tmp_path, entry: str, shown: str) -> None:
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    users = tmp_path / "out" / entry
+    users.parent.mkdir(parents=True)
+    users.write_bytes(b"a user's file")
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "out"), "--rows", "10"])
+    assert result.exit_code == 2 and shown in result.stderr, result.output
+    assert users.read_bytes() == b"a user's file"
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == [users]  # nothing written
