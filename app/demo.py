@@ -73,6 +73,7 @@ def check_demo_folder(out_dir: Location) -> None:
     replaces its input, run and metrics, so a folder of other files is never taken for one."""
     from curation.errors import UsageError
     from curation.run_folder import RunFolder
+    from curation.texts import listing
 
     def others(folder: Location, own: tuple[str, ...]) -> list[str]:
         return [c.name for c in folder.children() if c.name not in own and c.name[0] != "."]
@@ -85,7 +86,7 @@ def check_demo_folder(out_dir: Location) -> None:
     )
     if found:
         raise UsageError(
-            f"--out {out_dir.url} holds files a demo does not write ({', '.join(found[:3])}); "
+            f"--out {out_dir.url} holds files a demo does not write ({listing(found)}); "
             "give a new or empty folder, or a former demo's"
         )
     RunFolder.at((out_dir / "run").url).check_may_run_into([(out_dir / DEMO_INPUT).url])

@@ -10,7 +10,13 @@ from click.core import ParameterSource
 
 from app.options import from_flags, settings_options
 from curation.errors import UsageError
-from models.finetune.settings import FILTER_ONLY, FinetuneSettings, ModelKind, training_file
+from models.finetune.settings import (
+    FILTER_ONLY,
+    FinetuneSettings,
+    ModelKind,
+    model_folder,
+    training_file,
+)
 
 
 @click.group("finetune")
@@ -32,6 +38,7 @@ def _command_line(kind: ModelKind) -> str:
 def _run(kind: ModelKind, options: dict[str, Any]) -> None:
     settings = from_flags(FinetuneSettings, options)
     training_file(settings.train)  # before the models load
+    model_folder(settings.out)
     import torch
 
     from models.finetune.train import finetune

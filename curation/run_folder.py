@@ -30,13 +30,13 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from curation.errors import UsageError
 from curation.shards import unreadable
 from curation.storage import Location, absent
+from curation.texts import listing
 
 MANIFEST = "manifest.json"
 FINAL_TABLES = ("decisions", "clean", "synthetic", "duplicates")
@@ -110,7 +110,7 @@ class RunFolder:
         marks = {MANIFEST, STAGE, CACHE, LOCK}
         if children and not marks & {child.name for child in children}:
             raise UsageError(
-                f"--out {self.url} holds other files ({_some((c.name for c in children), 3)}) and "
+                f"--out {self.url} holds other files ({listing(c.name for c in children)}) and "
                 f"is not a run folder (no {MANIFEST}, {STAGE}/ or {CACHE}/); give a new or "
                 "empty folder"
             )
@@ -120,8 +120,8 @@ class RunFolder:
         if dropped:
             raise UsageError(
                 f"--out {self.url} holds a finished run whose input this run does not read "
-                f"({_some(dropped)}); a run would replace its results with those of "
-                f"{_some(inputs)}; give a new --out for this input, or delete the folder first"
+                f"({listing(dropped, 2)}); a run would replace its results with those of "
+                f"{listing(inputs, 2)}; give a new --out for this input, or delete the folder first"
             )
 
     def relative(self, location: Location | str) -> str:
@@ -357,10 +357,3 @@ def _is_stale(holder: dict[str, Any]) -> bool:
         except (PermissionError, ValueError, OverflowError):
             pass
     return time.time() - float(holder.get("heartbeat", 0)) > LOCK_STALE_SECONDS
-
-
-def _some(names: Iterable[str], shown: int = 2) -> str:
-    """``"a, b and 3 more"``."""
-    names = list(names)
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more

@@ -25,6 +25,7 @@ import functools
 import re
 import sys
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # More than BLIP's text encoder can read (512 positions; a wordpiece of ordinary text averages
@@ -101,6 +102,14 @@ def _removed() -> re.Pattern[str]:
             previous = code
     ranges.append(_span(start, previous))
     return re.compile("[" + "".join(ranges) + "]")
+
+
+def listing(names: Iterable[str], shown: int = 3) -> str:
+    """The first ``shown`` names, each :func:`printable`, and the count of the rest:
+    ``"a, b and 3 more"``."""
+    names = list(names)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(printable(name, 100) for name in names[:shown]) + more
 
 
 def printable(value: object, max_chars: int = 300) -> str:

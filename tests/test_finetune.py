@@ -902,6 +902,31 @@ def test_truncated_negatives_teach_the_filter_to_reject_cut_texts(pairs32: Train
     assert cut.mean() < 0.1 and (cut < 0.5).all() and full.mean() > 0.3
 
 
+def test_finetune_refuses_an_out_folder_it_could_not_or_should_not_write_before_training(
+    tmp_path: Path, clean: Path
+) -> None:
+    from app.cli import main
+
+    (tmp_path / "a_file").write_text("x")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's file")
+    args = ["finetune", "filter", "--train", str(clean), "--base", "tiny", "--max-steps", "1"]
+    args += ["--batch-size", "2", "--holdout", "0", "--device", "cpu", "--out"]
+    for out, message in (
+        (tmp_path / "a_file", "is not a folder"),
+        (mine, "holds other files (notes.txt) and is not a model folder (no config.json)"),
+    ):
+        result = CliRunner().invoke(main, [*args, str(out)])
+        assert result.exit_code == 2 and message in result.stderr, result.output
+        assert "finetuning" not in result.stderr  # refused before the models
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    model = tmp_path / "model"
+    for _ in range(2):  # a saved model's folder is replaced
+        assert CliRunner().invoke(main, [*args, str(model)]).exit_code == 0
+    assert (model / "config.json").is_file()
+
+
 def test_truncated_negatives_option_is_recorded_and_filter_only(
     tmp_path: Path, clean: Path
 ) -> None:

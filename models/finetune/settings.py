@@ -16,7 +16,8 @@ from pydantic import model_validator
 
 from curation.config import Settings, flag
 from curation.errors import InputError
-from curation.storage import Location
+from curation.storage import Location, check_writable_folder
+from curation.texts import listing
 
 
 class ModelKind(StrEnum):
@@ -195,4 +196,19 @@ def training_file(path: str) -> Location:
     location = Location(path)
     if not location.is_file():
         raise InputError(f"training data not found: {path}")
+    return location
+
+
+def model_folder(path: str) -> Location:
+    """The folder to save a finetuned model to at ``path``; :class:`InputError` unless it can
+    be written and is new, empty or a saved model's (``config.json``), whose files the new
+    model replaces: a folder of other files is never written into."""
+    location = Location(path)
+    check_writable_folder(location, "--out")
+    names = [c.name for c in location.children() if not c.name.startswith(".")]
+    if names and "config.json" not in names:
+        raise InputError(
+            f"--out {location.url} holds other files ({listing(names)}) and is not a model folder (no "
+            "config.json); give a new or empty folder"
+        )
     return location
