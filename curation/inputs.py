@@ -11,18 +11,28 @@ below the entry's root without ``.parquet``: a file's own name for a file entry,
 below the folder for a folder (``train/0000`` for Hugging Face's converted
 ``default/train/0000.parquet`` given the ``default`` folder), the path below the glob's
 fixed part for a glob.
+
+Folders below the entry's root named ``name=value`` are Hive partitions (Spark, pyarrow's
+``write_dataset``, Dask and Hive write them so, leaving the column out of the files): each
+gives its file's rows a string column ``name`` with ``value`` (percent-escapes decoded,
+``__HIVE_DEFAULT_PARTITION__`` as null), unless the file has a column of that name.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from curation.errors import InputError
 from curation.storage import Location, has_glob, is_hidden
 
 PARQUET = ".parquet"
+#: The value Hive and Spark give a partition folder for a null value.
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+_PARTITION = re.compile(r"([^=]+)=(.*)")
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,17 @@ class InputFile:
     @property
     def url(self) -> str:
         return self.location.url
+
+    @property
+    def partitions(self) -> dict[str, str | None]:
+        """The Hive partition values of the folders below the entry's root, by column name
+        (the deepest folder wins when a name repeats)."""
+        values: dict[str, str | None] = {}
+        for folder in self.key_prefix.split("/")[:-1]:
+            if match := _PARTITION.fullmatch(folder):
+                value = unquote(match[2])
+                values[unquote(match[1])] = None if value == HIVE_NULL else value
+        return values
 
 
 def resolve_inputs(

@@ -18,7 +18,8 @@ string in another) are refused with the files and the column named. Values are c
 safely: one the widened type cannot hold exactly (an int64 above 2**53 as float64, a
 timestamp after 2262 in nanoseconds) is stored as null, with a note in its row's decision.
 Column names must be distinct; a repeated passthrough column may be left out with
-``--drop-column``. Passthrough columns whose names clash with output columns
+``--drop-column``. Hive partition folders (``lang=en/``) add string passthrough columns
+(:mod:`curation.inputs`). Passthrough columns whose names clash with output columns
 (img2dataset's own ``width``, ``height``, ``sha256``) keep their values under ``source_<name>``.
 """
 
@@ -349,7 +350,10 @@ def check_inputs(
 
     if not files:
         raise InputError("no input files")
-    detected = [detect_layout(f.location, image_column, text_column, key_column) for f in files]
+    detected = [
+        _with_partitions(detect_layout(f.location, image_column, text_column, key_column), f)
+        for f in files
+    ]
     _check_drops(detected, drop_columns)
     layouts = [_without(layout, drop_columns) for layout in detected]
     for item, layout in zip(files, layouts, strict=True):
@@ -386,6 +390,13 @@ def check_inputs(
     return Layout(
         **{**first.roles, "passthrough": passthrough, "renamed": tuple(renamed)}  # type: ignore[arg-type]
     )
+
+
+def _with_partitions(layout: Layout, item: InputFile) -> Layout:
+    """``layout`` with ``item``'s Hive partition columns (strings) that the file lacks."""
+    taken = set(layout.passthrough.names) | {v for k, v in layout.roles.items() if "column" in k}
+    added = [pa.field(name, pa.string()) for name in item.partitions if name not in taken]
+    return replace(layout, passthrough=pa.schema([*layout.passthrough, *added]))
 
 
 def _check_drops(layouts: Sequence[Layout], drop: Sequence[str]) -> None:

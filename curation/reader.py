@@ -8,7 +8,8 @@ input size. Values are taken as they are, with these rules:
 - texts (and every other string) are stored as they came, but for bytes that are not valid
   UTF-8 (:func:`curation.texts.stored_text`); the row is marked so its decision says so,
   instead of failing the whole file;
-- passthrough columns are cast to the layout's unified types (null where a file lacks one);
+- passthrough columns are cast to the layout's unified types (null where a file lacks one,
+  or its Hive partition folder's value);
 - Hugging Face image structs with no bytes but a ``path``: the file is read when the path
   resolves inside the Parquet file's own folder or an allowed image root, is a regular file
   and is at most ``max_image_bytes`` long; otherwise the row has no image bytes and an image
@@ -258,15 +259,18 @@ def _strings(
     return values, repaired
 
 
-def _passthrough(table: pa.Table, layout: Layout) -> tuple[list[dict[str, object]], list[str]]:
-    """Every row's passthrough values in the unified types, and a note per row ("" when
-    none) naming the values the unified type cannot hold (read as null)."""
+def _passthrough(
+    table: pa.Table, layout: Layout, partitions: dict[str, str | None]
+) -> tuple[list[dict[str, object]], list[str]]:
+    """Every row's passthrough values in the unified types (a column the file lacks: its
+    Hive ``partitions`` value, else null), and a note per row ("" when none) naming the
+    values the unified type cannot hold (read as null)."""
     rows: list[dict[str, object]] = [{} for _ in range(table.num_rows)]
     notes: list[list[str]] = [[] for _ in range(table.num_rows)]
     for field in layout.passthrough:
         name = layout.output_name(field.name)
         if field.name not in table.column_names:
-            values: Sequence[object] = [None] * table.num_rows
+            values: Sequence[object] = [partitions.get(field.name)] * table.num_rows
         elif pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
             values = _strings(table.column(field.name))[0]  # string views included
         else:
@@ -365,7 +369,7 @@ def _pairs(
     )
     statuses = _strings(table.column(layout.status_column))[0] if layout.status_column else None
     errors = _strings(table.column(layout.error_column))[0] if layout.error_column else None
-    extras, extra_notes = _passthrough(table, layout)
+    extras, extra_notes = _passthrough(table, layout, item.partitions)
     cells = _ImageCells(table.column(layout.image_column), layout)
     del table
     for i in range(n):

@@ -152,11 +152,19 @@ def test_passthrough_columns_of_differing_types_are_combined_or_refused_before_w
     write_pairs_parquet(
         tmp_path / "num" / "b.parquet", [{"image": img, "text": "b", "score": 1.5, "lang": "en"}]
     )
+    hive = tmp_path / "num" / "lang=de%2Fat" / "part=7"  # Hive partition folders, as Spark writes
+    write_pairs_parquet(hive / "c.parquet", [{"image": img, "text": "c", "score": 2}])
     out = tmp_path / "out"
     run_pipeline(_config(tmp_path / "num", out, tiny_captioner_dir, tiny_filter_dir, threshold=0.0))
     clean = pq.read_table(out / "clean")
     assert clean.schema.field("score").type == pa.float64()
-    assert sorted(clean.column("score").to_pylist()) == [1.0, 1.5]  # 1.5 is not truncated
+    assert clean.schema.field("part").type == pa.string()
+    rows = sorted(
+        clean.select(["text", "score", "lang", "part"]).to_pylist(), key=lambda r: r["text"]
+    )
+    assert [tuple(row.values()) for row in rows] == [
+        ("a", 1.0, None, None), ("b", 1.5, "en", None), ("c", 2.0, "de/at", "7"),
+    ]  # fmt: skip  # 1.5 is not truncated
     write_pairs_parquet(tmp_path / "mixed" / "a.parquet", [{"image": img, "text": "a", "v": 1}])
     write_pairs_parquet(tmp_path / "mixed" / "b.parquet", [{"image": img, "text": "b", "v": "x"}])
     started = time.monotonic()

@@ -347,6 +347,42 @@ def test_passthrough_types_that_cannot_be_combined_are_refused(
     )
 
 
+def test_hive_partition_folders_become_string_columns(tmp_path: Path, jpegs: list[bytes]) -> None:
+    import pyarrow.dataset as ds
+
+    data = tmp_path / "data"
+    table = pa.table({
+        "image": jpegs[:4], "text": ["a", "b", "c", "d"],
+        "lang": ["en", "de", None, "en"], "year": [2024, 2024, 2025, 2025],
+        "source": ["web", "web", "web", "a b/c"],
+    })  # fmt: skip
+    ds.write_dataset(
+        table, data, format="parquet", partitioning=["lang", "source"],
+        partitioning_flavor="hive", basename_template="part-{i}.parquet",
+    )  # fmt: skip
+    write_pairs_parquet(  # a file of its own column "lang", and one outside the partitions
+        data / "lang=fr" / "own.parquet", [{"image": jpegs[4], "text": "e", "lang": "own"}]
+    )
+    write_pairs_parquet(data / "loose.parquet", [{"image": jpegs[5], "text": "f"}])
+    files = resolve_inputs(str(data))
+    layout = check_inputs(files)
+    assert dict(zip(layout.passthrough.names, map(str, layout.passthrough.types), strict=True)) == {
+        "year": "int64", "lang": "string", "source": "string",
+    }  # fmt: skip
+    rows = {p.text: p.extra for f in files for p in iter_pairs(f, layout)}
+    assert rows == {
+        "a": {"year": 2024, "lang": "en", "source": "web"},
+        "b": {"year": 2024, "lang": "de", "source": "web"},
+        "c": {"year": 2025, "lang": None, "source": "web"},  # __HIVE_DEFAULT_PARTITION__
+        "d": {"year": 2025, "lang": "en", "source": "a b/c"},  # percent-escapes decoded
+        "e": {"year": None, "lang": "own", "source": None},  # the file's own column wins
+        "f": {"year": None, "lang": None, "source": None},
+    }
+    assert check_inputs(files, drop_columns=("source",)).passthrough.names == ["year", "lang"]
+    [one] = resolve_inputs(str(data / "lang=en" / "source=web" / "part-0.parquet"))
+    assert check_inputs([one]).passthrough.names == ["year"]  # a file entry: no folders below
+
+
 def test_colliding_derived_keys_are_refused(tmp_path: Path, jpegs: list[bytes]) -> None:
     rows = [{"image": jpegs[0], "text": "t"}]
     a = write_pairs_parquet(tmp_path / "x" / "part-0.parquet", rows)
