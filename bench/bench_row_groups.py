@@ -38,7 +38,7 @@ def read_all(path: Path, keep_footers: bool) -> tuple[int, float]:
     for index in range(groups):
         source = footers.open(item) if keep_footers else ParquetInput(item)
         with source:
-            rows += sum(1 for _ in source.pairs(layout, index, ImageFiles()))
+            rows += sum(map(len, source.pair_batches(layout, index, ImageFiles())))
     return rows, time.perf_counter() - start
 
 

@@ -1,7 +1,9 @@
 """Streaming input rows as :class:`~curation.records.Pair` records, one row group at a time.
 
-Reading projects only the needed columns, so memory follows the row-group size, not the
-input size. Values are taken as they are, with these rules:
+Reading projects only the needed columns and goes through a row group in batches of about
+:data:`READ_BATCH_BYTES` (from the footer's sizes), so memory follows the batch size and the
+writer's page size, not the row group's or the input's. Values are taken as they are, with
+these rules:
 
 - keys: a key column of strings or integers is used as text; a null or empty key gets the
   derived key ``<prefix>_<row>`` (:mod:`curation.inputs`);
@@ -37,6 +39,12 @@ from curation.texts import stored_text
 
 #: Default size bound of an image file read through a Hugging Face image struct's path.
 DEFAULT_MAX_IMAGE_BYTES = 64 * 2**20
+#: Uncompressed bytes of the rows read at once from a row group (by the footer's sizes).
+READ_BATCH_BYTES = 64 * 2**20
+#: Most rows read at once.
+READ_BATCH_ROWS = 1024
+#: Read buffer of a column chunk: a chunk is read in pieces, not whole.
+READ_BUFFER_BYTES = 2**20
 
 
 @dataclass(frozen=True)
@@ -91,17 +99,30 @@ class ImageFiles:
 
 @dataclass(frozen=True)
 class Footer:
-    """A file's parsed footer and what is derived from it once: rows per row group and the
-    first row number of each."""
+    """A file's parsed footer and what is derived from it once: rows per row group, the
+    first row number of each, and the rows of each read at once."""
 
     metadata: pq.FileMetaData
     row_counts: tuple[int, ...]
     starts: tuple[int, ...]
+    batch_rows: tuple[int, ...]
 
     @classmethod
     def of(cls, metadata: pq.FileMetaData) -> Footer:
-        counts = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
-        return cls(metadata, counts, tuple(itertools.accumulate(counts, initial=0))[:-1])
+        groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
+        counts = tuple(group.num_rows for group in groups)
+        return cls(
+            metadata,
+            counts,
+            tuple(itertools.accumulate(counts, initial=0))[:-1],
+            tuple(batch_rows(group.num_rows, group.total_byte_size) for group in groups),
+        )
+
+
+def batch_rows(rows: int, size: int) -> int:
+    """Rows of a row group of ``rows`` rows and ``size`` uncompressed bytes read at once."""
+    per_row = max(1, size // max(1, rows))
+    return max(1, min(READ_BATCH_ROWS, READ_BATCH_BYTES // per_row))
 
 
 class Footers:
@@ -131,7 +152,9 @@ class ParquetInput:
         self._handle = item.location.open_file()
         try:
             metadata = footer.metadata if footer else None
-            self.parquet = pq.ParquetFile(self._handle, metadata=metadata, pre_buffer=False)
+            self.parquet = pq.ParquetFile(
+                self._handle, metadata=metadata, pre_buffer=False, buffer_size=READ_BUFFER_BYTES
+            )
         except (pa.ArrowInvalid, OSError) as err:
             self._handle.close()
             raise InputError(f"{item.url}: not a Parquet file ({err})") from None
@@ -145,11 +168,34 @@ class ParquetInput:
     def __exit__(self, *exc: object) -> None:
         self._handle.close()
 
-    def pairs(self, layout: Layout, index: int, images: ImageFiles) -> Iterator[Pair]:
-        """The pairs of row group ``index``, rows numbered within the whole file."""
-        available = self.parquet.schema_arrow.names
-        table = self.parquet.read_row_group(index, columns=layout.columns(available))
-        yield from _pairs(table, self.item, layout, self.starts[index], images)
+    def batches(self, index: int, columns: list[str]) -> Iterator[tuple[int, pa.Table]]:
+        """Row group ``index`` in batches (:func:`batch_rows`), each with the file row
+        number of its first row."""
+        first = self.starts[index]
+        for batch in self.parquet.iter_batches(
+            batch_size=self.footer.batch_rows[index],
+            row_groups=[index],
+            columns=columns,
+            use_threads=False,
+        ):
+            yield first, pa.Table.from_batches([batch])
+            first += batch.num_rows
+
+    def pair_batches(self, layout: Layout, index: int, images: ImageFiles) -> Iterator[list[Pair]]:
+        """The pairs of row group ``index`` a batch at a time, rows numbered within the file."""
+        columns = layout.columns(self.parquet.schema_arrow.names)
+        for first, table in self.batches(index, columns):
+            yield list(_pairs(table, self.item, layout, first, images))
+
+    def image_batches(
+        self, layout: Layout, index: int, rows: set[int], images: ImageFiles
+    ) -> Iterator[dict[int, bytes | None]]:
+        """The image bytes of ``rows`` (numbered within the file) of row group ``index``, a
+        batch at a time: each batch's rows that are among ``rows``."""
+        for first, table in self.batches(index, [layout.image_column]):
+            cells = _ImageCells(table.column(layout.image_column), layout)
+            wanted = sorted(row for row in rows if first <= row < first + table.num_rows)
+            yield {row: cells.image(row - first, self.item.location, images)[0] for row in wanted}
 
 
 def read_images(
@@ -162,16 +208,11 @@ def read_images(
 ) -> dict[int, bytes | None]:
     """The image bytes of some rows (numbered within the file) of row group ``index``; rows
     outside the row group are left out."""
-    policy = images or ImageFiles()
     with (footers or Footers()).open(item) as source:
-        table = source.parquet.read_row_group(index, columns=[layout.image_column])
-        first = source.starts[index]
-    cells = _ImageCells(table.column(layout.image_column), layout)
-    out: dict[int, bytes | None] = {}
-    for row in rows:
-        if 0 <= row - first < len(cells.blobs):
-            out[row] = cells.image(row - first, item.location, policy)[0]
-    return out
+        found: dict[int, bytes | None] = {}
+        for batch in source.image_batches(layout, index, rows, images or ImageFiles()):
+            found.update(batch)
+        return found
 
 
 def read_row_group(
@@ -179,25 +220,25 @@ def read_row_group(
 ) -> list[Pair]:
     """The pairs of one row group of one file."""
     with ParquetInput(item) as source:
-        return list(source.pairs(layout, index, images or ImageFiles()))
+        return [p for b in source.pair_batches(layout, index, images or ImageFiles()) for p in b]
 
 
 def iter_rows(
     item: InputFile, layout: Layout, images: ImageFiles | None = None
 ) -> Iterator[tuple[Pair, Exception | None]]:
-    """Every row of a file as ``(pair, None)``, reading one row group at a time; the rows of
-    a row group that cannot be read (a damaged page) come as :func:`unreadable_rows` with
-    the exception, and the other row groups still follow."""
+    """Every row of a file as ``(pair, None)``, reading a batch at a time; the rows of a
+    row group that cannot be read from a batch on (a damaged page) come as
+    :func:`unreadable_rows` with the exception, and the other row groups still follow."""
     with ParquetInput(item) as source:
         for index, rows in enumerate(source.row_counts):
+            done = 0
             try:
-                pairs = list(source.pairs(layout, index, images or ImageFiles()))
+                for pairs in source.pair_batches(layout, index, images or ImageFiles()):
+                    yield from ((pair, None) for pair in pairs)
+                    done += len(pairs)
             except Exception as err:  # one damaged row group does not hide the others
-                yield from (
-                    (pair, err) for pair in unreadable_rows(item, source.starts[index], rows)
-                )
-                continue
-            yield from ((pair, None) for pair in pairs)
+                first = source.starts[index] + done
+                yield from ((pair, err) for pair in unreadable_rows(item, first, rows - done))
 
 
 def row_group_sizes(item: InputFile) -> list[int]:

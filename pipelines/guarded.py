@@ -4,6 +4,8 @@ A :class:`GuardedDoFn` runs its stage on one element; when the stage raises, eve
 row the element stands for gets an ``error`` decision whose detail names the stage and the
 exception, on the ``errors`` output, and the job goes on. Outputs are produced completely
 before any is emitted, so a failing element never emits part of its rows and an error too.
+A stage whose elements are large (a row group) emits them in parts, each once complete;
+a failure then gives ``error`` decisions to the rows of the outputs not yet emitted only.
 """
 
 from __future__ import annotations
@@ -35,26 +37,38 @@ class GuardedDoFn(beam.DoFn):
         self._threshold = threshold
         self._errors = Metrics.counter(NAMESPACE, "errors")
 
-    @abstractmethod
     def apply(self, element: Any) -> Iterable[Any]:
-        """The stage's work on one element (outputs, tagged or not)."""
+        """The stage's work on one element (outputs, tagged or not), emitted at once."""
+        raise NotImplementedError(f"{type(self).__name__} defines apply or parts")
+
+    def parts(self, element: Any) -> Iterator[Iterable[Any]]:
+        """The stage's outputs for one element in parts, each emitted once complete: one
+        part, :meth:`apply`, unless the stage emits large elements in pieces."""
+        yield self.apply(element)
 
     @abstractmethod
     def rows_of(self, element: Any) -> Iterable[tuple[Pair, str | None]]:
         """The input rows an element stands for, with the image key they were scored under."""
 
+    def rows_after(self, element: Any, emitted: int) -> Iterable[tuple[Pair, str | None]]:
+        """The rows of an element's outputs after its first ``emitted`` ones: a stage that
+        emits in :meth:`parts` says which; otherwise nothing was emitted, and all rows."""
+        return self.rows_of(element)
+
     def process(self, element: Any) -> Iterator[Any]:
+        emitted = 0
         try:
-            outputs = list(self.apply(element))
+            for part in self.parts(element):
+                outputs = list(part)
+                yield from outputs
+                emitted += len(outputs)
         except Exception as error:  # noqa: BLE001 - any failure of one element is recorded
             detail = error_detail(self.stage, error)
-            for pair, image_key in self.rows_of(element):
+            for pair, image_key in self.rows_after(element, emitted):
                 self._errors.inc()
                 yield TaggedOutput(
                     ERRORS, error_row(pair, detail, self._run_id, self._threshold, image_key)
                 )
-            return
-        yield from outputs
 
 
 def failure_rows(

@@ -401,13 +401,13 @@ def test_a_failing_stage_records_error_decisions_and_the_run_finishes(
 
 def _guarded_stages() -> list[tuple[str, str, str]]:
     """``(module, class, method)`` of every per-element stage: the guarded DoFns' ``apply``
-    and the model handlers' ``infer``."""
+    (``parts`` where a stage emits a row group in parts) and the model handlers' ``infer``."""
     return [
-        ("pipelines.read", "ReadPairsFn", "apply"),
+        ("pipelines.read", "ReadPairsFn", "parts"),
         ("pipelines.screen", "ScreenFn", "apply"),
         ("pipelines.screen", "FirstKeyWinsFn", "apply"),
         ("pipelines.copies", "BuildGroupFn", "apply"),
-        ("pipelines.read", "FetchImagesFn", "apply"),
+        ("pipelines.read", "FetchImagesFn", "parts"),
         ("pipelines.inference", "PreparePixelsFn", "apply"),
         ("pipelines.inference", "CaptionHandler", "infer"),
         ("pipelines.inference", "ScoreHandler", "infer"),
@@ -464,6 +464,44 @@ def test_every_stage_turns_a_failure_into_error_decisions(
         assert errors == set(images)
     else:
         assert errors == {"k2"}
+
+
+@pytest.mark.parametrize(
+    ("method", "stage"), [("pair_batches", "read"), ("image_batches", "fetch")]
+)
+def test_a_row_group_failing_part_way_keeps_the_decisions_of_its_first_batches(
+    method: str, stage: str, tmp_path: Path, tiny_captioner_dir, tiny_filter_dir,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Row groups are read and their images fetched two rows at a time here: a fault after
+    the first batch leaves its rows decided as usual and gives the other rows ``error``."""
+    from curation import reader
+
+    monkeypatch.setattr(reader, "READ_BATCH_ROWS", 2)
+    original = getattr(reader.ParquetInput, method)
+
+    def failing(self, *args):  # noqa: ANN001, ANN202
+        batches = original(self, *args)
+        yield next(batches)
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(reader.ParquetInput, method, failing)
+    rows = [{"key": f"k{i}", "image": jpeg_bytes(gradient(64, 48, seed=i)), "text": f"t {i}"}
+            for i in range(6)]  # fmt: skip
+    write_pairs_parquet(tmp_path / "in.parquet", rows)
+    assert pq.ParquetFile(tmp_path / "in.parquet").metadata.num_row_groups == 1
+    out = tmp_path / "out"
+    run_pipeline(
+        _config(tmp_path / "in.parquet", out, tiny_captioner_dir, tiny_filter_dir, max_error_rate=1)
+    )
+    web = _web(out)
+    assert all(len(v) == 1 for v in web.values())
+    errors = {k for k, v in web.items() if v[0]["reason"] == "error"}
+    assert {k for k in web if k not in errors} == {"k0", "k1"}
+    unread = {f"in_{row:06d}" for row in range(2, 6)}  # keys derived from file and row
+    assert errors == (unread if stage == "read" else {"k2", "k3", "k4", "k5"})
+    detail = f"{stage}: RuntimeError: injected fault"
+    assert all(web[k][0]["detail"].startswith(detail) for k in errors)
 
 
 def test_a_row_that_cannot_be_written_is_an_error_not_a_failed_shard(

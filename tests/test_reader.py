@@ -383,6 +383,41 @@ def test_hive_partition_folders_become_string_columns(tmp_path: Path, jpegs: lis
     assert check_inputs([one]).passthrough.names == ["year"]  # a file entry: no folders below
 
 
+def test_a_row_group_is_read_in_batches_by_size_and_a_damaged_batch_loses_only_the_rest(
+    tmp_path: Path, jpegs: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from curation import reader
+
+    assert reader.batch_rows(1000, 1000 * 2**20) == 64  # rows of 1 MiB: 64 MiB at once
+    assert reader.batch_rows(10, 100) == reader.READ_BATCH_ROWS  # small rows: the row bound
+    assert reader.batch_rows(2, 2**31) == 1
+    path = write_pairs_parquet(
+        tmp_path / "a.parquet", [{"image": jpegs[i % 6], "text": f"t{i}"} for i in range(10)]
+    )
+    monkeypatch.setattr(reader, "READ_BATCH_ROWS", 3)
+    item = _file(path)
+    layout = check_inputs([item])
+    with reader.ParquetInput(item) as source:
+        batches = list(source.pair_batches(layout, 0, ImageFiles()))
+        images = list(source.image_batches(layout, 0, {1, 7, 9}, ImageFiles()))
+    assert [[p.source_row for p in b] for b in batches] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    assert [sorted(found) for found in images] == [[1], [], [7], [9]]
+    assert images[2][7] == jpegs[1]
+    original = reader.ParquetInput.pair_batches
+
+    def damaged_after_one(self, *args):  # noqa: ANN001, ANN202
+        batches = original(self, *args)
+        yield next(batches)
+        raise OSError("damaged page")
+
+    monkeypatch.setattr(reader.ParquetInput, "pair_batches", damaged_after_one)
+    rows = list(iter_rows(item, layout))
+    assert [(p.source_row, p.text, error is None) for p, error in rows] == [
+        (0, "t0", True), (1, "t1", True), (2, "t2", True),
+        *((row, None, False) for row in range(3, 10)),
+    ]  # fmt: skip
+
+
 def test_colliding_derived_keys_are_refused(tmp_path: Path, jpegs: list[bytes]) -> None:
     rows = [{"image": jpegs[0], "text": "t"}]
     a = write_pairs_parquet(tmp_path / "x" / "part-0.parquet", rows)
@@ -650,5 +685,7 @@ def test_a_file_of_a_row_group_per_row_parses_its_footer_once(
     rows = []
     for index in range(50):
         with footers.open(item) as source:
-            rows += [p.source_row for p in source.pairs(layout, index, ImageFiles())]
+            rows += [
+                p.source_row for b in source.pair_batches(layout, index, ImageFiles()) for p in b
+            ]
     assert rows == list(range(50)) and len(parsed) == 1
