@@ -124,16 +124,7 @@ def main() -> None:
         print(
             f"{args.rows} rows of ~{args.kib} KiB in one row group: {path.stat().st_size / MIB:.0f} MiB"
         )
-        figures = {}
-        for way in ("whole", "batches"):
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", str(path), way],
-                capture_output=True,
-                text=True,
-                check=True,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-            )
-            figures[way] = json.loads(out.stdout)
+        figures = {way: in_child(path, way) for way in ("whole", "batches")}
         print(f"{'way':>8} {'rows':>6} {'peak RSS MiB':>13} {'above imports MiB':>18} {'s':>6}")
         for way, f in figures.items():
             print(
