@@ -457,6 +457,30 @@ def test_iter_rows_streams_one_row_group_at_a_time(tmp_path: Path) -> None:
     assert peak < total / 5  # about one 1 MB row group of Python bytes, not the 20 MB file
 
 
+def test_iter_rows_holds_a_batch_of_a_large_row_group_not_all_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from curation import reader
+
+    monkeypatch.setattr(reader, "READ_BATCH_BYTES", 2**20)  # 10 rows of 100 kB at a time
+    blob = bytes(range(256)) * 400
+    rows = [{"image": blob[i:] + bytes([i]), "text": str(i)} for i in range(200)]
+    item = _file(write_pairs_parquet(tmp_path / "one.parquet", rows, row_group_size=200))
+    total = sum(len(r["image"]) for r in rows)
+    layout = check_inputs([item])
+    tracemalloc.start()
+    try:
+        pairs = iter_rows(item, layout)
+        first, _ = next(pairs)
+        assert first.image == rows[0]["image"]
+        count = 1 + sum(1 for _ in pairs)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 200
+    assert peak < total / 5  # about a batch of Python bytes, not the 20 MB row group
+
+
 def test_text_column_may_be_all_null(tmp_path: Path, jpegs: list[bytes]) -> None:
     schema = pa.schema([("image", pa.binary()), ("text", pa.null())])
     path = write_pairs_parquet(tmp_path / "t.parquet", [{"image": jpegs[0]}], schema=schema)
