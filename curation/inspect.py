@@ -17,9 +17,10 @@ from tqdm import tqdm
 
 from curation.config import InputSettings
 from curation.decide import error_detail
+from curation.footers import read_footers
 from curation.inputs import resolve_inputs
 from curation.layout import Layout, check_inputs
-from curation.reader import ImageFiles, iter_rows, row_group_sizes
+from curation.reader import ImageFiles, iter_rows
 from curation.reasons import Reason, Stage
 from curation.screen import KeyRegistry, Rejection, ScreenSettings, has_text, screen_pair
 from curation.texts import empty_detail, printable
@@ -89,18 +90,20 @@ def inspect_input(
 
     excluded = Location(exclude[0]) if exclude else None
     files = resolve_inputs(list(settings.input), exclude=excluded)
+    footers = read_footers(files)
     layout = check_inputs(
         files,
         settings.image_column,
         settings.text_column,
         settings.key_column,
         settings.drop_columns,
+        footers,
     )
     report = InspectReport(layout=layout, files=[f.url for f in files])
     screening = ScreenSettings.of(settings)
     images = ImageFiles(tuple(settings.image_roots), settings.max_image_bytes)
     keys = KeyRegistry()
-    total = sum(sum(row_group_sizes(item)) for item in files)
+    total = sum(sum(footer.row_counts) for footer in footers.values())
     meter = tqdm(
         total=total,
         unit=" rows",

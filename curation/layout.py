@@ -26,15 +26,15 @@ Column names must be distinct; a repeated passthrough column may be left out wit
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curation.errors import InputError
+from curation.footers import Footer, read_footer, read_footers
 from curation.inputs import InputFile
 from curation.schemas import CLEAN_SCHEMA
 from curation.storage import Location
@@ -108,17 +108,6 @@ class Layout:
         data["passthrough"] = list(self.passthrough.names)
         data["renamed"] = dict(self.renamed)
         return data
-
-
-def read_schema(location: Location) -> pa.Schema:
-    """A Parquet file's Arrow schema (footer only); :class:`InputError` when unreadable."""
-    try:
-        with location.open("rb") as handle:
-            return pq.ParquetFile(handle).schema_arrow
-    except (FileNotFoundError, PermissionError) as err:
-        raise InputError(f"{location.url}: cannot open ({err})") from None
-    except (pa.ArrowInvalid, OSError) as err:
-        raise InputError(f"{location.url}: not a Parquet file ({err})") from None
 
 
 def is_image_struct(type_: pa.DataType) -> bool:
@@ -286,7 +275,7 @@ def detect_layout(
     columns) when a needed column is missing or has the wrong type.
     """
     path = location.url
-    schema = schema if schema is not None else read_schema(location)
+    schema = schema if schema is not None else read_footer(location).schema
     names = list(schema.names)
     types = {f.name: f.type for f in schema}
     repeated = {name: n for name, n in Counter(names).items() if n > 1}
@@ -339,10 +328,12 @@ def check_inputs(
     text_column: str | None = None,
     key_column: str | None = None,
     drop_columns: Sequence[str] = (),
+    footers: Mapping[str, Footer] | None = None,
 ) -> Layout:
     """Validate every file's schema before work starts; return the layout they share.
 
-    ``drop_columns`` are passthrough columns left out of the outputs. Raises :class:`InputError` when a file is unusable, when two files give columns
+    ``drop_columns`` are passthrough columns left out of the outputs; ``footers`` (by URL)
+    are read here when not given (:func:`~curation.footers.read_footers`). Raises :class:`InputError` when a file is unusable, when two files give columns
     different roles, when a passthrough column's types cannot be unified, or when keys
     derived from file paths would collide.
     """
@@ -350,8 +341,14 @@ def check_inputs(
 
     if not files:
         raise InputError("no input files")
+    footers = footers if footers is not None else read_footers(files)
     detected = [
-        _with_partitions(detect_layout(f.location, image_column, text_column, key_column), f)
+        _with_partitions(
+            detect_layout(
+                f.location, image_column, text_column, key_column, schema=footers[f.url].schema
+            ),
+            f,
+        )
         for f in files
     ]
     _check_drops(detected, drop_columns)

@@ -20,7 +20,6 @@ these rules:
 
 from __future__ import annotations
 
-import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.errors import InputError
+from curation.footers import Footer
 from curation.inputs import InputFile
 from curation.layout import Layout
 from curation.reasons import Reason
@@ -97,28 +97,6 @@ class ImageFiles:
         return target if any(folder.inside(target) for folder in folders) else None
 
 
-@dataclass(frozen=True)
-class Footer:
-    """A file's parsed footer and what is derived from it once: rows per row group, the
-    first row number of each, and the rows of each read at once."""
-
-    metadata: pq.FileMetaData
-    row_counts: tuple[int, ...]
-    starts: tuple[int, ...]
-    batch_rows: tuple[int, ...]
-
-    @classmethod
-    def of(cls, metadata: pq.FileMetaData) -> Footer:
-        groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
-        counts = tuple(group.num_rows for group in groups)
-        return cls(
-            metadata,
-            counts,
-            tuple(itertools.accumulate(counts, initial=0))[:-1],
-            tuple(batch_rows(group.num_rows, group.total_byte_size) for group in groups),
-        )
-
-
 def batch_rows(rows: int, size: int) -> int:
     """Rows of a row group of ``rows`` rows and ``size`` uncompressed bytes read at once."""
     per_row = max(1, size // max(1, rows))
@@ -172,8 +150,9 @@ class ParquetInput:
         """Row group ``index`` in batches (:func:`batch_rows`), each with the file row
         number of its first row."""
         first = self.starts[index]
+        group = self.footer.metadata.row_group(index)
         for batch in self.parquet.iter_batches(
-            batch_size=self.footer.batch_rows[index],
+            batch_size=batch_rows(group.num_rows, group.total_byte_size),
             row_groups=[index],
             columns=columns,
             use_threads=False,
@@ -239,12 +218,6 @@ def iter_rows(
             except Exception as err:  # one damaged row group does not hide the others
                 first = source.starts[index] + done
                 yield from ((pair, err) for pair in unreadable_rows(item, first, rows - done))
-
-
-def row_group_sizes(item: InputFile) -> list[int]:
-    """Rows per row group of a file (reads the footer only)."""
-    with ParquetInput(item) as source:
-        return list(source.row_counts)
 
 
 def derived_key(item: InputFile, row: int) -> str:

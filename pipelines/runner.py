@@ -25,10 +25,11 @@ import pyarrow as pa
 
 from curation.config import RunConfig, check_dtype
 from curation.errors import ConfigError
+from curation.footers import read_footers
 from curation.inputs import InputFile, resolve_inputs
 from curation.layout import Layout, check_inputs
 from curation.model_cache import CACHE_SCHEMA, ModelCache, fingerprint
-from curation.reader import ImageFiles, row_group_sizes
+from curation.reader import ImageFiles
 from curation.run_folder import RunFolder, new_generation
 from curation.schemas import DECISIONS_SCHEMA, run_schemas, schema_to_text
 from curation.screen import ScreenSettings
@@ -223,8 +224,14 @@ def prepare(config: RunConfig) -> RunPlan:
     )
     run = RunFolder.at(config.out)
     files = resolve_inputs(list(config.input), exclude=run.root)
+    footers = read_footers(files)
     layout = check_inputs(
-        files, config.image_column, config.text_column, config.key_column, config.drop_columns
+        files,
+        config.image_column,
+        config.text_column,
+        config.key_column,
+        config.drop_columns,
+        footers,
     )
     sizes, dimension, models, infos = _check_models(config)
     _check_previous(config, run, dimension)
@@ -237,10 +244,9 @@ def prepare(config: RunConfig) -> RunPlan:
     run.check_may_run_into([item.url for item in files])
     units = []
     for item in files:
-        first = 0
-        for index, rows in enumerate(row_group_sizes(item)):
+        footer = footers[item.url]
+        for index, (first, rows) in enumerate(zip(footer.starts, footer.row_counts, strict=True)):
             units.append(Unit(item, index, first, rows))
-            first += rows
     schemas = run_schemas(layout.output_passthrough())
     return RunPlan(
         config=config,

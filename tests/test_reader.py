@@ -18,16 +18,15 @@ from images import (
 )
 
 from curation.errors import InputError
+from curation.footers import Footer, read_footers
 from curation.inputs import InputFile, resolve_inputs
 from curation.layout import Layout, check_inputs, detect_layout
 from curation.reader import (
-    Footer,
     Footers,
     ImageFiles,
     derived_key,
     iter_rows,
     read_row_group,
-    row_group_sizes,
 )
 from curation.records import Pair
 from curation.storage import Location
@@ -259,6 +258,36 @@ def test_not_parquet_and_missing_file(tmp_path: Path) -> None:
         resolve_inputs(str(tmp_path / "nothing.parquet"))
 
 
+def test_footers_are_read_once_per_file_together_and_the_first_bad_file_is_named(
+    tmp_path: Path, jpegs: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import curation.footers
+    from curation.config import InputSettings
+    from curation.inspect import inspect_input
+
+    for i in range(5):
+        rows = [{"image": jpegs[i], "text": f"t{j}"} for j in range(i + 1)]
+        write_pairs_parquet(tmp_path / "data" / f"{i}.parquet", rows, row_group_size=2)
+    files = resolve_inputs(str(tmp_path / "data"))
+    footers = read_footers(files)
+    assert list(footers) == [f.url for f in files]
+    assert [f.row_counts for f in footers.values()] == [(1,), (2,), (2, 1), (2, 2), (2, 2, 1)]
+    assert footers[files[0].url].schema == pq.ParquetFile(files[0].location.path).schema_arrow
+    (tmp_path / "data" / "3.parquet").write_text("not parquet")
+    (tmp_path / "data" / "4.parquet").write_bytes(b"")
+    with pytest.raises(InputError, match=r"3\.parquet: not a Parquet file"):
+        read_footers(files)
+    (tmp_path / "data" / "3.parquet").unlink()
+    (tmp_path / "data" / "4.parquet").unlink()
+    reads = []
+    original = curation.footers.read_footer
+    monkeypatch.setattr(
+        curation.footers, "read_footer", lambda loc: reads.append(loc) or original(loc)
+    )
+    report = inspect_input(InputSettings(input=[str(tmp_path / "data")]), progress=False)
+    assert report.rows == 6 and len(reads) == 3  # the layout check and the count share them
+
+
 def test_resolve_file_glob_folder_and_list(tmp_path: Path, jpegs: list[bytes]) -> None:
     paths = [
         write_img2dataset_parquet(tmp_path / sub / f"{i:05d}.parquet", jpegs[:1], ["t"], shard=i)
@@ -433,7 +462,7 @@ def test_row_groups_split_a_file_and_number_rows_within_it(
     rows = [{"image": jpegs[i % 6], "text": f"t{i}"} for i in range(10)]
     item = _file(write_pairs_parquet(tmp_path / "g.parquet", rows, row_group_size=4))
     layout = check_inputs([item])
-    assert row_group_sizes(item) == [4, 4, 2]
+    assert read_footers([item])[item.url].row_counts == (4, 4, 2)
     groups = [read_row_group(item, layout, i) for i in range(3)]
     assert [p.source_row for p in groups[1]] == [4, 5, 6, 7]
     streamed = list(iter_pairs(item, layout))
