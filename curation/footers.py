@@ -4,7 +4,8 @@ Checking a run reads every input file's footer (its schema and row groups). On o
 storage each read is a round trip of tens of milliseconds, so a round of ten thousand files
 read one after the other would wait minutes before any work; :func:`read_footers` reads
 them on :data:`FOOTER_THREADS` threads, and the schema and the row groups come from the same
-read.
+read. Only a :class:`FooterSummary` of each is kept: a footer that lists thousands of row
+groups is megabytes.
 """
 
 from __future__ import annotations
@@ -26,37 +27,34 @@ FOOTER_THREADS = 32
 
 
 @dataclass(frozen=True)
-class Footer:
-    """A file's parsed footer and what is derived from it once: rows per row group and the
-    first row number of each."""
+class FooterSummary:
+    """What planning needs of a file's footer: its Arrow schema, the rows of each row
+    group and the first row number of each."""
 
-    metadata: pq.FileMetaData
+    schema: pa.Schema
     row_counts: tuple[int, ...]
-    starts: tuple[int, ...]
-
-    @classmethod
-    def of(cls, metadata: pq.FileMetaData) -> Footer:
-        counts = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
-        return cls(metadata, counts, tuple(itertools.accumulate(counts, initial=0))[:-1])
 
     @property
-    def schema(self) -> pa.Schema:
-        """The file's Arrow schema (as ``ParquetFile.schema_arrow`` gives it)."""
-        return self.metadata.schema.to_arrow_schema()
+    def starts(self) -> tuple[int, ...]:
+        return tuple(itertools.accumulate(self.row_counts, initial=0))[:-1]
 
 
-def read_footer(location: Location) -> Footer:
+def read_footer(location: Location) -> FooterSummary:
     """The footer of the Parquet file at ``location``; :class:`InputError` when unreadable."""
     try:
         with location.open("rb") as handle:
-            return Footer.of(pq.ParquetFile(handle).metadata)
+            metadata = pq.ParquetFile(handle).metadata
+            return FooterSummary(
+                metadata.schema.to_arrow_schema(),
+                tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)),
+            )
     except (FileNotFoundError, PermissionError) as err:
         raise InputError(f"{location.url}: cannot open ({err})") from None
     except (pa.ArrowInvalid, OSError) as err:
         raise InputError(f"{location.url}: not a Parquet file ({err})") from None
 
 
-def read_footers(files: Sequence[InputFile]) -> dict[str, Footer]:
+def read_footers(files: Sequence[InputFile]) -> dict[str, FooterSummary]:
     """The footers of ``files`` by URL, read :data:`FOOTER_THREADS` at a time; the error of
     the first unreadable file in input order is raised."""
     if len(files) <= 1:

@@ -34,7 +34,7 @@ from typing import Any
 import pyarrow as pa
 
 from curation.errors import InputError
-from curation.footers import Footer, read_footer, read_footers
+from curation.footers import FooterSummary, read_footer, read_footers
 from curation.inputs import InputFile
 from curation.schemas import CLEAN_SCHEMA
 from curation.storage import Location
@@ -328,7 +328,7 @@ def check_inputs(
     text_column: str | None = None,
     key_column: str | None = None,
     drop_columns: Sequence[str] = (),
-    footers: Mapping[str, Footer] | None = None,
+    footers: Mapping[str, FooterSummary] | None = None,
 ) -> Layout:
     """Validate every file's schema before work starts; return the layout they share.
 

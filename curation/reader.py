@@ -20,6 +20,7 @@ these rules:
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.errors import InputError
-from curation.footers import Footer
 from curation.inputs import InputFile
 from curation.layout import Layout
 from curation.reasons import Reason
@@ -95,6 +95,21 @@ class ImageFiles:
             return None
         target = Location(url)
         return target if any(folder.inside(target) for folder in folders) else None
+
+
+@dataclass(frozen=True)
+class Footer:
+    """A file's parsed footer and what is derived from it once: rows per row group and the
+    first row number of each."""
+
+    metadata: pq.FileMetaData
+    row_counts: tuple[int, ...]
+    starts: tuple[int, ...]
+
+    @classmethod
+    def of(cls, metadata: pq.FileMetaData) -> Footer:
+        counts = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
+        return cls(metadata, counts, tuple(itertools.accumulate(counts, initial=0))[:-1])
 
 
 def batch_rows(rows: int, size: int) -> int:

@@ -18,10 +18,11 @@ from images import (
 )
 
 from curation.errors import InputError
-from curation.footers import Footer, read_footers
+from curation.footers import read_footers
 from curation.inputs import InputFile, resolve_inputs
 from curation.layout import Layout, check_inputs, detect_layout
 from curation.reader import (
+    Footer,
     Footers,
     ImageFiles,
     derived_key,
