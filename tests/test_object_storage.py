@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -56,8 +57,8 @@ def s3_input(s3_bucket: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     rows.append({"key": "copy", "image": rows[0]["image"], "text": "the same photo"})
     write_pairs_parquet(folder / "part-0.parquet", rows[:3])
     write_pairs_parquet(folder / "part-1.parquet", rows[3:])
-    for name in ("part-0.parquet", "part-1.parquet"):
-        _upload(folder / name, f"{s3_bucket}/input/{name}")
+    _upload(folder / "part-0.parquet", f"{s3_bucket}/input/part-0.parquet")
+    _upload(folder / "part-1.parquet", f"{s3_bucket}/input/lang=de/part-1.parquet")  # Hive
     return f"{s3_bucket}/input"
 
 
@@ -82,7 +83,11 @@ def test_run_resume_dedup_and_next_round_on_s3(
     assert manifest["images"]["scored"] == len(PHOTOS)
     # Plain pyarrow reads the documented table folder on S3 directly.
     fs, path = fsspec.core.url_to_fs(f"{out}/clean")
-    assert pq.read_table(path, filesystem=fs).num_rows == first.manifest["tables"]["clean"]["rows"]
+    clean = pq.read_table(path, filesystem=fs)
+    assert clean.num_rows == first.manifest["tables"]["clean"]["rows"]
+    assert clean.schema.field("lang").type == pa.string()  # from the Hive folder lang=de
+    expected = {**dict.fromkeys(PHOTOS[:3]), "rocket": "de", "copy": "de"}
+    assert all(expected[r["key"]] == r["lang"] for r in clean.select(["key", "lang"]).to_pylist())
 
     again = run_pipeline(_config(s3_input, out, tiny_captioner_dir, tiny_filter_dir))
     assert again.counters.get("images_scored", 0) == 0
