@@ -53,6 +53,7 @@ class InspectReport:
     rows: int = 0
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     file_rows: dict[str, int] = field(default_factory=dict)  # rows per input file
+    partition_columns: list[str] = field(default_factory=list)  # from Hive folder names
     examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # key, detail
     notes: list[str] = field(default_factory=list)  # checks beyond rows (models, config)
     seconds: float = 0.0
@@ -72,6 +73,7 @@ class InspectReport:
             "counts": dict(self.counts),
             "usable_share": round(self.usable_share, 6),
             "file_rows": dict(self.file_rows),
+            "partition_columns": list(self.partition_columns),
             "examples": {k: list(v) for k, v in self.examples.items()},
             "notes": list(self.notes),
             "seconds": round(self.seconds, 3),
@@ -99,7 +101,12 @@ def inspect_input(
         settings.drop_columns,
         footers,
     )
-    report = InspectReport(layout=layout, files=[f.url for f in files])
+    partitioned = {name for item in files for name in item.partitions}
+    report = InspectReport(
+        layout=layout,
+        files=[f.url for f in files],
+        partition_columns=[n for n in layout.passthrough.names if n in partitioned],
+    )
     screening = ScreenSettings.of(settings)
     images = ImageFiles(tuple(settings.image_roots), settings.max_image_bytes)
     keys = KeyRegistry()
@@ -165,6 +172,9 @@ def format_report(report: InspectReport) -> str:
         )
     passthrough = ", ".join(printable(name) for name in layout.passthrough.names) or "(none)"
     lines.append(f"passthrough:  {passthrough}")
+    if report.partition_columns:
+        names = ", ".join(printable(name) for name in report.partition_columns)
+        lines.append(f"              {names} from Hive partition folders (name=value)")
     for source, target in layout.renamed:
         lines.append(
             f"              {printable(source)} is written as {printable(target)} (an output "

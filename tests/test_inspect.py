@@ -18,6 +18,7 @@ from images import (
     truncated,
     write_hf_parquet,
     write_img2dataset_parquet,
+    write_pairs_parquet,
 )
 
 from app.cli import main
@@ -154,6 +155,18 @@ def test_cli_prints_layout_files_and_a_table(mixed_folder: Path) -> None:
     }
     for outcome, count in EXPECTED.items():
         assert lines[outcome] == str(count)
+
+
+def test_cli_names_the_columns_of_hive_partition_folders(tmp_path: Path) -> None:
+    image = jpeg_bytes(gradient(32, 32))
+    write_pairs_parquet(tmp_path / "d" / "lang=en" / "0.parquet", [{"image": image, "text": "a"}])
+    write_pairs_parquet(tmp_path / "d" / "1.parquet", [{"image": image, "text": "b", "n": 1}])
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    assert "passthrough:  n, lang\n" in result.stdout
+    assert "lang from Hive partition folders" in result.stdout
+    as_json = CliRunner().invoke(main, ["inspect", str(tmp_path / "d"), "--json"])
+    assert json.loads(as_json.stdout)["partition_columns"] == ["lang"]
 
 
 def test_cli_prints_keys_and_details_from_the_data_escaped(tmp_path: Path) -> None:
