@@ -471,44 +471,32 @@ def test_row_groups_split_a_file_and_number_rows_within_it(
     assert streamed[7].key == "g_000007"
 
 
-def test_iter_rows_streams_one_row_group_at_a_time(tmp_path: Path) -> None:
-    blob = bytes(range(256)) * 400  # 100 kB per row, incompressible enough for the check
-    rows = [{"image": blob[i:] + bytes([i]), "text": str(i)} for i in range(200)]
-    item = _file(write_pairs_parquet(tmp_path / "big.parquet", rows, row_group_size=10))
-    total = sum(len(r["image"]) for r in rows)
-    layout = check_inputs([item])
-    tracemalloc.start()
-    try:
-        count = sum(1 for _ in iter_rows(item, layout))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert count == 200
-    assert peak < total / 5  # about one 1 MB row group of Python bytes, not the 20 MB file
-
-
-def test_iter_rows_holds_a_batch_of_a_large_row_group_not_all_of_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("row_group", "batch_bytes"),
+    [(10, None), (200, 2**20)],  # row groups of 10 rows; one of 200 read 10 rows at a time
+)
+def test_iter_rows_holds_a_row_group_or_a_batch_of_it_not_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, row_group: int, batch_bytes: int | None
 ) -> None:
     from curation import reader
 
-    monkeypatch.setattr(reader, "READ_BATCH_BYTES", 2**20)  # 10 rows of 100 kB at a time
-    blob = bytes(range(256)) * 400
+    if batch_bytes:
+        monkeypatch.setattr(reader, "READ_BATCH_BYTES", batch_bytes)
+    blob = bytes(range(256)) * 400  # 100 kB per row, incompressible enough for the check
     rows = [{"image": blob[i:] + bytes([i]), "text": str(i)} for i in range(200)]
-    item = _file(write_pairs_parquet(tmp_path / "one.parquet", rows, row_group_size=200))
+    item = _file(write_pairs_parquet(tmp_path / "big.parquet", rows, row_group_size=row_group))
     total = sum(len(r["image"]) for r in rows)
     layout = check_inputs([item])
     tracemalloc.start()
     try:
         pairs = iter_rows(item, layout)
         first, _ = next(pairs)
-        assert first.image == rows[0]["image"]
         count = 1 + sum(1 for _ in pairs)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert count == 200
-    assert peak < total / 5  # about a batch of Python bytes, not the 20 MB row group
+    assert first.image == rows[0]["image"] and count == 200
+    assert peak < total / 5  # about 1 MB of Python bytes, not the 20 MB file
 
 
 def test_text_column_may_be_all_null(tmp_path: Path, jpegs: list[bytes]) -> None:
