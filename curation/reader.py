@@ -20,6 +20,7 @@ these rules:
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -186,10 +187,15 @@ class ParquetInput:
     ) -> Iterator[dict[int, bytes | None]]:
         """The image bytes of ``rows`` (numbered within the file) of row group ``index``, a
         batch at a time: each batch's rows that are among ``rows``."""
+        ordered = sorted(rows)
         for first, table in self.batches(index, [layout.image_column]):
             cells = _ImageCells(table.column(layout.image_column), layout)
-            wanted = sorted(row for row in rows if first <= row < first + table.num_rows)
-            yield {row: cells.image(row - first, self.item.location, images)[0] for row in wanted}
+            low = bisect.bisect_left(ordered, first)
+            high = bisect.bisect_left(ordered, first + table.num_rows)
+            yield {
+                row: cells.image(row - first, self.item.location, images)[0]
+                for row in ordered[low:high]
+            }
 
 
 def read_images(

@@ -116,7 +116,8 @@ class RunFolder:
             )
         finished = self.read_manifest() if MANIFEST in {c.name for c in children} else None
         read = [str(i["path"]) for i in (finished or {}).get("inputs", [])]
-        dropped = [path for path in read if path not in set(inputs)]
+        reading = set(inputs)
+        dropped = [path for path in read if path not in reading]
         if dropped:
             raise UsageError(
                 f"--out {self.url} holds a finished run whose input this run does not read "

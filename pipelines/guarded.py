@@ -37,9 +37,10 @@ class GuardedDoFn(beam.DoFn):
         self._threshold = threshold
         self._errors = Metrics.counter(NAMESPACE, "errors")
 
+    @abstractmethod
     def apply(self, element: Any) -> Iterable[Any]:
-        """The stage's work on one element (outputs, tagged or not), emitted at once."""
-        raise NotImplementedError(f"{type(self).__name__} defines apply or parts")
+        """The stage's work on one element (outputs, tagged or not), emitted at once; a
+        stage that emits in parts overrides :meth:`parts` instead."""
 
     def parts(self, element: Any) -> Iterator[Iterable[Any]]:
         """The stage's outputs for one element in parts, each emitted once complete: one
