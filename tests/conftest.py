@@ -15,6 +15,13 @@ import pytest
 # every small operation wait; subprocesses started by tests inherit this too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` run first, so that parallel workers (``make test``) do not end
+    waiting on one long test started last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 #: Words the tiny tokenizer knows, so that real captions tokenize to real ids.
 TINY_WORDS = (
     "a picture of an image photo with the and on in at top bottom left right center "

@@ -159,6 +159,7 @@ def test_dedup_command_reruns_near_duplicates_without_models(
     assert CliRunner().invoke(main, ["dedup", str(tmp_path / "missing")]).exit_code == 2
 
 
+@pytest.mark.slow
 def test_rounds_on_the_compressed_index_find_earlier_images(
     tiny_captioner_dir, distinct_filter_dir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

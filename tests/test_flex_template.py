@@ -118,6 +118,7 @@ def staged_input(gcs_bucket: str, tmp_path: Path) -> str:
     return url
 
 
+@pytest.mark.slow
 def test_a_template_launch_describes_one_job_that_commits_itself(
     gcs_bucket, staged_input, tiny_captioner_dir, tiny_filter_dir, tmp_path
 ) -> None:

@@ -69,6 +69,7 @@ def _config(input_url: str, out: str, captioner: Path, filter_: Path, **kw: obje
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_run_resume_dedup_and_next_round_on_s3(
     s3_bucket, s3_input, tiny_captioner_dir, tiny_filter_dir, tmp_path
 ) -> None:
@@ -109,6 +110,7 @@ def test_run_resume_dedup_and_next_round_on_s3(
     assert previous_round  # the same images again: found in the previous round's index
 
 
+@pytest.mark.slow
 def test_portable_runner_gives_the_in_process_decisions(
     s3_bucket, s3_input, tiny_captioner_dir, tiny_filter_dir
 ) -> None:
@@ -136,6 +138,7 @@ def test_portable_runner_gives_the_in_process_decisions(
     assert result.manifest["pipeline"]["rows_read"] == 5
 
 
+@pytest.mark.slow
 def test_models_in_an_object_store_folder_load_through_the_storage_layer(
     s3_bucket, s3_input, tiny_captioner_dir, tiny_filter_dir, tmp_path, monkeypatch
 ) -> None:

@@ -231,6 +231,7 @@ def test_threshold_extremes_change_decisions(
     assert "warning: " in summary.getvalue() and "threshold" in summary.getvalue()
 
 
+@pytest.mark.slow
 def test_multiprocess_runner_gives_same_decisions(
     dataset, baseline, tiny_captioner_dir, tiny_filter_dir, tmp_path
 ) -> None:
@@ -267,6 +268,7 @@ def test_outputs_cached_under_other_decoding_rules_are_computed_again(
     assert result.counters.get("images_cached", 0) == 0 and result.counters["images_scored"] > 0
 
 
+@pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(
     tiny_captioner_dir, tiny_filter_dir, tmp_path: Path
 ) -> None:
@@ -361,6 +363,7 @@ def test_bad_config_and_inputs_fail_before_work(
     assert not (tmp_path / "x" / "decisions").exists()
 
 
+@pytest.mark.slow
 def test_worker_processes_print_no_start_up_chatter(
     dataset, tiny_captioner_dir, tiny_filter_dir, tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ offline mode.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -30,13 +31,22 @@ FLAGS = [
 
 
 def ensure_chromium() -> Path:
-    """The Chromium executable, installed with apt-get when missing (root only)."""
+    """The Chromium executable, installed with apt-get when missing (root only; one test
+    process installs it while the others wait)."""
     if CHROMIUM.exists():
         return CHROMIUM
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         raise RuntimeError(
             f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium)"
         )
+    with open(Path(tempfile.gettempdir()) / "curation-tests-chromium.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not CHROMIUM.exists():
+            _install_chromium()
+    return CHROMIUM
+
+
+def _install_chromium() -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
     subprocess.run(
@@ -45,7 +55,6 @@ def ensure_chromium() -> Path:
         env=env,
         stdout=subprocess.DEVNULL,
     )
-    return CHROMIUM
 
 
 @contextmanager
